@@ -1,0 +1,197 @@
+//! The one error type of the pool.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything that can go wrong with a task or a pool.
+///
+/// Every failure of a task — a panic, a crash of its worker, arguments that do not decode — is
+/// reported on the task that caused it, and the pool keeps serving the others. The enum is
+/// `#[non_exhaustive]`: later versions add variants (for example for time limits).
+///
+/// `Error` is `Clone` so that one failure can be reported to every item it concerns (for example
+/// each item of a `map` chunk whose worker died).
+///
+/// # Examples
+///
+/// ```
+/// use pool_core::{task, Error, Pool};
+///
+/// #[task]
+/// fn checked_div(a: i64, b: i64) -> i64 {
+///     if b == 0 {
+///         panic!("division by zero");
+///     }
+///     a / b
+/// }
+///
+/// let pool = Pool::builder().processes(1).build()?;
+/// match pool.apply(checked_div, (1, 0)) {
+///     Err(Error::Panicked { message, .. }) => assert_eq!(message, "division by zero"),
+///     other => panic!("unexpected: {other:?}"),
+/// }
+/// assert_eq!(pool.apply(checked_div, (6, 3))?, 2); // the worker lives on
+/// # Ok::<(), pool_core::Error>(())
+/// ```
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The task panicked. The worker caught the panic and lives on.
+    #[error("task `{task}` panicked{}: {message}", location_suffix(.location))]
+    Panicked {
+        /// The task's registered name.
+        task: String,
+        /// The panic message (`"Box<dyn Any>"` when the payload was not a string).
+        message: String,
+        /// Where the panic happened (`file:line:column`), when known.
+        location: Option<String>,
+    },
+
+    /// The worker process running the task died (killed by a signal, aborted, crashed, or called
+    /// `process::exit`). A replacement worker has been started.
+    #[error("the worker (pid {pid}) running task `{task}` died: {cause}")]
+    WorkerDied {
+        /// The task's registered name.
+        task: String,
+        /// The process id of the worker that died.
+        pid: i32,
+        /// How it ended.
+        cause: ExitCause,
+    },
+
+    /// No task of this name is registered in the worker's binary.
+    #[error("no task named `{name}` is registered (is the function marked #[task]?)")]
+    UnknownTask {
+        /// The name that was asked for.
+        name: String,
+    },
+
+    /// The worker could not decode the arguments as the task's parameter types.
+    #[error("task `{task}`: the arguments do not decode as its parameters: {message}")]
+    ArgsDecode {
+        /// The task's registered name.
+        task: String,
+        /// What the decoder said.
+        message: String,
+    },
+
+    /// The caller's arguments could not be encoded as MessagePack.
+    #[error("task `{task}`: the arguments could not be encoded: {message}")]
+    ArgsEncode {
+        /// The task's registered name.
+        task: String,
+        /// What the encoder said.
+        message: String,
+    },
+
+    /// The worker could not encode the task's return value as MessagePack.
+    #[error("task `{task}`: its result could not be encoded: {message}")]
+    ResultEncode {
+        /// The task's registered name.
+        task: String,
+        /// What the encoder said.
+        message: String,
+    },
+
+    /// The caller could not decode the result as the task's return type.
+    #[error("task `{task}`: its result does not decode as the return type: {message}")]
+    ResultDecode {
+        /// The task's registered name.
+        task: String,
+        /// What the decoder said.
+        message: String,
+    },
+
+    /// Two tasks were registered under one name; the pool refuses to start.
+    #[error(
+        "two tasks are registered as `{name}`: `{first}` and `{second}`; \
+         give one of them another name with #[task(name = \"…\")]"
+    )]
+    DuplicateTask {
+        /// The name both tasks claim.
+        name: String,
+        /// The first function (path and source location).
+        first: String,
+        /// The second function (path and source location).
+        second: String,
+    },
+
+    /// Work was submitted after [`Pool::close`](crate::Pool::close) or
+    /// [`Pool::terminate`](crate::Pool::terminate).
+    #[error("the pool is closed and accepts no new work")]
+    Closed,
+
+    /// The pool was terminated (or dropped) before the task finished.
+    #[error("the pool was terminated before the task finished")]
+    Terminated,
+
+    /// [`Pool::join`](crate::Pool::join) was called before
+    /// [`Pool::close`](crate::Pool::close) or [`Pool::terminate`](crate::Pool::terminate).
+    #[error("join() needs close() or terminate() first")]
+    NotClosed,
+
+    /// A wait with a deadline ended before the result was ready. The task goes on; wait again
+    /// to get its result.
+    #[error("the result was not ready within {0:?}")]
+    WaitTimeout(Duration),
+
+    /// The pool was configured with values it cannot work with.
+    #[error("invalid pool configuration: {0}")]
+    Config(String),
+
+    /// A worker process could not be started.
+    #[error("could not start a worker process: {0}")]
+    Spawn(#[source] Arc<std::io::Error>),
+
+    /// A frame between the parent and a worker was malformed.
+    #[error("malformed frame between pool and worker: {0}")]
+    Protocol(String),
+}
+
+fn location_suffix(location: &Option<String>) -> String {
+    match location {
+        Some(loc) => format!(" at {loc}"),
+        None => String::new(),
+    }
+}
+
+impl Error {
+    pub(crate) fn spawn(err: impl Into<std::io::Error>) -> Self {
+        Error::Spawn(Arc::new(err.into()))
+    }
+}
+
+/// How a worker process ended.
+///
+/// # Examples
+///
+/// ```
+/// use pool_core::ExitCause;
+///
+/// assert_eq!(ExitCause::Signal(9).to_string(), "killed by signal 9 (SIGKILL)");
+/// assert_eq!(ExitCause::Exited(3).to_string(), "exited with code 3");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ExitCause {
+    /// Killed by this signal number (9 for SIGKILL, 6 for SIGABRT, 11 for SIGSEGV, …).
+    Signal(i32),
+    /// Exited with this status code (for example through `std::process::exit`).
+    Exited(i32),
+    /// The worker disappeared and its status could not be read.
+    Unknown,
+}
+
+impl fmt::Display for ExitCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ExitCause::Signal(sig) => match nix::sys::signal::Signal::try_from(sig) {
+                Ok(s) => write!(f, "killed by signal {sig} ({})", s.as_str()),
+                Err(_) => write!(f, "killed by signal {sig}"),
+            },
+            ExitCause::Exited(code) => write!(f, "exited with code {code}"),
+            ExitCause::Unknown => f.write_str("ended for an unknown reason"),
+        }
+    }
+}

@@ -1,0 +1,538 @@
+//! The frames that travel between the parent and a worker, and their bounds-checked decoders.
+//!
+//! A frame is a byte string; the transport moves it whole. All integers are little-endian.
+//!
+//! ```text
+//! job      := 0x01 name_len:u16 name count:u32 item*      item   := len:u32 msgpack-args
+//! shutdown := 0x02
+//! results  := 0x03 0x00 count:u32 result*                 result := status:u8 len:u32 bytes
+//!           | 0x03 0x01                                     (the task name is unknown)
+//! ```
+//!
+//! A result's `status` says what its bytes are: the MessagePack return value (`ITEM_OK`), a
+//! panic (`msg_len:u32 msg location`), or an error message in UTF-8. One job frame carries a
+//! whole chunk of a `map`, so the per-frame costs are paid once per chunk, not once per item.
+//!
+//! The decoders never panic and never read out of bounds: garbage gives a [`FrameError`].
+
+use serde::Serialize;
+
+const KIND_JOB: u8 = 1;
+const KIND_SHUTDOWN: u8 = 2;
+const KIND_RESULTS: u8 = 3;
+
+const RESULTS_OK: u8 = 0;
+const RESULTS_UNKNOWN_TASK: u8 = 1;
+
+const ITEM_OK: u8 = 0;
+const ITEM_PANIC: u8 = 1;
+const ITEM_ARGS_DECODE: u8 = 2;
+const ITEM_RESULT_ENCODE: u8 = 3;
+
+/// A frame that does not follow the format above.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FrameError(pub(crate) &'static str);
+
+impl From<FrameError> for crate::Error {
+    fn from(err: FrameError) -> Self {
+        crate::Error::Protocol(err.0.to_owned())
+    }
+}
+
+/// Reads fixed-size fields off the front of a byte slice.
+struct Cursor<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], FrameError> {
+        if self.rest.len() < n {
+            return Err(FrameError(what));
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+    fn u8(&mut self, what: &'static str) -> Result<u8, FrameError> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn u16(&mut self, what: &'static str) -> Result<u16, FrameError> {
+        let b = self.take(2, what)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self, what: &'static str) -> Result<u32, FrameError> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parent side: building jobs.
+
+/// Builds one job frame: a task name and any number of encoded argument values.
+#[derive(Debug)]
+pub(crate) struct JobBuilder {
+    buf: Vec<u8>,
+    count_at: usize,
+    count: u32,
+}
+
+impl JobBuilder {
+    /// Starts a job for `task`. Panics only if the name is longer than 65,535 bytes, which a
+    /// Rust path cannot be in practice; the pool checks names before building.
+    pub(crate) fn new(task: &str) -> Self {
+        let name_len = u16::try_from(task.len()).expect("task names are checked to fit in u16");
+        let mut buf = Vec::with_capacity(64 + task.len());
+        buf.push(KIND_JOB);
+        buf.extend_from_slice(&name_len.to_le_bytes());
+        buf.extend_from_slice(task.as_bytes());
+        let count_at = buf.len();
+        buf.extend_from_slice(&0u32.to_le_bytes());
+        JobBuilder {
+            buf,
+            count_at,
+            count: 0,
+        }
+    }
+
+    /// Appends one item's arguments. On an encoding error the frame is left as it was.
+    pub(crate) fn push<A: Serialize + ?Sized>(&mut self, args: &A) -> Result<(), String> {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&0u32.to_le_bytes());
+        if let Err(err) = rmp_serde::encode::write(&mut self.buf, args) {
+            self.buf.truncate(start);
+            return Err(err.to_string());
+        }
+        let Ok(len) = u32::try_from(self.buf.len() - start - 4) else {
+            self.buf.truncate(start);
+            return Err("one item's arguments are larger than 4 GiB".to_owned());
+        };
+        self.buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        self.count += 1;
+        Ok(())
+    }
+
+    /// How many items the frame holds.
+    pub(crate) fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// The finished frame.
+    pub(crate) fn finish(mut self) -> Vec<u8> {
+        self.buf[self.count_at..self.count_at + 4].copy_from_slice(&self.count.to_le_bytes());
+        self.buf
+    }
+}
+
+/// The frame that asks a worker to exit.
+pub(crate) fn shutdown_frame() -> &'static [u8] {
+    &[KIND_SHUTDOWN]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Worker side: reading jobs, writing results.
+
+/// What the parent asked a worker to do.
+#[derive(Debug)]
+pub(crate) enum Request<'a> {
+    /// Run `task` on each item.
+    Job { task: &'a str, items: Items<'a> },
+    /// Exit.
+    Shutdown,
+}
+
+/// Parses a job or shutdown frame.
+pub(crate) fn parse_request(frame: &[u8]) -> Result<Request<'_>, FrameError> {
+    let mut c = Cursor { rest: frame };
+    match c.u8("empty frame")? {
+        KIND_SHUTDOWN => Ok(Request::Shutdown),
+        KIND_JOB => {
+            let name_len = c.u16("job: truncated name length")? as usize;
+            let name = c.take(name_len, "job: truncated task name")?;
+            let task = std::str::from_utf8(name).map_err(|_| FrameError("job: name not UTF-8"))?;
+            let count = c.u32("job: truncated item count")?;
+            Ok(Request::Job {
+                task,
+                items: Items {
+                    c,
+                    remaining: count,
+                },
+            })
+        }
+        _ => Err(FrameError("unknown request kind")),
+    }
+}
+
+/// The encoded arguments of a job's items, in order.
+#[derive(Debug)]
+pub(crate) struct Items<'a> {
+    c: Cursor<'a>,
+    remaining: u32,
+}
+
+impl std::fmt::Debug for Cursor<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cursor({} bytes)", self.rest.len())
+    }
+}
+
+#[cfg(test)]
+impl Items<'_> {
+    /// How many items are left.
+    pub(crate) fn remaining(&self) -> u32 {
+        self.remaining
+    }
+}
+
+impl<'a> Iterator for Items<'a> {
+    type Item = Result<&'a [u8], FrameError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        let item = self
+            .c
+            .u32("job: truncated item length")
+            .and_then(|len| self.c.take(len as usize, "job: truncated item"));
+        if item.is_err() {
+            self.remaining = 0;
+        }
+        Some(item)
+    }
+}
+
+/// Writes a result frame into a reused buffer.
+#[derive(Debug)]
+pub(crate) struct ResultsWriter<'a> {
+    buf: &'a mut Vec<u8>,
+    count_at: usize,
+    count: u32,
+}
+
+impl<'a> ResultsWriter<'a> {
+    /// Clears `buf` and starts a result frame in it.
+    pub(crate) fn new(buf: &'a mut Vec<u8>) -> Self {
+        buf.clear();
+        buf.push(KIND_RESULTS);
+        buf.push(RESULTS_OK);
+        let count_at = buf.len();
+        buf.extend_from_slice(&0u32.to_le_bytes());
+        ResultsWriter {
+            buf,
+            count_at,
+            count: 0,
+        }
+    }
+
+    /// Clears `buf` and writes the frame that says the task name is unknown.
+    pub(crate) fn unknown_task(buf: &mut Vec<u8>) {
+        buf.clear();
+        buf.push(KIND_RESULTS);
+        buf.push(RESULTS_UNKNOWN_TASK);
+    }
+
+    /// Appends a return value, or an encoding error if it does not encode.
+    pub(crate) fn ok<R: Serialize + ?Sized>(&mut self, value: &R) {
+        let start = self.buf.len();
+        self.buf.push(ITEM_OK);
+        self.buf.extend_from_slice(&0u32.to_le_bytes());
+        let encoded = rmp_serde::encode::write(self.buf, value).map_err(|e| e.to_string());
+        let len = self.buf.len() - start - 5;
+        match (encoded, u32::try_from(len)) {
+            (Ok(()), Ok(len)) => {
+                self.buf[start + 1..start + 5].copy_from_slice(&len.to_le_bytes());
+                self.count += 1;
+            }
+            (Err(message), _) => {
+                self.buf.truncate(start);
+                self.error(ITEM_RESULT_ENCODE, &message);
+            }
+            (Ok(()), Err(_)) => {
+                self.buf.truncate(start);
+                self.error(ITEM_RESULT_ENCODE, "the result is larger than 4 GiB");
+            }
+        }
+    }
+
+    /// Appends a panic with its message and location.
+    pub(crate) fn panicked(&mut self, message: &str, location: Option<&str>) {
+        let location = location.unwrap_or("");
+        let len = 4 + message.len() + location.len();
+        self.header(ITEM_PANIC, len);
+        self.buf
+            .extend_from_slice(&(message.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(message.as_bytes());
+        self.buf.extend_from_slice(location.as_bytes());
+        self.count += 1;
+    }
+
+    /// Appends "the arguments did not decode".
+    pub(crate) fn args_decode(&mut self, message: &str) {
+        self.error(ITEM_ARGS_DECODE, message);
+    }
+
+    fn error(&mut self, status: u8, message: &str) {
+        // Messages are short; clip pathological ones so the length always fits.
+        let message = &message[..floor_char_boundary(message, 1 << 20)];
+        self.header(status, message.len());
+        self.buf.extend_from_slice(message.as_bytes());
+        self.count += 1;
+    }
+
+    fn header(&mut self, status: u8, len: usize) {
+        self.buf.push(status);
+        self.buf.extend_from_slice(&(len as u32).to_le_bytes());
+    }
+
+    /// A point to [`rollback`](Self::rollback) to.
+    pub(crate) fn mark(&self) -> (usize, u32) {
+        (self.buf.len(), self.count)
+    }
+
+    /// Forgets everything written since `mark` (used when a panic interrupts an item).
+    pub(crate) fn rollback(&mut self, mark: (usize, u32)) {
+        self.buf.truncate(mark.0);
+        self.count = mark.1;
+    }
+
+    /// Writes the item count; the frame is complete.
+    pub(crate) fn finish(self) {
+        self.buf[self.count_at..self.count_at + 4].copy_from_slice(&self.count.to_le_bytes());
+    }
+}
+
+fn floor_char_boundary(s: &str, max: usize) -> usize {
+    if s.len() <= max {
+        return s.len();
+    }
+    let mut i = max;
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parent side: reading results.
+
+/// One item's outcome, borrowed from a result frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome<'a> {
+    /// The MessagePack return value.
+    Ok(&'a [u8]),
+    /// The task panicked.
+    Panicked {
+        message: &'a str,
+        location: Option<&'a str>,
+    },
+    /// The arguments did not decode.
+    ArgsDecode(&'a str),
+    /// The result did not encode.
+    ResultEncode(&'a str),
+}
+
+impl Outcome<'_> {
+    /// The error this outcome stands for, if it is one.
+    pub(crate) fn to_error(self, task: &str) -> Option<crate::Error> {
+        use crate::Error;
+        match self {
+            Outcome::Ok(_) => None,
+            Outcome::Panicked { message, location } => Some(Error::Panicked {
+                task: task.to_owned(),
+                message: message.to_owned(),
+                location: location.map(str::to_owned),
+            }),
+            Outcome::ArgsDecode(m) => Some(Error::ArgsDecode {
+                task: task.to_owned(),
+                message: m.to_owned(),
+            }),
+            Outcome::ResultEncode(m) => Some(Error::ResultEncode {
+                task: task.to_owned(),
+                message: m.to_owned(),
+            }),
+        }
+    }
+}
+
+/// The outcomes in a result frame, in item order.
+#[derive(Debug)]
+pub(crate) struct Results<'a> {
+    c: Cursor<'a>,
+    remaining: u32,
+}
+
+/// Parses a result frame's header. `Err(None)` means the worker does not know the task.
+pub(crate) fn parse_results(frame: &[u8]) -> Result<Results<'_>, Option<FrameError>> {
+    let mut c = Cursor { rest: frame };
+    if c.u8("empty frame")? != KIND_RESULTS {
+        return Err(Some(FrameError("expected a result frame")));
+    }
+    match c.u8("results: truncated status")? {
+        RESULTS_OK => {
+            let remaining = c.u32("results: truncated count")?;
+            Ok(Results { c, remaining })
+        }
+        RESULTS_UNKNOWN_TASK => Err(None),
+        _ => Err(Some(FrameError("results: unknown status"))),
+    }
+}
+
+impl Results<'_> {
+    /// How many outcomes are left.
+    pub(crate) fn remaining(&self) -> u32 {
+        self.remaining
+    }
+}
+
+impl<'a> Iterator for Results<'a> {
+    type Item = Result<Outcome<'a>, FrameError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        let outcome = self.read_one();
+        if outcome.is_err() {
+            self.remaining = 0;
+        }
+        Some(outcome)
+    }
+}
+
+impl<'a> Results<'a> {
+    fn read_one(&mut self) -> Result<Outcome<'a>, FrameError> {
+        let status = self.c.u8("results: truncated item status")?;
+        let len = self.c.u32("results: truncated item length")? as usize;
+        let bytes = self.c.take(len, "results: truncated item")?;
+        let text = |b: &'a [u8]| {
+            std::str::from_utf8(b).map_err(|_| FrameError("results: message not UTF-8"))
+        };
+        match status {
+            ITEM_OK => Ok(Outcome::Ok(bytes)),
+            ITEM_PANIC => {
+                let mut p = Cursor { rest: bytes };
+                let msg_len = p.u32("panic: truncated message length")? as usize;
+                let message = text(p.take(msg_len, "panic: truncated message")?)?;
+                let location = text(p.rest)?;
+                Ok(Outcome::Panicked {
+                    message,
+                    location: (!location.is_empty()).then_some(location),
+                })
+            }
+            ITEM_ARGS_DECODE => Ok(Outcome::ArgsDecode(text(bytes)?)),
+            ITEM_RESULT_ENCODE => Ok(Outcome::ResultEncode(text(bytes)?)),
+            _ => Err(FrameError("results: unknown item status")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn job_round_trip() {
+        let mut b = JobBuilder::new("m::square");
+        b.push(&3u64).unwrap();
+        b.push(&(1i64, "x")).unwrap();
+        assert_eq!(b.count(), 2);
+        let frame = b.finish();
+        let Request::Job { task, mut items } = parse_request(&frame).unwrap() else {
+            panic!("not a job")
+        };
+        assert_eq!(task, "m::square");
+        assert_eq!(items.remaining(), 2);
+        let a: u64 = rmp_serde::from_slice(items.next().unwrap().unwrap()).unwrap();
+        assert_eq!(a, 3);
+        let b: (i64, String) = rmp_serde::from_slice(items.next().unwrap().unwrap()).unwrap();
+        assert_eq!(b, (1, "x".to_owned()));
+        assert!(items.next().is_none());
+        assert!(matches!(
+            parse_request(shutdown_frame()),
+            Ok(Request::Shutdown)
+        ));
+    }
+
+    #[test]
+    fn results_round_trip() {
+        let mut buf = Vec::new();
+        let mut w = ResultsWriter::new(&mut buf);
+        w.ok(&49u64);
+        w.panicked("boom", Some("src/lib.rs:1:2"));
+        w.panicked("quiet", None);
+        w.args_decode("bad");
+        w.finish();
+        let mut r = parse_results(&buf).unwrap();
+        assert_eq!(r.remaining(), 4);
+        let Outcome::Ok(bytes) = r.next().unwrap().unwrap() else {
+            panic!()
+        };
+        assert_eq!(rmp_serde::from_slice::<u64>(bytes).unwrap(), 49);
+        assert_eq!(
+            r.next().unwrap().unwrap(),
+            Outcome::Panicked {
+                message: "boom",
+                location: Some("src/lib.rs:1:2")
+            }
+        );
+        assert_eq!(
+            r.next().unwrap().unwrap(),
+            Outcome::Panicked {
+                message: "quiet",
+                location: None
+            }
+        );
+        assert_eq!(r.next().unwrap().unwrap(), Outcome::ArgsDecode("bad"));
+        assert!(r.next().is_none());
+
+        ResultsWriter::unknown_task(&mut buf);
+        assert!(matches!(parse_results(&buf), Err(None)));
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        // Every prefix of valid frames, and some random bytes, decode to values or errors.
+        let mut b = JobBuilder::new("t");
+        b.push(&vec![1u8; 40]).unwrap();
+        b.push(&7u32).unwrap();
+        let job = b.finish();
+        let mut res = Vec::new();
+        let mut w = ResultsWriter::new(&mut res);
+        w.ok(&"hello");
+        w.panicked("p", Some("l"));
+        w.finish();
+        for cut in 0..job.len() {
+            if let Ok(Request::Job { items, .. }) = parse_request(&job[..cut]) {
+                for item in items {
+                    let _ = item;
+                }
+            }
+        }
+        for cut in 0..res.len() {
+            if let Ok(r) = parse_results(&res[..cut]) {
+                for o in r {
+                    let _ = o;
+                }
+            }
+        }
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            let mut bytes = Vec::new();
+            for _ in 0..(x % 40) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                bytes.push(x as u8 % 5);
+            }
+            if let Ok(Request::Job { items, .. }) = parse_request(&bytes) {
+                items.for_each(drop);
+            }
+            if let Ok(r) = parse_results(&bytes) {
+                r.for_each(drop);
+            }
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! [`Imap`]: lazy `imap` and `imap_unordered`, with a bounded number of chunks in flight.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::frame::{self, Outcome};
+use crate::result::{decode_value, frame_error};
+use crate::{Error, Pool, Task};
+
+type Delivery = (u64, Result<Vec<u8>, Error>);
+
+/// The iterator returned by [`Pool::imap`] and [`Pool::imap_unordered`] (and their `_chunked`
+/// forms): one `Result` per input item, computed by the pool's workers.
+///
+/// It pulls its input lazily and keeps at most a few chunks per worker in flight, so it works
+/// over an endless iterator with flat memory (unlike Python's, which drains the input first).
+/// The ordered form yields results in input order; the unordered form yields chunks as they
+/// finish. A failed item yields its error and the iteration goes on.
+///
+/// Dropping the iterator early is fine: chunks already submitted finish and are discarded.
+///
+/// # Examples
+///
+/// ```
+/// use pool_core::{task, Pool};
+///
+/// #[task]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// let pool = Pool::builder().processes(2).build()?;
+/// // An endless input: only what is consumed is computed (plus a bounded look-ahead).
+/// let firsts: Vec<u64> = pool.imap(square, 0..).take(5).collect::<Result<_, _>>()?;
+/// assert_eq!(firsts, [0, 1, 4, 9, 16]);
+///
+/// let mut any_order: Vec<u64> = pool.imap_unordered(square, 0..100).collect::<Result<_, _>>()?;
+/// any_order.sort();
+/// assert_eq!(any_order[99], 99 * 99);
+/// # Ok::<(), pool_core::Error>(())
+/// ```
+pub struct Imap<'a, T: Task, I> {
+    pool: &'a Pool,
+    input: Option<I>,
+    chunksize: usize,
+    ordered: bool,
+    max_in_flight: usize,
+    tx: Sender<Delivery>,
+    rx: Receiver<Delivery>,
+    /// Index of the next chunk to submit.
+    next_chunk: u64,
+    /// Index of the next chunk to yield (ordered form).
+    next_yield: u64,
+    /// Item counts of the chunks submitted and not yet received.
+    in_flight: HashMap<u64, u32>,
+    /// Chunks that arrived ahead of their turn (ordered form).
+    early: HashMap<u64, Result<Vec<u8>, Error>>,
+    /// Decoded items ready to yield.
+    ready: VecDeque<Result<T::Output, Error>>,
+}
+
+impl<'a, T: Task, I: Iterator<Item = T::Args>> Imap<'a, T, I> {
+    pub(crate) fn new(pool: &'a Pool, input: I, chunksize: usize, ordered: bool) -> Self {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Imap {
+            pool,
+            input: Some(input),
+            chunksize: chunksize.max(1),
+            ordered,
+            // Enough to keep every worker busy while the consumer works through a chunk.
+            max_in_flight: 2 * pool.processes() + 2,
+            tx,
+            rx,
+            next_chunk: 0,
+            next_yield: 0,
+            in_flight: HashMap::new(),
+            early: HashMap::new(),
+            ready: VecDeque::new(),
+        }
+    }
+
+    /// Submits chunks until the look-ahead is full or the input ends.
+    fn fill(&mut self) {
+        while self.in_flight.len() < self.max_in_flight {
+            let Some(input) = &mut self.input else { return };
+            let mut builder = frame::JobBuilder::new(T::NAME);
+            let mut encode_error = None;
+            while (builder.count() as usize) < self.chunksize {
+                let Some(args) = input.next() else {
+                    self.input = None;
+                    break;
+                };
+                if let Err(message) = builder.push(&args) {
+                    encode_error = Some(message);
+                    break;
+                }
+            }
+            let index = self.next_chunk;
+            if let Some(message) = encode_error {
+                // This chunk fails as a whole (with chunk size 1, exactly the item that failed).
+                let count = builder.count() + 1;
+                self.next_chunk += 1;
+                self.in_flight.insert(index, count);
+                let err = Error::ArgsEncode {
+                    task: T::NAME.to_owned(),
+                    message,
+                };
+                let _ = self.tx.send((index, Err(err)));
+                continue;
+            }
+            let count = builder.count();
+            if count == 0 {
+                return;
+            }
+            self.next_chunk += 1;
+            self.in_flight.insert(index, count);
+            let tx = self.tx.clone();
+            self.pool
+                .submit_frame(builder.finish(), T::NAME.into(), move |result| {
+                    // The iterator may be gone; then the result is simply dropped.
+                    let _ = tx.send((index, result));
+                });
+            if self.pool.shared.is_closed() {
+                // No more work will be accepted: stop pulling input.
+                self.input = None;
+            }
+        }
+    }
+
+    /// Decodes a received chunk into `ready`.
+    fn unpack(&mut self, index: u64, result: Result<Vec<u8>, Error>) {
+        let count = self.in_flight.remove(&index).unwrap_or(0) as usize;
+        let frame = match result {
+            Ok(frame) => frame,
+            Err(err) => {
+                self.ready.extend((0..count).map(|_| Err(err.clone())));
+                return;
+            }
+        };
+        let results = match frame::parse_results(&frame) {
+            Ok(results) if results.remaining() as usize == count => results,
+            Ok(results) => {
+                let err = Error::Protocol(format!(
+                    "expected {count} results, the worker sent {}",
+                    results.remaining()
+                ));
+                self.ready.extend((0..count).map(|_| Err(err.clone())));
+                return;
+            }
+            Err(err) => {
+                let err = frame_error(err, T::NAME);
+                self.ready.extend((0..count).map(|_| Err(err.clone())));
+                return;
+            }
+        };
+        let start = self.ready.len();
+        for outcome in results {
+            self.ready.push_back(match outcome {
+                Ok(Outcome::Ok(bytes)) => decode_value(bytes, T::NAME),
+                Ok(other) => Err(other.to_error(T::NAME).expect("not Ok")),
+                Err(err) => Err(err.into()),
+            });
+        }
+        // A torn frame stops early: the items it lost still get an answer each.
+        while self.ready.len() - start < count {
+            self.ready.push_back(Err(Error::Protocol(
+                "a result frame ended early".to_owned(),
+            )));
+        }
+    }
+}
+
+impl<T: Task, I: Iterator<Item = T::Args>> Iterator for Imap<'_, T, I> {
+    type Item = Result<T::Output, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(item) = self.ready.pop_front() {
+                return Some(item);
+            }
+            self.fill();
+            if self.in_flight.is_empty() {
+                return None;
+            }
+            if self.ordered {
+                if let Some(result) = self.early.remove(&self.next_yield) {
+                    let index = self.next_yield;
+                    self.next_yield += 1;
+                    self.unpack(index, result);
+                    continue;
+                }
+            }
+            // Every submitted chunk is answered exactly once (see `Job`), and we hold a sender,
+            // so this wait ends.
+            let (index, result) = self.rx.recv().expect("the iterator holds a sender");
+            if self.ordered && index != self.next_yield {
+                self.early.insert(index, result);
+                continue;
+            }
+            if self.ordered {
+                self.next_yield += 1;
+            }
+            self.unpack(index, result);
+        }
+    }
+}
+
+impl<T: Task, I> fmt::Debug for Imap<'_, T, I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Imap")
+            .field("task", &T::NAME)
+            .field("chunksize", &self.chunksize)
+            .field("ordered", &self.ordered)
+            .field("chunks_in_flight", &self.in_flight.len())
+            .finish_non_exhaustive()
+    }
+}

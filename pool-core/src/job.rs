@@ -1,0 +1,67 @@
+//! A unit of work on its way to a worker, and the promise that it resolves exactly once.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use crate::Error;
+
+/// A task's name as carried with its jobs: borrowed for `#[task]` functions, owned for names
+/// given at run time.
+pub(crate) type TaskName = Cow<'static, str>;
+
+/// What to do with a job's outcome: the raw result frame, or the error that ended it.
+type Done = Box<dyn FnOnce(Result<Vec<u8>, Error>) + Send>;
+
+/// One frame of work (one `apply`, or one chunk of a `map`) and what to do with its result.
+///
+/// # Invariant
+///
+/// The completion runs exactly once: through [`Job::complete`], or — when a job is dropped
+/// unfinished anywhere (a queue discarded, a thread unwinding) — with [`Error::Terminated`] from
+/// `Drop`. This is what makes a caller's wait always end.
+pub(crate) struct Job {
+    pub(crate) frame: Vec<u8>,
+    pub(crate) task: TaskName,
+    /// Set when the job was already handed to a worker that died before reading it.
+    pub(crate) retried: bool,
+    done: Option<Done>,
+}
+
+impl Job {
+    pub(crate) fn new(
+        frame: Vec<u8>,
+        task: TaskName,
+        done: impl FnOnce(Result<Vec<u8>, Error>) + Send + 'static,
+    ) -> Self {
+        Job {
+            frame,
+            task,
+            retried: false,
+            done: Some(Box::new(done)),
+        }
+    }
+
+    /// Resolves the job.
+    pub(crate) fn complete(mut self, outcome: Result<Vec<u8>, Error>) {
+        if let Some(done) = self.done.take() {
+            done(outcome);
+        }
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done(Err(Error::Terminated));
+        }
+    }
+}
+
+impl fmt::Debug for Job {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Job")
+            .field("task", &self.task)
+            .field("frame_len", &self.frame.len())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,175 @@
+//! Process pools for Rust, in the spirit of Python's `multiprocessing.Pool` — typed, and without
+//! its hangs.
+//!
+//! A [`Pool`] forks worker processes (one per CPU by default) that run functions marked
+//! [`#[task]`](task). Arguments and results travel as MessagePack, checked at compile time: a
+//! task is called with exactly its parameter types, so there are no pickling errors at run
+//! time. Each task runs in its own process, isolated from the caller: a task that panics,
+//! aborts, segfaults or is killed turns into an [`Error`] on that task, the worker is replaced,
+//! and the pool goes on.
+//!
+//! # Quick start
+//!
+//! ```
+//! use pool_core::{task, Pool};
+//!
+//! #[task]
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! #[task]
+//! fn add(a: i64, b: i64) -> i64 {
+//!     a + b
+//! }
+//!
+//! fn main() -> Result<(), pool_core::Error> {
+//!     let pool = Pool::new()?; // one worker per CPU, forked now
+//!     assert_eq!(pool.apply(square, 7)?, 49); // one parameter: the bare value
+//!     assert_eq!(pool.apply(add, (2, 3))?, 5); // several parameters: a tuple
+//!     let r = pool.apply_async(square, 9); // returns at once
+//!     assert_eq!(r.get()?, 81);
+//!     let v: Vec<u64> = pool.map(square, 0..10_000)?; // ordered
+//!     assert_eq!(v[3], 9);
+//!     for x in pool.imap(square, 0..100) {
+//!         x?; // lazy and ordered
+//!     }
+//!     assert_eq!(square(3), 9); // a task is still an ordinary function
+//!     pool.close(); // no new work; queued work still finishes
+//!     pool.join()?; // waits for the workers to exit
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # The calls, next to Python's
+//!
+//! | Python `multiprocessing.Pool` | `pool_core::Pool` |
+//! |---|---|
+//! | `Pool()`, `Pool(4)` | [`Pool::new()`], `Pool::builder().processes(4).build()` |
+//! | `apply(f, (a, b))` | [`pool.apply(f, (a, b))`](Pool::apply) |
+//! | `apply_async(f, args, callback=…, error_callback=…)` | [`pool.apply_async(f, args)`](Pool::apply_async)`.on_success(…).on_error(…)` |
+//! | `map(f, xs, chunksize)` | [`pool.map(f, xs)`](Pool::map), [`map_chunked`](Pool::map_chunked) |
+//! | `map_async(f, xs)` | [`pool.map_async(f, xs)`](Pool::map_async) |
+//! | `imap`, `imap_unordered` | [`pool.imap`](Pool::imap), [`imap_unordered`](Pool::imap_unordered) (and `_chunked`) |
+//! | `AsyncResult.get(timeout)`, `wait`, `ready`, `successful` | [`AsyncResult`] |
+//! | `close()`, `join()`, `terminate()` | [`close`](Pool::close), [`join`](Pool::join), [`terminate`](Pool::terminate) |
+//!
+//! # Choosing a chunk size
+//!
+//! `map` sends items in chunks, one message per chunk; the default is Python's,
+//! `ceil(n / (4 × processes))`, which keeps per-item costs low and still spreads work over the
+//! workers. Use [`Pool::map_chunked`] with a smaller size when items take very uneven time, and
+//! `imap_chunked` with a larger size than the default 1 when items are tiny.
+//!
+//! # Failures
+//!
+//! | What happens in the task | What the caller gets | The pool |
+//! |---|---|---|
+//! | it panics | [`Error::Panicked`] with the message and location | the worker lives on |
+//! | its process dies (SIGKILL, `abort`, segfault, `process::exit`) | [`Error::WorkerDied`] with pid and signal or exit code | a new worker replaces it |
+//! | its name is unknown to the worker | [`Error::UnknownTask`] | unaffected |
+//! | its arguments do not decode | [`Error::ArgsDecode`] | unaffected |
+//! | its result does not encode | [`Error::ResultEncode`] | unaffected |
+//! | the pool is terminated or dropped first | [`Error::Terminated`] | — |
+//!
+//! With `map`, a failure of any item fails the whole call, as in Python; with `imap`, each item
+//! gets its own `Result`. When a worker dies, all items of the chunk it was running get the
+//! error.
+//!
+//! A panic is caught with `catch_unwind`, so it is reported only when the program is built with
+//! `panic = "unwind"` (the default); with `panic = "abort"` a panicking task kills its worker and
+//! is reported as [`Error::WorkerDied`] with SIGABRT.
+//!
+//! # Processes and fork
+//!
+//! Workers are forked from the process that builds the pool, so they inherit its task table and
+//! memory (copy-on-write). As with Python's `fork` start method, forking a program that already
+//! runs other threads is safe for this crate's own code (the worker touches only its own socket,
+//! the inherited task table and `malloc`), but a task that takes a lock another thread of the
+//! parent held at the moment of the fork (a logger's, say) can deadlock in the worker. Build
+//! pools early, before starting other threads, when tasks use such libraries.
+//!
+//! Workers die with the parent: they ask the kernel for SIGKILL when the parent goes
+//! (`PR_SET_PDEATHSIG`) and also exit when their connection to it closes. Every worker is reaped
+//! by the pool; none is left as a zombie. Workers ignore SIGINT, so Ctrl-C stops the parent,
+//! which takes its workers down with it.
+
+#![deny(missing_docs)]
+#![warn(rustdoc::broken_intra_doc_links)]
+
+mod driver;
+mod error;
+mod frame;
+mod imap;
+mod job;
+mod panic_capture;
+mod pool;
+mod registry;
+mod result;
+mod shared;
+mod spawn;
+mod task;
+mod transport;
+mod worker;
+
+pub use error::{Error, ExitCause};
+pub use imap::Imap;
+pub use pool::{Pool, PoolBuilder};
+pub use result::AsyncResult;
+pub use task::Task;
+
+/// Makes a function a task that pool workers can run by name.
+///
+/// The function stays callable as before (`square(3)`), and becomes a value that names the task
+/// for the pool (`pool.apply(square, 3)`): the attribute turns it into a unit struct of the same
+/// name that implements [`Task`] and dereferences to the function. It is registered (through
+/// `inventory`) under its module path and name, or under `#[task(name = "…")]`.
+///
+/// ```
+/// use pool_core::{task, Pool, Task};
+///
+/// /// Adds two numbers.
+/// #[task]
+/// pub fn add(a: i64, b: i64) -> i64 {
+///     a + b
+/// }
+///
+/// #[task(name = "geometry.area")]
+/// fn area(w: f64, h: f64) -> f64 {
+///     w * h
+/// }
+///
+/// #[task]
+/// fn hello() -> String {
+///     "hello".to_string()
+/// }
+///
+/// assert_eq!(add(2, 3), 5); // still a function
+/// assert_eq!(area::NAME, "geometry.area");
+/// let pool = Pool::builder().processes(1).build()?;
+/// assert_eq!(pool.apply(add, (2, 3))?, 5);
+/// assert_eq!(pool.apply(area, (2.0, 4.0))?, 8.0);
+/// assert_eq!(pool.apply(hello, ())?, "hello");
+/// # Ok::<(), pool_core::Error>(())
+/// ```
+///
+/// # What a task may be
+///
+/// A plain function: not `async`, not generic, not a method, not `unsafe` or `extern`. Its
+/// parameters and return type must be owned types that implement serde's `Serialize` and
+/// `Deserialize` (`String`, not `&str`; `Vec<T>`, not `&[T]`). Anything else is a compile
+/// error that points at the offending token and says what to write instead. A task may return a
+/// `Result` of its own, which reaches the caller inside the pool's `Result`.
+///
+/// Two tasks with the same name make [`Pool::new`] fail with [`Error::DuplicateTask`], naming
+/// both functions.
+pub use pool_macros::task;
+
+/// What the code generated by `#[task]` refers to. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::task::{Task, TaskEntry};
+    pub use inventory;
+    pub use rmp_serde;
+    pub use serde;
+}

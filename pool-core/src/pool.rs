@@ -1,0 +1,557 @@
+//! [`Pool`], the parent's handle to a set of worker processes, and its [`PoolBuilder`].
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::driver::Driver;
+use crate::frame::JobBuilder;
+use crate::imap::Imap;
+use crate::job::{Job, TaskName};
+use crate::result::{decode_all, decode_one, Slot};
+use crate::shared::Shared;
+use crate::{panic_capture, registry, AsyncResult, Error, Task};
+
+/// Configures and starts a [`Pool`].
+///
+/// # Examples
+///
+/// ```
+/// use pool_core::Pool;
+///
+/// let pool = Pool::builder().processes(3).build()?;
+/// assert_eq!(pool.processes(), 3);
+/// # Ok::<(), pool_core::Error>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct PoolBuilder {
+    processes: Option<usize>,
+}
+
+impl PoolBuilder {
+    /// A builder with the defaults: one worker per CPU.
+    pub fn new() -> Self {
+        PoolBuilder::default()
+    }
+
+    /// The number of worker processes (default: the number of CPUs, from `num_cpus`). Must be at
+    /// least 1.
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = Some(n);
+        self
+    }
+
+    /// Checks the task registry, forks the workers, and returns the running pool.
+    ///
+    /// Fails with [`Error::DuplicateTask`] if two tasks share a name, [`Error::Config`] for a
+    /// worker count of 0, and [`Error::Spawn`] if a worker or thread cannot be started.
+    pub fn build(self) -> Result<Pool, Error> {
+        let processes = self.processes.unwrap_or_else(num_cpus::get);
+        if processes == 0 {
+            return Err(Error::Config(
+                "the number of processes must be at least 1".into(),
+            ));
+        }
+        registry::check()?;
+        panic_capture::install();
+
+        let (sender, queue) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared::new(sender, processes));
+        let pool = Pool {
+            shared: Arc::clone(&shared),
+            drivers: Mutex::new(Vec::with_capacity(processes)),
+            processes,
+        };
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(processes);
+        let mut answers = 0;
+        for index in 0..processes {
+            let shared = Arc::clone(&shared);
+            let queue = queue.clone();
+            let ready = ready_tx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("pool-core-driver-{index}"))
+                .spawn(move || match Driver::start(index, shared, queue) {
+                    Ok(driver) => {
+                        let _ = ready.send(Ok(()));
+                        drop(ready);
+                        driver.run();
+                    }
+                    Err(err) => {
+                        let _ = ready.send(Err(err));
+                    }
+                });
+            answers += 1;
+            match spawned {
+                Ok(handle) => pool.lock_drivers().push(handle),
+                Err(err) => {
+                    let _ = ready_tx.send(Err(Error::spawn(err)));
+                    break;
+                }
+            }
+        }
+        drop(ready_tx);
+        drop(queue);
+        // One answer per driver thread that started, plus one for a thread that could not.
+        let mut first_error = None;
+        for result in ready_rx.iter().take(answers) {
+            if let Err(err) = result {
+                first_error.get_or_insert(err);
+            }
+        }
+        match first_error {
+            // Dropping the pool terminates and reaps whatever did start.
+            Some(err) => Err(err),
+            None => Ok(pool),
+        }
+    }
+}
+
+/// A pool of worker processes that run [`#[task]`](crate::task) functions.
+///
+/// Workers are forked when the pool is built and serve jobs from one queue that the parent
+/// holds; each worker has its own connection to the parent, so no process can die holding
+/// something the others need. Every failure of a task — a panic, a crash or kill of its worker,
+/// arguments that do not decode — becomes an [`Error`] on that task; a dead worker is replaced
+/// and the pool goes on.
+///
+/// `Pool` is `Send + Sync`: any number of threads may submit work to one pool at once, and each
+/// result reaches the thread that asked for it.
+///
+/// # Lifecycle
+///
+/// [`close`](Pool::close) stops accepting work and lets queued work finish;
+/// [`join`](Pool::join) then waits for the workers to exit. [`terminate`](Pool::terminate)
+/// kills the workers at once, and pending results resolve to [`Error::Terminated`].
+/// **Dropping a `Pool` without `close` and `join` terminates it** (like leaving Python's
+/// `with Pool() as p:` block): work not yet finished is lost, and every worker is reaped before
+/// `drop` returns.
+///
+/// # Examples
+///
+/// ```
+/// use pool_core::{task, Pool};
+///
+/// #[task]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// #[task]
+/// fn add(a: i64, b: i64) -> i64 {
+///     a + b
+/// }
+///
+/// let pool = Pool::builder().processes(2).build()?;
+/// assert_eq!(pool.apply(square, 7)?, 49); // one parameter: the bare value
+/// assert_eq!(pool.apply(add, (2, 3))?, 5); // several: a tuple
+/// let squares = pool.map(square, 0..1000)?;
+/// assert_eq!(squares[999], 999 * 999);
+/// pool.close();
+/// pool.join()?;
+/// # Ok::<(), pool_core::Error>(())
+/// ```
+pub struct Pool {
+    pub(crate) shared: Arc<Shared>,
+    drivers: Mutex<Vec<JoinHandle<()>>>,
+    processes: usize,
+}
+
+impl Pool {
+    /// Starts a pool with one worker per CPU. Same as `Pool::builder().build()`.
+    pub fn new() -> Result<Pool, Error> {
+        PoolBuilder::new().build()
+    }
+
+    /// A [`PoolBuilder`] to configure a pool.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::new()
+    }
+
+    /// The number of worker processes.
+    pub fn processes(&self) -> usize {
+        self.processes
+    }
+
+    /// The process ids of the live workers (a dead worker's replacement appears here once it is
+    /// forked).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = pool_core::Pool::builder().processes(2).build()?;
+    /// assert_eq!(pool.worker_pids().len(), 2);
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
+    pub fn worker_pids(&self) -> Vec<i32> {
+        self.shared.worker_pids()
+    }
+
+    fn lock_drivers(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.drivers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues one job frame; `done` gets its result frame or the error that ended it.
+    pub(crate) fn submit_frame(
+        &self,
+        frame: Vec<u8>,
+        task: TaskName,
+        done: impl FnOnce(Result<Vec<u8>, Error>) + Send + 'static,
+    ) {
+        self.shared.submit(Job::new(frame, task, done));
+    }
+
+    /// Runs `task(args)` in a worker and waits for the result.
+    ///
+    /// `args` is the bare value for a one-parameter task and a tuple for several.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Pool};
+    ///
+    /// #[task]
+    /// fn greet(name: String, times: usize) -> String {
+    ///     format!("hello {name}! ").repeat(times)
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(1).build()?;
+    /// assert_eq!(pool.apply(greet, ("Ada".to_string(), 2))?, "hello Ada! hello Ada! ");
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
+    pub fn apply<T: Task>(&self, task: T, args: T::Args) -> Result<T::Output, Error> {
+        self.apply_async(task, args).get()
+    }
+
+    /// Submits `task(args)` and returns at once with a handle to the result.
+    ///
+    /// Callbacks can be attached to the handle with [`AsyncResult::on_success`] and
+    /// [`AsyncResult::on_error`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Pool};
+    ///
+    /// #[task]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let pending: Vec<_> = (0..10).map(|i| pool.apply_async(square, i)).collect();
+    /// let values: Vec<u64> = pending.iter().map(|r| r.get()).collect::<Result<_, _>>()?;
+    /// assert_eq!(values[9], 81);
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
+    pub fn apply_async<T: Task>(&self, _task: T, args: T::Args) -> AsyncResult<T::Output> {
+        self.apply_async_by_name(T::NAME.into(), &args)
+    }
+
+    /// Runs the task registered as `name` with untyped arguments, and decodes its result as `R`.
+    ///
+    /// This is for names known only at run time (from a config file, a message, another
+    /// language). Arguments that do not fit the task's parameters give [`Error::ArgsDecode`];
+    /// a name no task has gives [`Error::UnknownTask`]. Prefer [`apply`](Self::apply), which
+    /// checks types at compile time.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Error, Pool};
+    ///
+    /// #[task(name = "math.square")]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(1).build()?;
+    /// assert_eq!(pool.apply_named::<_, u64>("math.square", 4)?, 16);
+    /// assert!(matches!(
+    ///     pool.apply_named::<_, u64>("math.cube", 4),
+    ///     Err(Error::UnknownTask { .. })
+    /// ));
+    /// assert!(matches!(
+    ///     pool.apply_named::<_, u64>("math.square", "four"),
+    ///     Err(Error::ArgsDecode { .. })
+    /// ));
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
+    pub fn apply_named<A: Serialize, R: DeserializeOwned + 'static>(
+        &self,
+        name: &str,
+        args: A,
+    ) -> Result<R, Error> {
+        self.apply_async_by_name(TaskName::Owned(name.to_owned()), &args)
+            .get()
+    }
+
+    fn apply_async_by_name<A: Serialize + ?Sized, R: DeserializeOwned + 'static>(
+        &self,
+        name: TaskName,
+        args: &A,
+    ) -> AsyncResult<R> {
+        let slot = Slot::new(name.clone(), vec![1], decode_one::<R>);
+        if name.len() > usize::from(u16::MAX) {
+            slot.complete_part(0, Err(Error::UnknownTask { name: name.into() }));
+            return AsyncResult::new(slot);
+        }
+        let mut builder = JobBuilder::new(&name);
+        if let Err(message) = builder.push(args) {
+            let task = name.into_owned();
+            slot.complete_part(0, Err(Error::ArgsEncode { task, message }));
+            return AsyncResult::new(slot);
+        }
+        let target = Arc::clone(&slot);
+        self.submit_frame(builder.finish(), name, move |result| {
+            target.complete_part(0, result)
+        });
+        AsyncResult::new(slot)
+    }
+
+    /// Applies `task` to every item and returns the results in order, failing with the first
+    /// error (as Python's `map` raises).
+    ///
+    /// Items travel in chunks (one frame per chunk); the default chunk size is Python's,
+    /// `ceil(n / (4 × processes))`. See [`map_chunked`](Self::map_chunked) to choose it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Pool};
+    ///
+    /// #[task]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let v = pool.map(square, 0..10_000)?;
+    /// assert_eq!(v.len(), 10_000);
+    /// assert_eq!(v[100], 10_000);
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
+    pub fn map<T, I>(&self, task: T, items: I) -> Result<Vec<T::Output>, Error>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        self.map_async(task, items).get()
+    }
+
+    /// [`map`](Self::map) with `chunksize` items per frame (at least 1). Larger chunks cost
+    /// less per item; smaller ones balance uneven work better.
+    pub fn map_chunked<T, I>(
+        &self,
+        task: T,
+        items: I,
+        chunksize: usize,
+    ) -> Result<Vec<T::Output>, Error>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        self.map_async_chunked(task, items, chunksize).get()
+    }
+
+    /// Like [`map`](Self::map), but returns at once with a handle to the whole result.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Pool};
+    ///
+    /// #[task]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let r = pool.map_async(square, vec![1, 2, 3]);
+    /// assert_eq!(r.get()?, vec![1, 4, 9]);
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
+    pub fn map_async<T, I>(&self, task: T, items: I) -> AsyncResult<Vec<T::Output>>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        let iter = items.into_iter();
+        match iter.size_hint() {
+            (lo, Some(hi)) if lo == hi => {
+                let chunksize = self.default_chunksize(lo);
+                self.map_async_chunked(task, iter, chunksize)
+            }
+            _ => {
+                let items: Vec<T::Args> = iter.collect();
+                let chunksize = self.default_chunksize(items.len());
+                self.map_async_chunked(task, items, chunksize)
+            }
+        }
+    }
+
+    /// Python's default: `ceil(n / (4 × processes))`.
+    fn default_chunksize(&self, n: usize) -> usize {
+        n.div_ceil(4 * self.processes).max(1)
+    }
+
+    /// [`map_async`](Self::map_async) with `chunksize` items per frame (at least 1).
+    pub fn map_async_chunked<T, I>(
+        &self,
+        _task: T,
+        items: I,
+        chunksize: usize,
+    ) -> AsyncResult<Vec<T::Output>>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        let chunksize = chunksize.max(1);
+        // Encode every chunk first: the slot must know how many parts to wait for.
+        let mut frames = Vec::new();
+        let mut counts = Vec::new();
+        let mut iter = items.into_iter();
+        let mut encode_error = None;
+        'chunks: loop {
+            let mut builder = JobBuilder::new(T::NAME);
+            while (builder.count() as usize) < chunksize {
+                let Some(args) = iter.next() else { break };
+                if let Err(message) = builder.push(&args) {
+                    encode_error = Some(message);
+                    break 'chunks;
+                }
+            }
+            if builder.count() == 0 {
+                break;
+            }
+            counts.push(builder.count());
+            frames.push(builder.finish());
+        }
+        if let Some(message) = encode_error {
+            let slot = Slot::new(T::NAME.into(), vec![0], decode_all::<T::Output>);
+            let task = T::NAME.to_owned();
+            slot.complete_part(0, Err(Error::ArgsEncode { task, message }));
+            return AsyncResult::new(slot);
+        }
+        let slot = Slot::new(T::NAME.into(), counts, decode_all::<T::Output>);
+        for (index, frame) in frames.into_iter().enumerate() {
+            let target = Arc::clone(&slot);
+            self.submit_frame(frame, T::NAME.into(), move |result| {
+                target.complete_part(index, result)
+            });
+        }
+        AsyncResult::new(slot)
+    }
+
+    /// A lazy, ordered map: an iterator of one `Result` per item, in input order, with chunk
+    /// size 1 (as in Python). See [`Imap`].
+    pub fn imap<T, I>(&self, task: T, items: I) -> Imap<'_, T, I::IntoIter>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        self.imap_chunked(task, items, 1)
+    }
+
+    /// [`imap`](Self::imap) with `chunksize` items per frame.
+    pub fn imap_chunked<T, I>(
+        &self,
+        _task: T,
+        items: I,
+        chunksize: usize,
+    ) -> Imap<'_, T, I::IntoIter>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        Imap::new(self, items.into_iter(), chunksize, true)
+    }
+
+    /// Like [`imap`](Self::imap), but yields each chunk's results as soon as it finishes,
+    /// whatever its position.
+    pub fn imap_unordered<T, I>(&self, task: T, items: I) -> Imap<'_, T, I::IntoIter>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        self.imap_unordered_chunked(task, items, 1)
+    }
+
+    /// [`imap_unordered`](Self::imap_unordered) with `chunksize` items per frame.
+    pub fn imap_unordered_chunked<T, I>(
+        &self,
+        _task: T,
+        items: I,
+        chunksize: usize,
+    ) -> Imap<'_, T, I::IntoIter>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        Imap::new(self, items.into_iter(), chunksize, false)
+    }
+
+    /// Stops accepting work. Work already submitted still runs; then the workers exit. Later
+    /// submissions resolve to [`Error::Closed`].
+    pub fn close(&self) {
+        self.shared.close();
+    }
+
+    /// Kills the workers now (SIGKILL), without waiting for queued or running work, which
+    /// resolves to [`Error::Terminated`]. Returns at once; [`join`](Self::join) waits until
+    /// every worker is reaped.
+    pub fn terminate(&self) {
+        self.shared.terminate();
+    }
+
+    /// Waits for the workers to exit after [`close`](Self::close) or
+    /// [`terminate`](Self::terminate); fails with [`Error::NotClosed`] before either.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{Error, Pool};
+    ///
+    /// let pool = Pool::builder().processes(1).build()?;
+    /// assert!(matches!(pool.join(), Err(Error::NotClosed)));
+    /// pool.close();
+    /// pool.join()?;
+    /// assert!(pool.worker_pids().is_empty());
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
+    pub fn join(&self) -> Result<(), Error> {
+        if !self.shared.is_closed() {
+            return Err(Error::NotClosed);
+        }
+        let mut drivers = self.lock_drivers();
+        for handle in drivers.drain(..) {
+            // A driver thread only ends by finishing its loop (its own panics are bugs, and its
+            // `Drop` still reaps its worker), so the join result carries nothing to report.
+            let _ = handle.join();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if !self.lock_drivers().is_empty() {
+            self.terminate();
+            let _ = self.join();
+        }
+    }
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("processes", &self.processes)
+            .field("workers", &self.worker_pids())
+            .field("closed", &self.shared.is_closed())
+            .field("terminated", &self.shared.is_terminated())
+            .finish()
+    }
+}

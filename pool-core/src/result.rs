@@ -1,0 +1,374 @@
+//! [`AsyncResult`]: the handle to a result that is still being computed.
+
+use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+
+use crate::frame::{self, Outcome};
+use crate::job::TaskName;
+use crate::Error;
+
+/// Turns the result frames of all parts into the caller's value.
+type Decode<T> = fn(&[Vec<u8>], &str) -> Result<T, Error>;
+type OnSuccess<T> = Box<dyn FnOnce(T) + Send>;
+type OnError = Box<dyn FnOnce(Error) + Send>;
+
+/// Where the parts of one result (one frame for `apply`, one per chunk for `map`) come together.
+pub(crate) struct Slot<T> {
+    task: TaskName,
+    decode: Decode<T>,
+    state: Mutex<State<T>>,
+    ready: Condvar,
+}
+
+struct State<T> {
+    /// Result frames by part; all present once `outcome` is `Ok`.
+    parts: Vec<Vec<u8>>,
+    /// How many items each part must hold (checked against what the worker sent).
+    expected: Vec<u32>,
+    remaining: usize,
+    /// Set when the last part arrived or the first error did.
+    outcome: Option<Result<(), Error>>,
+    /// Set once the callbacks, if any, have run: waiters wake only then, as in Python.
+    done: bool,
+    on_success: Option<OnSuccess<T>>,
+    on_error: Option<OnError>,
+}
+
+impl<T> Slot<T> {
+    /// A slot awaiting `expected.len()` parts, part `i` holding `expected[i]` items.
+    pub(crate) fn new(task: TaskName, expected: Vec<u32>, decode: Decode<T>) -> Arc<Self> {
+        let parts = expected.len();
+        let slot = Arc::new(Slot {
+            task,
+            decode,
+            state: Mutex::new(State {
+                parts: vec![Vec::new(); parts],
+                expected,
+                remaining: parts,
+                outcome: None,
+                done: false,
+                on_success: None,
+                on_error: None,
+            }),
+            ready: Condvar::new(),
+        });
+        if parts == 0 {
+            slot.finish(slot.lock(), Ok(()));
+        }
+        slot
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Delivers part `index`. The first error wins; later parts are then ignored.
+    pub(crate) fn complete_part(&self, index: usize, result: Result<Vec<u8>, Error>) {
+        let mut state = self.lock();
+        if state.outcome.is_some() {
+            return;
+        }
+        let checked = result.and_then(|frame| {
+            check_frame(&frame, &self.task, state.expected[index]).map(|()| frame)
+        });
+        match checked {
+            Err(err) => self.finish(state, Err(err)),
+            Ok(frame) => {
+                state.parts[index] = frame;
+                state.remaining -= 1;
+                if state.remaining == 0 {
+                    self.finish(state, Ok(()));
+                }
+            }
+        }
+    }
+
+    /// Records the outcome, runs the callbacks (outside the lock), then wakes the waiters.
+    fn finish(&self, mut state: MutexGuard<'_, State<T>>, outcome: Result<(), Error>) {
+        state.outcome = Some(outcome);
+        let on_success = state.on_success.take();
+        let on_error = state.on_error.take();
+        if on_success.is_some() || on_error.is_some() {
+            let value = self.value_for_callbacks(&state, on_success.is_some());
+            drop(state);
+            run_callbacks(value, on_success, on_error);
+            self.lock().done = true;
+        } else {
+            state.done = true;
+            drop(state);
+        }
+        self.ready.notify_all();
+    }
+
+    /// The value or error the callbacks get; decodes only when a success callback wants it.
+    fn value_for_callbacks(&self, state: &State<T>, decode: bool) -> Option<Result<T, Error>> {
+        match state.outcome.as_ref()? {
+            Err(err) => Some(Err(err.clone())),
+            Ok(()) if decode => Some((self.decode)(&state.parts, &self.task)),
+            Ok(()) => None,
+        }
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> MutexGuard<'_, State<T>> {
+        let mut state = self.lock();
+        while !state.done {
+            state = match deadline {
+                None => self
+                    .ready
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    self.ready
+                        .wait_timeout(state, deadline - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
+        state
+    }
+
+    fn get_from(&self, state: &State<T>) -> Result<T, Error> {
+        match state.outcome.as_ref() {
+            Some(Ok(())) => (self.decode)(&state.parts, &self.task),
+            Some(Err(err)) => Err(err.clone()),
+            None => unreachable!("get_from is called once the slot is done"),
+        }
+    }
+}
+
+fn run_callbacks<T>(
+    value: Option<Result<T, Error>>,
+    on_success: Option<OnSuccess<T>>,
+    on_error: Option<OnError>,
+) {
+    // A panicking callback must not take down the thread that delivers results; the panic hook
+    // has already reported it.
+    let _ = panic::catch_unwind(AssertUnwindSafe(move || match value {
+        Some(Ok(v)) => {
+            if let Some(f) = on_success {
+                f(v)
+            }
+        }
+        Some(Err(e)) => {
+            if let Some(f) = on_error {
+                f(e)
+            }
+        }
+        None => {}
+    }));
+}
+
+/// Checks a result frame's structure and item count, and returns the first error it carries.
+pub(crate) fn check_frame(frame: &[u8], task: &str, expected: u32) -> Result<(), Error> {
+    let results = frame::parse_results(frame).map_err(|e| frame_error(e, task))?;
+    if results.remaining() != expected {
+        return Err(Error::Protocol(format!(
+            "expected {expected} results, the worker sent {}",
+            results.remaining()
+        )));
+    }
+    for outcome in results {
+        if let Some(err) = outcome?.to_error(task) {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// The error for a result frame whose header does not parse (`None`: the task is unknown).
+pub(crate) fn frame_error(err: Option<frame::FrameError>, task: &str) -> Error {
+    match err {
+        None => Error::UnknownTask {
+            name: task.to_owned(),
+        },
+        Some(err) => err.into(),
+    }
+}
+
+/// Decodes one MessagePack value of the task's return type.
+pub(crate) fn decode_value<R: DeserializeOwned>(bytes: &[u8], task: &str) -> Result<R, Error> {
+    rmp_serde::from_slice(bytes).map_err(|e| Error::ResultDecode {
+        task: task.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// Decodes every item of every part, in order (the parts are checked already).
+pub(crate) fn decode_all<R: DeserializeOwned>(
+    parts: &[Vec<u8>],
+    task: &str,
+) -> Result<Vec<R>, Error> {
+    let mut out = Vec::new();
+    for part in parts {
+        let results = frame::parse_results(part).map_err(|e| frame_error(e, task))?;
+        out.reserve(results.remaining() as usize);
+        for outcome in results {
+            match outcome? {
+                Outcome::Ok(bytes) => out.push(decode_value(bytes, task)?),
+                other => return Err(other.to_error(task).expect("not Ok")),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Decodes the single item of a single part.
+pub(crate) fn decode_one<R: DeserializeOwned>(parts: &[Vec<u8>], task: &str) -> Result<R, Error> {
+    let mut all = decode_all::<R>(parts, task)?;
+    match all.pop() {
+        Some(value) if all.is_empty() => Ok(value),
+        _ => Err(Error::Protocol("expected exactly one result".to_owned())),
+    }
+}
+
+/// The result of work submitted with [`Pool::apply_async`](crate::Pool::apply_async) or
+/// [`Pool::map_async`](crate::Pool::map_async), available once a worker has finished it.
+///
+/// Waiting never hangs on a failure: a worker that dies, a pool that is terminated or dropped,
+/// each resolves the result to an error.
+///
+/// # Examples
+///
+/// ```
+/// use pool_core::{task, Pool};
+/// use std::time::Duration;
+///
+/// #[task]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// let pool = Pool::builder().processes(2).build()?;
+/// let r = pool.apply_async(square, 9);
+/// r.wait();
+/// assert!(r.ready());
+/// assert_eq!(r.successful(), Some(true));
+/// assert_eq!(r.get()?, 81);
+/// assert_eq!(r.get_timeout(Duration::from_secs(1))?, 81); // a result can be read again
+/// # Ok::<(), pool_core::Error>(())
+/// ```
+pub struct AsyncResult<T> {
+    slot: Arc<Slot<T>>,
+}
+
+impl<T> AsyncResult<T> {
+    pub(crate) fn new(slot: Arc<Slot<T>>) -> Self {
+        AsyncResult { slot }
+    }
+
+    /// Blocks until the result is ready, then returns it (or the task's error).
+    ///
+    /// The value is decoded from the worker's reply on each call, so `get` may be called more
+    /// than once.
+    pub fn get(&self) -> Result<T, Error> {
+        let state = self.slot.wait_until(None);
+        self.slot.get_from(&state)
+    }
+
+    /// Like [`get`](Self::get), but gives up after `timeout` with [`Error::WaitTimeout`]; the
+    /// task goes on and can be waited for again.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, Error> {
+        let state = self.slot.wait_until(Some(Instant::now() + timeout));
+        if !state.done {
+            return Err(Error::WaitTimeout(timeout));
+        }
+        self.slot.get_from(&state)
+    }
+
+    /// Blocks until the result is ready.
+    pub fn wait(&self) {
+        drop(self.slot.wait_until(None));
+    }
+
+    /// Blocks until the result is ready or `timeout` has passed; returns whether it is ready.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.slot.wait_until(Some(Instant::now() + timeout)).done
+    }
+
+    /// Whether the result is ready (successful or not).
+    pub fn ready(&self) -> bool {
+        self.slot.lock().done
+    }
+
+    /// `Some(true)` if the work finished without error, `Some(false)` if it failed, `None` while
+    /// it is not ready. (Python raises `ValueError` for the last case.)
+    pub fn successful(&self) -> Option<bool> {
+        let state = self.slot.lock();
+        if !state.done {
+            return None;
+        }
+        state.outcome.as_ref().map(Result::is_ok)
+    }
+
+    /// Runs `f` with the value when the work succeeds.
+    ///
+    /// As in Python, the callback runs in the parent, on the pool's thread that received the
+    /// result (so it should be quick), and before any [`get`](Self::get) returns. If the result
+    /// is already ready, `f` runs at once on the calling thread. A panic in `f` is caught and
+    /// does not affect the pool.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Pool};
+    /// use std::sync::mpsc;
+    ///
+    /// #[task]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(1).build()?;
+    /// let (tx, rx) = mpsc::channel();
+    /// let tx2 = tx.clone();
+    /// pool.apply_async(square, 5)
+    ///     .on_success(move |v| tx.send(Ok(v)).unwrap())
+    ///     .on_error(move |e| tx2.send(Err(e.to_string())).unwrap());
+    /// assert_eq!(rx.recv().unwrap(), Ok(25));
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
+    pub fn on_success(self, f: impl FnOnce(T) + Send + 'static) -> Self {
+        let mut state = self.slot.lock();
+        if state.outcome.is_none() {
+            state.on_success = Some(Box::new(f));
+            drop(state);
+        } else {
+            let value = self.slot.value_for_callbacks(&state, true);
+            drop(state);
+            run_callbacks(value, Some(Box::new(f)), None);
+        }
+        self
+    }
+
+    /// Runs `f` with the error when the work fails. Runs like [`on_success`](Self::on_success).
+    pub fn on_error(self, f: impl FnOnce(Error) + Send + 'static) -> Self {
+        let mut state = self.slot.lock();
+        if state.outcome.is_none() {
+            state.on_error = Some(Box::new(f));
+            drop(state);
+        } else {
+            let value = self.slot.value_for_callbacks(&state, false);
+            drop(state);
+            run_callbacks::<T>(value, None, Some(Box::new(f)));
+        }
+        self
+    }
+}
+
+impl<T> fmt::Debug for AsyncResult<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncResult")
+            .field("task", &self.slot.task)
+            .field("ready", &self.ready())
+            .finish()
+    }
+}

@@ -1,0 +1,115 @@
+//! The state a pool's handle and its driver threads share.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
+
+use crossbeam_channel::Sender;
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+
+use crate::job::Job;
+use crate::Error;
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// The one job queue. `None` once the pool is closed: taking the sender out under the write
+    /// lock means no job can slip in behind the close, and once the queue is empty the drivers
+    /// see it disconnected and shut their workers down.
+    sender: RwLock<Option<Sender<Job>>>,
+    terminated: AtomicBool,
+    /// The live worker of each driver. A pid is cleared (under this lock) before its process is
+    /// reaped, so a pid read under the lock always names our own unreaped child and can be
+    /// signalled without hitting a recycled pid.
+    workers: Vec<Mutex<Option<Pid>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    pub(crate) fn new(sender: Sender<Job>, processes: usize) -> Self {
+        Shared {
+            sender: RwLock::new(Some(sender)),
+            terminated: AtomicBool::new(false),
+            workers: (0..processes).map(|_| Mutex::new(None)).collect(),
+        }
+    }
+
+    /// Queues a job, or resolves it at once with `Closed` when the pool takes no more work.
+    pub(crate) fn submit(&self, job: Job) {
+        let guard = self.sender.read().unwrap_or_else(PoisonError::into_inner);
+        match &*guard {
+            Some(sender) => {
+                if let Err(err) = sender.send(job) {
+                    // Every driver is gone (the pool was terminated).
+                    drop(guard);
+                    err.into_inner().complete(Err(Error::Terminated));
+                }
+            }
+            None => {
+                drop(guard);
+                let err = if self.is_terminated() {
+                    Error::Terminated
+                } else {
+                    Error::Closed
+                };
+                job.complete(Err(err));
+            }
+        }
+    }
+
+    /// Accepts no more jobs; queued ones still run.
+    pub(crate) fn close(&self) {
+        let sender = self
+            .sender
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop(sender);
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.sender
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none()
+    }
+
+    /// Stops at once: no more jobs, every worker killed. Drivers resolve what they hold with
+    /// `Terminated`, drain the queue the same way, reap their workers and exit.
+    pub(crate) fn terminate(&self) {
+        self.terminated.store(true, Ordering::SeqCst);
+        self.close();
+        for slot in &self.workers {
+            if let Some(pid) = *lock(slot) {
+                let _ = signal::kill(pid, Signal::SIGKILL);
+            }
+        }
+    }
+
+    pub(crate) fn is_terminated(&self) -> bool {
+        self.terminated.load(Ordering::SeqCst)
+    }
+
+    /// Records driver `index`'s new worker. If the pool was terminated meanwhile, kills it, so a
+    /// worker forked during `terminate` does not live on.
+    pub(crate) fn set_worker(&self, index: usize, pid: Pid) {
+        *lock(&self.workers[index]) = Some(pid);
+        if self.is_terminated() {
+            let _ = signal::kill(pid, Signal::SIGKILL);
+        }
+    }
+
+    /// Forgets driver `index`'s worker; called before reaping it.
+    pub(crate) fn clear_worker(&self, index: usize) {
+        *lock(&self.workers[index]) = None;
+    }
+
+    pub(crate) fn worker_pids(&self) -> Vec<i32> {
+        self.workers
+            .iter()
+            .filter_map(|slot| lock(slot).map(Pid::as_raw))
+            .collect()
+    }
+}
