@@ -33,6 +33,9 @@ const PARENT_END_SLOTS: usize = 4096;
 static PARENT_ENDS: [AtomicI32; PARENT_END_SLOTS] =
     [const { AtomicI32::new(-1) }; PARENT_END_SLOTS];
 
+/// Held while a worker's child end is open in the parent (see [`fork_worker`]).
+static FORK_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A registered parent end; unregisters on drop. Must be dropped before the socket is closed,
 /// which the field order of [`WorkerProcess`] guarantees.
 #[derive(Debug)]
@@ -83,7 +86,14 @@ impl WorkerProcess {
 ///
 /// The calling thread must stay alive until the worker is reaped (see the module docs).
 pub(crate) fn fork_worker() -> io::Result<WorkerProcess> {
-    let (parent_end, child_end) = transport::pair()?;
+    // While a child end exists in the parent, no other worker may be forked, or it would inherit
+    // that end and keep it open: hold the fork lock from the pair's creation until the child end
+    // is closed here. (The parent ends that workers inherit are closed by the workers, see
+    // `close_inherited_parent_ends`; the pidfd watch makes death detection independent of both.)
+    let fork_lock = FORK_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (mut parent_end, child_end) = transport::pair()?;
     let guard = ParentEndGuard::register(parent_end.raw_fd());
     let parent_pid = nix::unistd::getpid();
     // SAFETY: after `fork` in a multi-threaded program the child may only rely on state that no
@@ -96,6 +106,16 @@ pub(crate) fn fork_worker() -> io::Result<WorkerProcess> {
         ForkResult::Child => child_after_fork(parent_pid, child_end, parent_end.raw_fd()),
         ForkResult::Parent { child } => {
             drop(child_end);
+            drop(fork_lock);
+            // The child is ours and unreaped, so its pid cannot be reused before this call.
+            let watched =
+                transport::pidfd_open(child.as_raw()).and_then(|pidfd| parent_end.watch(pidfd));
+            if let Err(err) = watched {
+                let _ = signal::kill(child, Signal::SIGKILL);
+                drop((guard, parent_end));
+                reap(child, Duration::ZERO);
+                return Err(err);
+            }
             Ok(WorkerProcess {
                 pid: child,
                 guard,

@@ -1,1 +1,100 @@
-//! Helpers shared by the pool-tests test binaries.
+//! Helpers shared by the pool-tests test binaries: deadlines, and views of this process's
+//! children and descriptors from `/proc`.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Runs `f` on its own thread and returns its result; if it takes longer than `secs`, prints
+/// what hung and aborts the test binary, so a hang is a failure with a message, never a stuck CI.
+pub fn deadline<T: Send + 'static>(
+    secs: u64,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(value) => {
+            let _ = handle.join();
+            value
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => match handle.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the thread sends before it ends"),
+        },
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            eprintln!("HANG: `{what}` did not finish within {secs} s; aborting the test binary");
+            std::process::abort();
+        }
+    }
+}
+
+/// The number of open descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// One process as `/proc/PID/stat` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcStat {
+    /// Process id.
+    pub pid: i32,
+    /// State letter: R, S, D, Z, …
+    pub state: char,
+    /// Parent's process id.
+    pub ppid: i32,
+}
+
+/// Reads `/proc/PID/stat`; `None` when the process is gone.
+pub fn stat(pid: i32) -> Option<ProcStat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces: split after the last ')'.
+    let rest = &text[text.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some(ProcStat { pid, state, ppid })
+}
+
+/// Whether `pid` is a live process (a zombie counts as dead).
+pub fn is_alive(pid: i32) -> bool {
+    matches!(stat(pid), Some(s) if s.state != 'Z' && s.state != 'X')
+}
+
+/// The children of this process, with their states.
+pub fn children() -> Vec<ProcStat> {
+    let me = std::process::id() as i32;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(stat)
+        .filter(|s| s.ppid == me)
+        .collect()
+}
+
+/// This process's resident memory in KiB.
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Polls `cond` every 10 ms for up to `secs`; returns whether it became true.
+pub fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}

@@ -1,0 +1,412 @@
+//! Every call of the pool's API, with correct results on at least 10,000 items.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use common::*;
+use pool_core::{Error, Pool, Task};
+use pool_tests::deadline;
+
+const N: u64 = 10_000;
+
+fn pool(n: usize) -> Pool {
+    Pool::builder().processes(n).build().expect("pool starts")
+}
+
+#[test]
+fn apply_one_and_several_and_no_parameters() {
+    deadline(30, "apply", || {
+        let pool = pool(2);
+        assert_eq!(pool.apply(square, 7).unwrap(), 49);
+        assert_eq!(pool.apply(add, (2, 3)).unwrap(), 5);
+        assert_eq!(pool.apply(add, (-7, 3)).unwrap(), -4);
+        pool.apply(nothing, ()).unwrap();
+        let words = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        assert_eq!(pool.apply(concat, (words, "-".into())).unwrap(), "a-b-c");
+        assert_eq!(pool.apply(parse_number, "42".into()).unwrap(), Ok(42));
+        assert!(pool.apply(parse_number, "x".into()).unwrap().is_err());
+        for i in 0..N {
+            assert_eq!(pool.apply(square, i).unwrap(), i * i);
+        }
+    });
+}
+
+#[test]
+fn tasks_run_in_other_processes() {
+    deadline(30, "pids", || {
+        let pool = pool(2);
+        let me = std::process::id() as i32;
+        let pids: HashSet<i32> = (0..50)
+            .map(|_| pool.apply(worker_pid, ()).unwrap())
+            .collect();
+        assert!(!pids.contains(&me));
+        let workers: HashSet<i32> = pool.worker_pids().into_iter().collect();
+        assert_eq!(workers.len(), 2);
+        assert!(pids.is_subset(&workers), "{pids:?} ⊄ {workers:?}");
+    });
+}
+
+#[test]
+fn a_task_is_still_a_function() {
+    assert_eq!(square(3), 9);
+    assert_eq!(add(1, 2), 3);
+    let f: fn(u64) -> u64 = *square;
+    assert_eq!(f(4), 16);
+    assert_eq!(square::call(5), 25);
+    assert!(square::NAME.ends_with("common::square"), "{}", square::NAME);
+}
+
+#[test]
+fn apply_async_many_then_get() {
+    deadline(30, "apply_async", || {
+        let pool = pool(2);
+        let results: Vec<_> = (0..N).map(|i| pool.apply_async(square, i)).collect();
+        for (i, r) in results.iter().enumerate() {
+            let i = i as u64;
+            assert_eq!(r.get().unwrap(), i * i);
+            assert!(r.ready());
+            assert_eq!(r.successful(), Some(true));
+            // A result may be read again.
+            assert_eq!(r.get().unwrap(), i * i);
+        }
+    });
+}
+
+#[test]
+fn async_result_waits_and_timeouts() {
+    deadline(30, "waits", || {
+        let pool = pool(1);
+        let slow = pool.apply_async(sleep_ms, 300);
+        assert!(!slow.ready());
+        assert_eq!(slow.successful(), None);
+        match slow.get_timeout(Duration::from_millis(20)) {
+            Err(Error::WaitTimeout(d)) => assert_eq!(d, Duration::from_millis(20)),
+            other => panic!("expected WaitTimeout, got {other:?}"),
+        }
+        assert!(!slow.wait_timeout(Duration::from_millis(10)));
+        slow.wait();
+        assert!(slow.ready());
+        assert!(slow.wait_timeout(Duration::ZERO));
+        assert_eq!(slow.get_timeout(Duration::ZERO).unwrap(), 300);
+    });
+}
+
+#[test]
+fn callbacks_run_once_with_value_or_error() {
+    deadline(30, "callbacks", || {
+        let pool = pool(2);
+        let (tx, rx) = mpsc::channel();
+        let mut handles = Vec::new();
+        for i in 0..1000u64 {
+            let ok = tx.clone();
+            let err = tx.clone();
+            handles.push(
+                pool.apply_async(panics_on, (i, 500))
+                    .on_success(move |v| ok.send(Ok(v)).unwrap())
+                    .on_error(move |e| err.send(Err(e.to_string())).unwrap()),
+            );
+        }
+        drop(tx);
+        for h in &handles {
+            h.wait();
+        }
+        let got: Vec<Result<u64, String>> = rx.iter().collect();
+        assert_eq!(got.len(), 1000, "each callback runs exactly once");
+        let errors: Vec<_> = got.iter().filter_map(|r| r.as_ref().err()).collect();
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].contains("item 500 is bad"), "{}", errors[0]);
+        let mut values: Vec<u64> = got.into_iter().filter_map(Result::ok).collect();
+        values.sort();
+        assert_eq!(values.len(), 999);
+        assert!(!values.contains(&500));
+
+        // Registered after completion: runs at once, on this thread.
+        let r = pool.apply_async(square, 3);
+        r.wait();
+        let (tx, rx) = mpsc::channel();
+        let _ = r.on_success(move |v| tx.send(v).unwrap());
+        assert_eq!(rx.try_recv().unwrap(), 9);
+    });
+}
+
+#[test]
+fn callbacks_run_before_get_returns() {
+    deadline(30, "callback order", || {
+        let pool = pool(2);
+        for i in 0..200 {
+            let seen = Arc::new(AtomicUsize::new(0));
+            let s = Arc::clone(&seen);
+            let r = pool.apply_async(square, i).on_success(move |_| {
+                s.fetch_add(1, Ordering::SeqCst);
+            });
+            r.get().unwrap();
+            assert_eq!(seen.load(Ordering::SeqCst), 1);
+        }
+    });
+}
+
+#[test]
+fn map_is_ordered_and_complete() {
+    deadline(60, "map", || {
+        let pool = pool(2);
+        let v = pool.map(square, 0..N).unwrap();
+        assert_eq!(v, (0..N).map(|i| i * i).collect::<Vec<_>>());
+        // An iterator without an exact length.
+        let v = pool.map(square, (0..3 * N).filter(|i| i % 3 == 0)).unwrap();
+        assert_eq!(v.len() as u64, N);
+        assert_eq!(v[1], 9);
+        // Empty input.
+        assert!(pool.map(square, Vec::new()).unwrap().is_empty());
+        // Several parameters.
+        let pairs: Vec<(i64, i64)> = (0..N as i64).map(|i| (i, -2 * i)).collect();
+        let sums = pool.map(add, pairs).unwrap();
+        assert_eq!(sums, (0..N as i64).map(|i| -i).collect::<Vec<_>>());
+        // Every chunk size from 1 to beyond the input.
+        for chunksize in [1, 2, 7, 100, 5000, 20_000] {
+            let v = pool.map_chunked(square, 0..N, chunksize).unwrap();
+            assert_eq!(v.len() as u64, N, "chunksize {chunksize}");
+            assert!(v.iter().enumerate().all(|(i, &x)| x == (i * i) as u64));
+        }
+        // Bigger payloads.
+        let blobs: Vec<Vec<u8>> = (0..64).map(|i| vec![i as u8; 100_000 + i]).collect();
+        let sums = pool.map(checksum, blobs.clone()).unwrap();
+        for (blob, sum) in blobs.iter().zip(sums) {
+            assert_eq!(
+                sum,
+                blob.iter().map(|&b| b as u64).sum::<u64>() + blob.len() as u64
+            );
+        }
+    });
+}
+
+#[test]
+fn map_async_returns_at_once() {
+    deadline(30, "map_async", || {
+        let pool = pool(2);
+        let r = pool.map_async(square, 0..N);
+        let r2 = pool.map_async_chunked(square, 0..N, 3);
+        assert_eq!(r.get().unwrap(), (0..N).map(|i| i * i).collect::<Vec<_>>());
+        assert_eq!(r2.get().unwrap().len() as u64, N);
+        let slow = pool.map_async(sleep_ms, vec![200, 200]);
+        assert!(!slow.ready());
+        assert_eq!(slow.get().unwrap(), vec![200, 200]);
+    });
+}
+
+#[test]
+fn map_fails_with_the_first_error_and_the_pool_goes_on() {
+    deadline(30, "map error", || {
+        let pool = pool(2);
+        let items: Vec<(u64, u64)> = (0..N).map(|i| (i, 7777)).collect();
+        match pool.map(panics_on, items) {
+            Err(Error::Panicked { message, .. }) => assert_eq!(message, "item 7777 is bad"),
+            other => panic!("expected Panicked, got {other:?}"),
+        }
+        assert_eq!(pool.map(square, 0..N).unwrap().len() as u64, N);
+    });
+}
+
+#[test]
+fn imap_is_lazy_ordered_and_complete() {
+    deadline(60, "imap", || {
+        let pool = pool(2);
+        let v: Vec<u64> = pool.imap(square, 0..N).map(Result::unwrap).collect();
+        assert_eq!(v, (0..N).map(|i| i * i).collect::<Vec<_>>());
+        let v: Vec<u64> = pool
+            .imap_chunked(square, 0..N, 64)
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(v, (0..N).map(|i| i * i).collect::<Vec<_>>());
+
+        // Per-item errors: the iteration goes on.
+        let out: Vec<_> = pool.imap(panics_on, (0..100).map(|i| (i, 50))).collect();
+        assert_eq!(out.len(), 100);
+        for (i, r) in out.iter().enumerate() {
+            if i == 50 {
+                assert!(matches!(r, Err(Error::Panicked { .. })), "{r:?}");
+            } else {
+                assert_eq!(*r.as_ref().unwrap(), i as u64);
+            }
+        }
+        // Same with chunks: only the bad item fails.
+        let out: Vec<_> = pool
+            .imap_chunked(panics_on, (0..100).map(|i| (i, 50)), 8)
+            .collect();
+        assert_eq!(out.iter().filter(|r| r.is_err()).count(), 1);
+        assert!(out[50].is_err());
+    });
+}
+
+#[test]
+fn imap_unordered_yields_everything_once() {
+    deadline(60, "imap_unordered", || {
+        let pool = pool(2);
+        for chunksize in [1, 10, 333] {
+            let mut v: Vec<u64> = pool
+                .imap_unordered_chunked(square, 0..N, chunksize)
+                .map(Result::unwrap)
+                .collect();
+            v.sort();
+            assert_eq!(v, (0..N).map(|i| i * i).collect::<Vec<_>>());
+        }
+        // Results arrive as they finish: a slow first item does not hold back the rest.
+        let order: Vec<u64> = pool
+            .imap_unordered(sleep_ms, vec![400, 1, 1, 1])
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(order.last(), Some(&400), "{order:?}");
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(sorted, vec![1, 1, 1, 400]);
+    });
+}
+
+#[test]
+fn imap_over_an_endless_iterator_keeps_memory_flat() {
+    deadline(120, "endless imap", || {
+        let pool = pool(2);
+        let pulled = Arc::new(AtomicUsize::new(0));
+        let p = Arc::clone(&pulled);
+        let endless = (0u64..).inspect(move |_| {
+            p.fetch_add(1, Ordering::Relaxed);
+        });
+        let mut it = pool.imap_chunked(square, endless, 16);
+        // Warm up, then measure over many more items.
+        for i in 0..20_000u64 {
+            assert_eq!(it.next().unwrap().unwrap(), i * i);
+        }
+        let rss_before = pool_tests::rss_kib();
+        let mut taken = 20_000u64;
+        for i in 20_000..300_000u64 {
+            assert_eq!(it.next().unwrap().unwrap(), i * i);
+            taken += 1;
+            // The input is pulled only a bounded distance ahead of what is consumed.
+            let ahead = pulled.load(Ordering::Relaxed) as u64 - taken;
+            assert!(ahead <= 16 * (2 * 2 + 2), "{ahead} items pulled ahead");
+        }
+        let grown = pool_tests::rss_kib().saturating_sub(rss_before);
+        assert!(
+            grown < 16 * 1024,
+            "memory grew by {grown} KiB over 280,000 items"
+        );
+    });
+}
+
+#[test]
+fn dropping_an_imap_early_is_fine() {
+    deadline(30, "imap drop", || {
+        let pool = pool(2);
+        let first: Vec<_> = pool.imap(sleep_ms, vec![1; 100]).take(3).collect();
+        assert_eq!(first.len(), 3);
+        assert_eq!(pool.map(square, 0..100).unwrap().len(), 100);
+    });
+}
+
+#[test]
+fn many_threads_share_one_pool() {
+    deadline(60, "threads", || {
+        let pool = Arc::new(pool(2));
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                let pool = Arc::clone(&pool);
+                std::thread::spawn(move || {
+                    for round in 0..50u64 {
+                        let x = t * 1000 + round;
+                        assert_eq!(pool.apply(square, x).unwrap(), x * x);
+                        let v = pool.map(add, (0..100).map(|i| (i, x as i64))).unwrap();
+                        assert_eq!(v[99], 99 + x as i64);
+                    }
+                    let it: Vec<u64> = pool.imap(square, 0..200).map(Result::unwrap).collect();
+                    assert_eq!(it[199], 199 * 199);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    });
+}
+
+fn assert_send_sync<T: Send + Sync>() {}
+
+#[test]
+fn handles_are_send_and_sync() {
+    assert_send_sync::<Pool>();
+    assert_send_sync::<pool_core::AsyncResult<u64>>();
+    assert_send_sync::<Error>();
+}
+
+#[test]
+fn unknown_task_and_undecodable_arguments_are_errors() {
+    deadline(30, "bad input", || {
+        let pool = pool(1);
+        match pool.apply_named::<_, u64>("no::such::task", 1u64) {
+            Err(Error::UnknownTask { name }) => assert_eq!(name, "no::such::task"),
+            other => panic!("expected UnknownTask, got {other:?}"),
+        }
+        match pool.apply_named::<_, u64>(square::NAME, "not a number") {
+            Err(Error::ArgsDecode { task, .. }) => assert_eq!(task, square::NAME),
+            other => panic!("expected ArgsDecode, got {other:?}"),
+        }
+        match pool.apply_named::<_, i64>(add::NAME, (1, 2, 3, "x")) {
+            Err(Error::ArgsDecode { .. }) => {}
+            other => panic!("expected ArgsDecode, got {other:?}"),
+        }
+        // The right arguments by name work.
+        assert_eq!(pool.apply_named::<_, i64>(add::NAME, (40, 2)).unwrap(), 42);
+        // A result decoded as the wrong type is the caller's error, clearly.
+        match pool.apply_named::<_, String>(square::NAME, 3u64) {
+            Err(Error::ResultDecode { .. }) => {}
+            other => panic!("expected ResultDecode, got {other:?}"),
+        }
+        // The worker is unharmed.
+        assert_eq!(pool.worker_pids().len(), 1);
+        assert_eq!(pool.map(square, 0..N).unwrap().len() as u64, N);
+    });
+}
+
+#[test]
+fn unencodable_results_and_arguments_are_errors() {
+    deadline(30, "encode errors", || {
+        let pool = pool(1);
+        match pool.apply(make_unencodable, ()) {
+            Err(Error::ResultEncode { message, .. }) => {
+                assert!(message.contains("refuses"), "{message}")
+            }
+            other => panic!("expected ResultEncode, got {other:?}"),
+        }
+        match pool.apply(take_unencodable, Unencodable) {
+            Err(Error::ArgsEncode { message, .. }) => assert!(message.contains("refuses")),
+            other => panic!("expected ArgsEncode, got {other:?}"),
+        }
+        match pool.map(take_unencodable, vec![Unencodable, Unencodable]) {
+            Err(Error::ArgsEncode { .. }) => {}
+            other => panic!("expected ArgsEncode, got {other:?}"),
+        }
+        let items: Vec<_> = pool.imap(take_unencodable, vec![Unencodable]).collect();
+        assert!(matches!(items[..], [Err(Error::ArgsEncode { .. })]));
+        assert_eq!(pool.apply(square, 12).unwrap(), 144);
+    });
+}
+
+#[test]
+fn zero_processes_is_a_config_error() {
+    assert!(matches!(
+        Pool::builder().processes(0).build(),
+        Err(Error::Config(_))
+    ));
+}
+
+#[test]
+fn default_pool_has_one_worker_per_cpu() {
+    deadline(30, "default pool", || {
+        let pool = Pool::new().unwrap();
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(pool.processes(), cpus);
+        assert_eq!(pool.worker_pids().len(), cpus);
+    });
+}

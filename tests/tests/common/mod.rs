@@ -1,0 +1,129 @@
+//! Tasks shared by the test binaries (each binary registers its own copy).
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::Duration;
+
+use pool_core::task;
+use serde::{Deserialize, Serialize};
+
+#[task]
+pub fn square(x: u64) -> u64 {
+    x * x
+}
+
+#[task]
+pub fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+#[task]
+pub fn nothing() {}
+
+#[task]
+pub fn concat(parts: Vec<String>, sep: String) -> String {
+    parts.join(&sep)
+}
+
+#[task]
+pub fn worker_pid() -> i32 {
+    std::process::id() as i32
+}
+
+#[task]
+pub fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// Sleeps, then returns its input: a slow task for "kill it mid-run" tests.
+#[task]
+pub fn slow_square(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(2));
+    x * x
+}
+
+#[task]
+pub fn panics_on(x: u64, bad: u64) -> u64 {
+    if x == bad {
+        panic!("item {x} is bad");
+    }
+    x
+}
+
+#[task]
+pub fn panic_with(message: String) -> u64 {
+    std::panic::panic_any(message)
+}
+
+#[task]
+pub fn abort_now() {
+    std::process::abort()
+}
+
+#[task]
+pub fn segfault() {
+    // A real invalid write, as a faulty native library makes (raising SIGSEGV by hand would only
+    // reach the handler std installs for stack overflows, which returns).
+    let address = std::hint::black_box(8usize) as *mut u64;
+    // SAFETY: none; this deliberately crashes the worker.
+    unsafe { address.write_volatile(1) };
+}
+
+#[task]
+pub fn exit_with(code: i32) {
+    std::process::exit(code)
+}
+
+#[task]
+pub fn sleep_forever() {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+#[task]
+pub fn checksum(bytes: Vec<u8>) -> u64 {
+    bytes.iter().map(|&b| b as u64).sum::<u64>() + bytes.len() as u64
+}
+
+/// A value whose serialization always fails.
+#[derive(Debug, Deserialize)]
+pub struct Unencodable;
+
+impl Serialize for Unencodable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom(
+            "Unencodable refuses to be encoded",
+        ))
+    }
+}
+
+#[task]
+pub fn make_unencodable() -> Unencodable {
+    Unencodable
+}
+
+#[task]
+pub fn take_unencodable(_x: Unencodable) -> u64 {
+    1
+}
+
+/// A task returning its own `Result`.
+#[task]
+pub fn parse_number(s: String) -> Result<i64, String> {
+    s.parse().map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// Forks a grandchild that keeps the worker's descriptors (its socket too) open for a while,
+/// then kills the worker: the pool must notice the death without waiting for the grandchild.
+#[task]
+pub fn fork_then_abort(grandchild_secs: u32) {
+    // SAFETY: the grandchild only sleeps and `_exit`s, both async-signal-safe.
+    unsafe {
+        if libc::fork() == 0 {
+            libc::sleep(grandchild_secs);
+            libc::_exit(0);
+        }
+    }
+    std::process::abort()
+}

@@ -1,0 +1,63 @@
+//! Workers never outlive their parent, even when it is killed with SIGKILL.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pool_tests::{deadline, is_alive};
+
+fn kill_parent_and_watch_workers(mode: &str) {
+    let mut parent = Command::new(env!("CARGO_BIN_EXE_pool-helper"))
+        .arg(mode)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("helper starts");
+    let mut line = String::new();
+    BufReader::new(parent.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let workers: Vec<i32> = line
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(workers.len(), 3, "{line:?}");
+    if mode == "busy" {
+        std::thread::sleep(Duration::from_millis(100)); // let the tasks start
+    }
+    for &pid in &workers {
+        assert!(is_alive(pid), "worker {pid} should be running");
+    }
+    let killed = Instant::now();
+    parent.kill().unwrap(); // SIGKILL: no code of the parent runs
+    parent.wait().unwrap();
+    loop {
+        let alive: Vec<_> = workers.iter().filter(|&&p| is_alive(p)).collect();
+        if alive.is_empty() {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "workers {alive:?} still alive {:?} after their parent was SIGKILLed",
+            killed.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    eprintln!(
+        "{mode}: all workers gone {:?} after the parent's SIGKILL",
+        killed.elapsed()
+    );
+}
+
+#[test]
+fn idle_workers_die_with_a_sigkilled_parent() {
+    deadline(30, "idle parent death", || {
+        kill_parent_and_watch_workers("idle")
+    });
+}
+
+#[test]
+fn busy_workers_die_with_a_sigkilled_parent() {
+    deadline(30, "busy parent death", || {
+        kill_parent_and_watch_workers("busy")
+    });
+}
