@@ -36,6 +36,11 @@ use crate::panic_capture;
 /// ```
 ///
 /// [`NAME`]: Task::NAME
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a task",
+    label = "not a #[task] function",
+    note = "mark the function with `#[pool_core::task]` so that workers can find it by name"
+)]
 pub trait Task: Copy + Send + Sync + 'static {
     /// The arguments: the bare value for a one-parameter function, a tuple for several, `()` for
     /// none.
