@@ -124,6 +124,20 @@ impl JobBuilder {
     }
 }
 
+/// The number of items in a job frame built by [`JobBuilder`] (0 if it is not one).
+pub(crate) fn job_item_count(frame: &[u8]) -> u32 {
+    let mut c = Cursor { rest: frame };
+    let mut count = || -> Result<u32, FrameError> {
+        if c.u8("kind")? != KIND_JOB {
+            return Ok(0);
+        }
+        let name_len = c.u16("name length")? as usize;
+        c.take(name_len, "name")?;
+        c.u32("count")
+    };
+    count().unwrap_or(0)
+}
+
 /// The frame that asks a worker to exit.
 pub(crate) fn shutdown_frame() -> &'static [u8] {
     &[KIND_SHUTDOWN]
@@ -444,6 +458,7 @@ mod test {
             panic!("not a job")
         };
         assert_eq!(task, "m::square");
+        assert_eq!(job_item_count(&frame), 2);
         assert_eq!(items.remaining(), 2);
         let a: u64 = rmp_serde::from_slice(items.next().unwrap().unwrap()).unwrap();
         assert_eq!(a, 3);

@@ -22,8 +22,10 @@ type Done = Box<dyn FnOnce(Result<Vec<u8>, Error>) + Send>;
 pub(crate) struct Job {
     pub(crate) frame: Vec<u8>,
     pub(crate) task: TaskName,
-    /// Set when the job was already handed to a worker that died before reading it.
-    pub(crate) retried: bool,
+    /// How many items the frame carries.
+    pub(crate) items: u32,
+    /// How many times the job went back to the queue because its worker died before it began.
+    pub(crate) requeues: u8,
     done: Option<Done>,
 }
 
@@ -34,9 +36,10 @@ impl Job {
         done: impl FnOnce(Result<Vec<u8>, Error>) + Send + 'static,
     ) -> Self {
         Job {
+            items: crate::frame::job_item_count(&frame),
             frame,
             task,
-            retried: false,
+            requeues: 0,
             done: Some(Box::new(done)),
         }
     }

@@ -97,19 +97,21 @@
 #![deny(missing_docs)]
 #![warn(rustdoc::broken_intra_doc_links)]
 
-mod driver;
+mod collector;
 mod error;
 mod frame;
 mod imap;
 mod job;
 mod panic_capture;
 mod pool;
+mod region;
 mod registry;
 mod result;
+mod ring;
 mod shared;
 mod spawn;
+mod sys;
 mod task;
-mod transport;
 mod worker;
 
 pub use error::{Error, ExitCause};

@@ -7,13 +7,13 @@ use std::thread::JoinHandle;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::driver::Driver;
+use crate::collector::Collector;
 use crate::frame::JobBuilder;
 use crate::imap::Imap;
 use crate::job::{Job, TaskName};
 use crate::result::{decode_all, decode_one, Slot};
 use crate::shared::Shared;
-use crate::{panic_capture, registry, AsyncResult, Error, Task};
+use crate::{panic_capture, registry, sys, AsyncResult, Error, Task};
 
 /// Configures and starts a [`Pool`].
 ///
@@ -60,52 +60,36 @@ impl PoolBuilder {
         panic_capture::install();
 
         let (sender, queue) = crossbeam_channel::unbounded();
-        let shared = Arc::new(Shared::new(sender, processes));
+        let bell = sys::eventfd().map_err(Error::spawn)?;
+        let shared = Arc::new(Shared::new(sender, processes, bell));
         let pool = Pool {
             shared: Arc::clone(&shared),
-            drivers: Mutex::new(Vec::with_capacity(processes)),
+            collector: Mutex::new(None),
             processes,
         };
-        let (ready_tx, ready_rx) = crossbeam_channel::bounded(processes);
-        let mut answers = 0;
-        for index in 0..processes {
-            let shared = Arc::clone(&shared);
-            let queue = queue.clone();
-            let ready = ready_tx.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("pool-core-driver-{index}"))
-                .spawn(move || match Driver::start(index, shared, queue) {
-                    Ok(driver) => {
-                        let _ = ready.send(Ok(()));
-                        drop(ready);
-                        driver.run();
-                    }
-                    Err(err) => {
-                        let _ = ready.send(Err(err));
-                    }
-                });
-            answers += 1;
-            match spawned {
-                Ok(handle) => pool.lock_drivers().push(handle),
-                Err(err) => {
-                    let _ = ready_tx.send(Err(Error::spawn(err)));
-                    break;
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+        // The collector forks the workers itself: a worker's parent-death signal is tied to the
+        // thread that forked it, and the collector lives until every worker is reaped.
+        let handle = std::thread::Builder::new()
+            .name("pool-core-collector".into())
+            .spawn(move || match Collector::start(shared, queue) {
+                Ok(collector) => {
+                    let _ = ready_tx.send(Ok(()));
+                    collector.run();
                 }
-            }
-        }
-        drop(ready_tx);
-        drop(queue);
-        // One answer per driver thread that started, plus one for a thread that could not.
-        let mut first_error = None;
-        for result in ready_rx.iter().take(answers) {
-            if let Err(err) = result {
-                first_error.get_or_insert(err);
-            }
-        }
-        match first_error {
+                Err(err) => {
+                    let _ = ready_tx.send(Err(err));
+                }
+            })
+            .map_err(Error::spawn)?;
+        *pool.lock_collector() = Some(handle);
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(pool),
             // Dropping the pool terminates and reaps whatever did start.
-            Some(err) => Err(err),
-            None => Ok(pool),
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(Error::spawn(std::io::Error::other(
+                "the collector thread ended before starting the workers",
+            ))),
         }
     }
 }
@@ -156,7 +140,7 @@ impl PoolBuilder {
 /// ```
 pub struct Pool {
     pub(crate) shared: Arc<Shared>,
-    drivers: Mutex<Vec<JoinHandle<()>>>,
+    collector: Mutex<Option<JoinHandle<()>>>,
     processes: usize,
 }
 
@@ -190,8 +174,10 @@ impl Pool {
         self.shared.worker_pids()
     }
 
-    fn lock_drivers(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
-        self.drivers.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock_collector(&self) -> std::sync::MutexGuard<'_, Option<JoinHandle<()>>> {
+        self.collector
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Queues one job frame; `done` gets its result frame or the error that ended it.
@@ -526,10 +512,10 @@ impl Pool {
         if !self.shared.is_closed() {
             return Err(Error::NotClosed);
         }
-        let mut drivers = self.lock_drivers();
-        for handle in drivers.drain(..) {
-            // A driver thread only ends by finishing its loop (its own panics are bugs, and its
-            // `Drop` still reaps its worker), so the join result carries nothing to report.
+        let mut collector = self.lock_collector();
+        if let Some(handle) = collector.take() {
+            // The collector only ends by finishing its loop (a panic would be a bug, and its
+            // `Drop` still reaps every worker), so the join result carries nothing to report.
             let _ = handle.join();
         }
         Ok(())
@@ -538,7 +524,7 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        if !self.lock_drivers().is_empty() {
+        if self.lock_collector().is_some() {
             self.terminate();
             let _ = self.join();
         }

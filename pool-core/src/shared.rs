@@ -1,6 +1,7 @@
 //! The state a pool's handle and its driver threads share.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{OwnedFd, RawFd};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 
 use crossbeam_channel::Sender;
@@ -8,7 +9,8 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
 use crate::job::Job;
-use crate::Error;
+use crate::spawn::ParentFd;
+use crate::{sys, Error};
 
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -17,10 +19,14 @@ pub(crate) struct Shared {
     /// see it disconnected and shut their workers down.
     sender: RwLock<Option<Sender<Job>>>,
     terminated: AtomicBool,
-    /// The live worker of each driver. A pid is cleared (under this lock) before its process is
+    /// The live worker of each slot. A pid is cleared (under this lock) before its process is
     /// reaped, so a pid read under the lock always names our own unreaped child and can be
     /// signalled without hitting a recycled pid.
     workers: Vec<Mutex<Option<Pid>>>,
+    /// The pool's eventfd: rung by callers and workers to wake the collector, and only while it
+    /// says it sleeps (`collector_sleeping`), so the busy path makes no system call.
+    bell: ParentFd,
+    collector_sleeping: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -28,11 +34,40 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub(crate) fn new(sender: Sender<Job>, processes: usize) -> Self {
+    pub(crate) fn new(sender: Sender<Job>, processes: usize, bell: OwnedFd) -> Self {
         Shared {
             sender: RwLock::new(Some(sender)),
             terminated: AtomicBool::new(false),
             workers: (0..processes).map(|_| Mutex::new(None)).collect(),
+            bell: ParentFd::new(bell),
+            collector_sleeping: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn processes(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// The bell's descriptor, as workers use it.
+    pub(crate) fn bell(&self) -> RawFd {
+        self.bell.raw()
+    }
+
+    pub(crate) fn bell_fd(&self) -> &OwnedFd {
+        self.bell.fd()
+    }
+
+    /// The collector announces that it is about to sleep (`true`) or is awake (`false`).
+    pub(crate) fn set_collector_sleeping(&self, sleeping: bool) {
+        self.collector_sleeping.store(sleeping, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+    }
+
+    /// Wakes the collector if it sleeps. Call after making work visible to it.
+    fn wake_collector(&self) {
+        fence(Ordering::SeqCst);
+        if self.collector_sleeping.load(Ordering::Relaxed) {
+            sys::eventfd_signal(self.bell.raw());
         }
     }
 
@@ -41,10 +76,13 @@ impl Shared {
         let guard = self.sender.read().unwrap_or_else(PoisonError::into_inner);
         match &*guard {
             Some(sender) => {
-                if let Err(err) = sender.send(job) {
-                    // Every driver is gone (the pool was terminated).
-                    drop(guard);
-                    err.into_inner().complete(Err(Error::Terminated));
+                match sender.send(job) {
+                    Ok(()) => self.wake_collector(),
+                    Err(err) => {
+                        // The collector is gone (the pool was terminated).
+                        drop(guard);
+                        err.into_inner().complete(Err(Error::Terminated));
+                    }
                 }
             }
             None => {
@@ -67,6 +105,7 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         drop(sender);
+        sys::eventfd_signal(self.bell.raw());
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -76,8 +115,8 @@ impl Shared {
             .is_none()
     }
 
-    /// Stops at once: no more jobs, every worker killed. Drivers resolve what they hold with
-    /// `Terminated`, drain the queue the same way, reap their workers and exit.
+    /// Stops at once: no more jobs, every worker killed. The collector resolves every job with
+    /// `Terminated`, reaps the workers and exits.
     pub(crate) fn terminate(&self) {
         self.terminated.store(true, Ordering::SeqCst);
         self.close();
@@ -92,7 +131,7 @@ impl Shared {
         self.terminated.load(Ordering::SeqCst)
     }
 
-    /// Records driver `index`'s new worker. If the pool was terminated meanwhile, kills it, so a
+    /// Records slot `index`'s new worker. If the pool was terminated meanwhile, kills it, so a
     /// worker forked during `terminate` does not live on.
     pub(crate) fn set_worker(&self, index: usize, pid: Pid) {
         *lock(&self.workers[index]) = Some(pid);
@@ -101,7 +140,7 @@ impl Shared {
         }
     }
 
-    /// Forgets driver `index`'s worker; called before reaping it.
+    /// Forgets slot `index`'s worker; called before reaping it.
     pub(crate) fn clear_worker(&self, index: usize) {
         *lock(&self.workers[index]) = None;
     }

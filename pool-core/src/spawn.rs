@@ -2,67 +2,109 @@
 //!
 //! # Who owns what
 //!
-//! - Each worker is forked by its driver thread in the parent, and only that thread ever waits
-//!   for it, so every worker is reaped exactly once and no `waitpid(-1)` steals the statuses of
-//!   the program's other children.
-//! - The parent keeps the parent end of the worker's socket pair; the worker keeps the other.
-//!   After the fork the child closes every parent end it inherited (its own and those of all
-//!   other workers of all pools in this program), so that when the parent dies, or closes a
-//!   worker's end, the worker sees end-of-file, and no worker keeps another one's socket alive.
+//! - Each worker is forked by the pool's collector thread, and only that thread ever waits for
+//!   it, so every worker is reaped exactly once and no `waitpid(-1)` steals the statuses of the
+//!   program's other children.
+//! - The parent maps the worker's shared region just before forking it. Every other worker —
+//!   of this pool or any other in the program — unmaps it right after its own fork, and closes
+//!   the parent's descriptors (pidfds, other pools' bells) that it inherited, so a worker can
+//!   reach only its own region and its own pool's bell. Registration in the tables below and
+//!   the fork itself happen under one lock, so each child's view of the tables is complete.
 //! - The worker asks the kernel to SIGKILL it when the thread that forked it exits
-//!   (`PR_SET_PDEATHSIG`). That thread is the driver, which lives until its worker is reaped, so
-//!   this fires exactly when the parent process dies — also under SIGKILL, when no code of the
-//!   parent runs.
+//!   (`PR_SET_PDEATHSIG`). That thread is the collector, which lives until all its workers are
+//!   reaped, so this fires exactly when the parent process dies — also under SIGKILL, when no
+//!   code of the parent runs.
+//! - The parent learns of a worker's death from the worker's pidfd, never from the shared
+//!   memory, which a dying worker may leave in any state.
 
 use std::io;
-use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{self, SigHandler, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{ForkResult, Pid};
 
-use crate::transport::{self, Channel};
-use crate::{panic_capture, worker, ExitCause};
+use crate::region::Region;
+use crate::{panic_capture, sys, worker, ExitCause};
 
-/// The parent ends of all workers' sockets in this process, so that a newly forked child can
-/// close the ones it inherited. Plain atomics: the child reads them after `fork`, where taking a
-/// lock that another parent thread held would deadlock.
-const PARENT_END_SLOTS: usize = 4096;
-static PARENT_ENDS: [AtomicI32; PARENT_END_SLOTS] =
-    [const { AtomicI32::new(-1) }; PARENT_END_SLOTS];
+/// Held from the creation of a worker's resources until its fork is done.
+static FORK_LOCK: Mutex<()> = Mutex::new(());
 
-/// Held while a worker's child end is open in the parent (see [`fork_worker`]).
-static FORK_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+const SLOTS: usize = 4096;
 
-/// A registered parent end; unregisters on drop. Must be dropped before the socket is closed,
-/// which the field order of [`WorkerProcess`] guarantees.
+/// Descriptors that only the parent may hold (pidfds, pools' bells): a new worker closes all of
+/// them but its own pool's bell. Plain atomics: the child reads them after `fork`, where taking a
+/// lock that another thread of the parent held would deadlock.
+static PARENT_FDS: [AtomicI32; SLOTS] = [const { AtomicI32::new(-1) }; SLOTS];
+
+/// Workers' regions (start address; length is fixed per entry in `REGION_LENS`): a new worker
+/// unmaps all of them but its own.
+static REGION_ADDRS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+static REGION_LENS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+
+/// A registered parent-only descriptor; unregisters on drop (before the descriptor closes).
 #[derive(Debug)]
-struct ParentEndGuard {
+pub(crate) struct ParentFd {
     slot: Option<usize>,
+    fd: OwnedFd,
 }
 
-impl ParentEndGuard {
-    fn register(fd: RawFd) -> Self {
-        for (i, slot) in PARENT_ENDS.iter().enumerate() {
-            if slot
-                .compare_exchange(-1, fd, Ordering::SeqCst, Ordering::Relaxed)
+impl ParentFd {
+    pub(crate) fn new(fd: OwnedFd) -> Self {
+        let _lock = FORK_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+        let raw = fd.as_raw_fd();
+        let slot = PARENT_FDS.iter().position(|s| {
+            s.compare_exchange(-1, raw, Ordering::SeqCst, Ordering::Relaxed)
                 .is_ok()
-            {
-                return ParentEndGuard { slot: Some(i) };
-            }
-        }
-        // More than 4096 live workers: their children may keep a copy of this end open. Closing
-        // still works because the parent sends an explicit shutdown frame and reaps by pid.
-        ParentEndGuard { slot: None }
+        });
+        // Past 4,096 live descriptors a worker may keep a copy: harmless, as the parent never
+        // relies on a worker closing these.
+        ParentFd { slot, fd }
+    }
+
+    pub(crate) fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    pub(crate) fn fd(&self) -> &OwnedFd {
+        &self.fd
     }
 }
 
-impl Drop for ParentEndGuard {
+impl Drop for ParentFd {
     fn drop(&mut self) {
         if let Some(i) = self.slot {
-            PARENT_ENDS[i].store(-1, Ordering::SeqCst);
+            PARENT_FDS[i].store(-1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A registered region; unregisters on drop (before the region is unmapped).
+#[derive(Debug)]
+struct RegionSlot(Option<usize>);
+
+impl RegionSlot {
+    /// Call with the fork lock held.
+    fn register((addr, len): (usize, usize)) -> Self {
+        let slot = REGION_ADDRS.iter().position(|s| {
+            s.compare_exchange(0, addr, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+        });
+        if let Some(i) = slot {
+            REGION_LENS[i].store(len, Ordering::SeqCst);
+        }
+        RegionSlot(slot)
+    }
+}
+
+impl Drop for RegionSlot {
+    fn drop(&mut self) {
+        if let Some(i) = self.0 {
+            REGION_LENS[i].store(0, Ordering::SeqCst);
+            REGION_ADDRS[i].store(0, Ordering::SeqCst);
         }
     }
 }
@@ -71,61 +113,70 @@ impl Drop for ParentEndGuard {
 #[derive(Debug)]
 pub(crate) struct WorkerProcess {
     pid: Pid,
-    // Field order matters: the guard unregisters the descriptor before the channel closes it.
-    guard: ParentEndGuard,
-    pub(crate) channel: Channel,
+    // Field order matters: slots unregister before what they name is closed or unmapped.
+    pidfd: ParentFd,
+    // Held for its `Drop`, which unregisters the region before it is unmapped.
+    _slot: RegionSlot,
+    pub(crate) region: Region,
 }
 
 impl WorkerProcess {
     pub(crate) fn pid(&self) -> Pid {
         self.pid
     }
+
+    /// Readable once the process has exited.
+    pub(crate) fn pidfd(&self) -> &OwnedFd {
+        self.pidfd.fd()
+    }
+
+    /// Consumes the handle: reaps the process (killing it after `grace`) and unmaps its region.
+    pub(crate) fn reap(self, grace: Duration) -> ExitCause {
+        let cause = reap(self.pid, grace);
+        drop(self);
+        cause
+    }
 }
 
-/// Forks a worker. Returns in the parent only; the child runs the worker loop and exits.
+/// Forks a worker that serves jobs from a new region and rings `bell` (its pool's eventfd) when
+/// the parent sleeps. Returns in the parent only.
 ///
 /// The calling thread must stay alive until the worker is reaped (see the module docs).
-pub(crate) fn fork_worker() -> io::Result<WorkerProcess> {
-    // While a child end exists in the parent, no other worker may be forked, or it would inherit
-    // that end and keep it open: hold the fork lock from the pair's creation until the child end
-    // is closed here. (The parent ends that workers inherit are closed by the workers, see
-    // `close_inherited_parent_ends`; the pidfd watch makes death detection independent of both.)
-    let fork_lock = FORK_LOCK
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let (mut parent_end, child_end) = transport::pair()?;
-    let guard = ParentEndGuard::register(parent_end.raw_fd());
+pub(crate) fn fork_worker(bell: RawFd) -> io::Result<WorkerProcess> {
+    let region = Region::new()?;
+    let lock = FORK_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+    let slot = RegionSlot::register(region.span());
     let parent_pid = nix::unistd::getpid();
     // SAFETY: after `fork` in a multi-threaded program the child may only rely on state that no
     // other thread could have been changing at the fork. `child_after_fork` reads atomics,
-    // makes raw syscalls, and then runs the worker loop, which uses only this thread, the
-    // inherited (read-only) task table, the socket, and malloc, which glibc makes safe across
+    // makes raw syscalls, and then runs the worker loop, which uses only this thread, its own
+    // region, the inherited (read-only) task table, and malloc, which glibc makes safe across
     // fork. It never returns: it ends the process with `_exit`, so no destructor or `atexit`
     // handler of the parent runs twice.
-    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
-        ForkResult::Child => child_after_fork(parent_pid, child_end, parent_end.raw_fd()),
+    let forked = unsafe { nix::unistd::fork() };
+    match forked.map_err(io::Error::from)? {
+        ForkResult::Child => child_after_fork(parent_pid, &region, bell),
         ForkResult::Parent { child } => {
-            drop(child_end);
-            drop(fork_lock);
+            drop(lock);
             // The child is ours and unreaped, so its pid cannot be reused before this call.
-            let watched =
-                transport::pidfd_open(child.as_raw()).and_then(|pidfd| parent_end.watch(pidfd));
-            if let Err(err) = watched {
-                let _ = signal::kill(child, Signal::SIGKILL);
-                drop((guard, parent_end));
-                reap(child, Duration::ZERO);
-                return Err(err);
+            match sys::pidfd_open(child.as_raw()) {
+                Ok(pidfd) => Ok(WorkerProcess {
+                    pid: child,
+                    pidfd: ParentFd::new(pidfd),
+                    _slot: slot,
+                    region,
+                }),
+                Err(err) => {
+                    let _ = signal::kill(child, Signal::SIGKILL);
+                    reap(child, Duration::ZERO);
+                    Err(err)
+                }
             }
-            Ok(WorkerProcess {
-                pid: child,
-                guard,
-                channel: parent_end,
-            })
         }
     }
 }
 
-fn child_after_fork(parent_pid: Pid, channel: Channel, own_parent_end: RawFd) -> ! {
+fn child_after_fork(parent_pid: Pid, region: &Region, bell: RawFd) -> ! {
     // Die with the parent. If it died before this line, getppid no longer names it.
     if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()
         || nix::unistd::getppid() != parent_pid
@@ -140,22 +191,29 @@ fn child_after_fork(parent_pid: Pid, channel: Channel, own_parent_end: RawFd) ->
         let _ = signal::signal(Signal::SIGINT, SigHandler::SigIgn);
         let _ = signal::signal(Signal::SIGTERM, SigHandler::SigDfl);
     }
-    close_inherited_parent_ends(own_parent_end);
+    release_inherited(region.span().0, bell);
     panic_capture::enter_worker();
-    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker::run(channel)))
+    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker::run(region, bell)))
         .unwrap_or(70);
     exit_now(code)
 }
 
-fn close_inherited_parent_ends(own: RawFd) {
-    // SAFETY: closing descriptors this child inherited but does not use; nothing in the child
-    // refers to them (the parent's objects that own them never run again here).
-    unsafe { libc::close(own) };
-    for slot in PARENT_ENDS.iter() {
+/// In a new worker: closes the parent-only descriptors and unmaps the other workers' regions it
+/// inherited.
+fn release_inherited(own_region: usize, own_bell: RawFd) {
+    for slot in PARENT_FDS.iter() {
         let fd = slot.load(Ordering::SeqCst);
-        if fd >= 0 && fd != own {
-            // SAFETY: as above.
+        if fd >= 0 && fd != own_bell {
+            // SAFETY: closes a descriptor this child inherited and never uses; the parent's
+            // objects that own it never run again here.
             unsafe { libc::close(fd) };
+        }
+    }
+    for (addr, len) in REGION_ADDRS.iter().zip(REGION_LENS.iter()) {
+        let (addr, len) = (addr.load(Ordering::SeqCst), len.load(Ordering::SeqCst));
+        if addr != 0 && len != 0 && addr != own_region {
+            // SAFETY: unmaps another worker's region, which nothing in this child uses.
+            unsafe { libc::munmap(addr as *mut libc::c_void, len) };
         }
     }
 }
@@ -201,19 +259,5 @@ fn cause_of(status: WaitStatus) -> ExitCause {
         WaitStatus::Exited(_, code) => ExitCause::Exited(code),
         WaitStatus::Signaled(_, sig, _) => ExitCause::Signal(sig as i32),
         _ => ExitCause::Unknown,
-    }
-}
-
-impl WorkerProcess {
-    /// Consumes the handle: closes the parent end and reaps the process.
-    pub(crate) fn reap(self, grace: Duration) -> ExitCause {
-        let WorkerProcess {
-            pid,
-            guard,
-            channel,
-        } = self;
-        drop(guard);
-        drop(channel);
-        reap(pid, grace)
     }
 }

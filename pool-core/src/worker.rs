@@ -1,23 +1,44 @@
-//! The loop a worker process runs: receive a job, run it, send its results, repeat.
+//! The loop a worker process runs: take a job from its ring, run it, put the results in the
+//! other ring, repeat.
 //!
-//! A worker is single-threaded and owns nothing the parent or other workers need: its socket is
-//! its own, so if it dies at any instruction the parent merely sees end-of-file on that socket.
+//! A worker is single-threaded and owns nothing the parent or other workers need: its region is
+//! its own, so if it dies at any instruction the parent simply discards the region (it learns of
+//! the death from the worker's pidfd).
+//!
+//! On the job ring, a frame is `len:u64` followed by `len` bytes (see `frame` for their
+//! contents); on the result ring, `len:u64 busy_ns:u64` and the bytes, where `busy_ns` is how
+//! long the job ran, which the parent uses to decide how much work to queue at each worker.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use crate::frame::{self, Request, ResultsWriter};
+use crate::region::Region;
 use crate::registry;
-use crate::transport::Channel;
 
 /// Buffers that grew past this for one big job are given back afterwards.
 const KEEP_BUFFER: usize = 16 << 20;
+/// Frames longer than this are refused as corrupt (1 TiB).
+pub(crate) const MAX_FRAME: u64 = 1 << 40;
 
-/// Serves jobs until the parent asks it to stop or goes away. Returns the exit code.
-pub(crate) fn run(mut channel: Channel) -> i32 {
+/// Serves jobs until the parent asks it to stop. Returns the exit code.
+pub(crate) fn run(region: &Region, bell: i32) -> i32 {
+    let header = region.header();
     let mut input = Vec::new();
     let mut output = Vec::new();
     loop {
-        if channel.recv(&mut input).is_err() {
-            return 0; // The parent closed our socket or died: nothing more to do.
+        let mut len = [0u8; 8];
+        read_exact(region, bell, &mut len);
+        let len = u64::from_le_bytes(len);
+        if len > MAX_FRAME {
+            return 3; // The stream is out of step; exiting is what the parent surely notices.
         }
+        input.clear();
+        input.resize(len as usize, 0);
+        read_exact(region, bell, &mut input);
+        header.jobs_started.0.fetch_add(1, Ordering::SeqCst);
+
+        let started = Instant::now();
         match frame::parse_request(&input) {
             Ok(Request::Shutdown) => return 0,
             Ok(Request::Job { task, items }) => match registry::lookup(task) {
@@ -28,17 +49,56 @@ pub(crate) fn run(mut channel: Channel) -> i32 {
                     writer.finish();
                 }
             },
-            // The parent only sends frames it built; garbage means the stream is out of step,
-            // and exiting is the one answer the parent is sure to notice.
             Err(_) => return 3,
         }
-        if channel.send(&output).is_err() {
-            return 0;
-        }
+        let busy = started.elapsed().as_nanos() as u64;
+        header.busy_ns.fetch_add(busy, Ordering::Relaxed);
+
+        let mut head = [0u8; 16];
+        head[..8].copy_from_slice(&(output.len() as u64).to_le_bytes());
+        head[8..].copy_from_slice(&busy.to_le_bytes());
+        write_all(region, bell, &head);
+        write_all(region, bell, &output);
+        region.results().wake_consumer();
+        region.poke_parent(bell);
+
         for buf in [&mut input, &mut output] {
             if buf.capacity() > KEEP_BUFFER {
                 *buf = Vec::new();
             }
         }
+    }
+}
+
+/// Reads exactly `dst.len()` bytes from the job ring, sleeping while it is empty.
+fn read_exact(region: &Region, bell: i32, dst: &mut [u8]) {
+    let ring = region.jobs();
+    let mut got = 0;
+    while got < dst.len() {
+        let n = ring.read(&mut dst[got..]);
+        if n == 0 {
+            ring.wait_readable();
+            continue;
+        }
+        got += n;
+        // Space was freed: the parent may be waiting to send the rest of a big frame.
+        region.poke_parent(bell);
+    }
+}
+
+/// Writes all of `src` to the result ring, sleeping while it is full.
+fn write_all(region: &Region, bell: i32, src: &[u8]) {
+    let ring = region.results();
+    let mut sent = 0;
+    while sent < src.len() {
+        let n = ring.write(&src[sent..]);
+        if n == 0 {
+            // Let the parent take what is there before waiting for space.
+            ring.wake_consumer();
+            region.poke_parent(bell);
+            ring.wait_writable();
+            continue;
+        }
+        sent += n;
     }
 }

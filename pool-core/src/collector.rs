@@ -1,0 +1,618 @@
+//! The parent's side of all of a pool's workers: one thread that feeds them jobs from the shared
+//! queue, delivers their results, and replaces the ones that die.
+//!
+//! # How work flows
+//!
+//! Callers put jobs in the pool's queue. The collector moves them into the workers' job rings —
+//! to the worker with the least work queued, and behind other jobs only while that worker's
+//! queued work stays under [`TARGET_QUEUED_NS`]. Work is estimated per task from how long its
+//! items took before (each result carries the worker's own timing); a task not yet measured goes
+//! only to an idle worker. So tiny tasks stream without a pause, while long ones — or ones not
+//! known to be short — go to whichever worker is free, as with Python's pool. It reads results from
+//! the result rings in the same order and completes the jobs. Everything the collector does is
+//! non-blocking: a frame that does not fit in a ring is sent in pieces as the worker makes room,
+//! and when nothing can progress the collector sleeps in `poll` on the pool's bell (rung by
+//! callers and by workers, only when the collector said it sleeps) and on every worker's pidfd.
+//!
+//! # When a worker dies
+//!
+//! Its pidfd becomes readable. The collector takes the results it finished, then looks at its
+//! `jobs_started` counter: if it began a job it did not answer, that job (the first unanswered
+//! one, since a worker runs its jobs in order) resolves to `WorkerDied`; the jobs behind it were
+//! never begun and go to other workers. The region is discarded and a new worker forked.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::AsFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, TryRecvError};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use crate::job::Job;
+use crate::shared::Shared;
+use crate::spawn::{self, WorkerProcess};
+use crate::worker::MAX_FRAME;
+use crate::{sys, Error, ExitCause};
+
+/// How much work (in the worker's own measured time) to keep queued at each worker.
+const TARGET_QUEUED_NS: u64 = 200_000;
+/// Jobs in flight per worker at most.
+const MAX_DEPTH: usize = 1024;
+/// How often to look for dead workers while busy.
+const DEATH_CHECK: Duration = Duration::from_millis(5);
+/// How long a worker asked to exit gets before SIGKILL.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+/// How many times a job goes back to the queue because its worker died before starting it.
+const MAX_REQUEUES: u8 = 3;
+/// Idle rounds before the collector sleeps.
+const SPINS: u32 = 200;
+
+pub(crate) struct Collector {
+    shared: Arc<Shared>,
+    queue: Receiver<Job>,
+    queue_open: bool,
+    /// Jobs to send before the queue's: their worker died before it began them.
+    retry: VecDeque<Job>,
+    slots: Vec<Slot>,
+    last_death_check: Instant,
+    /// Nanoseconds per item, by task name (a moving average of what workers reported).
+    estimates: HashMap<Box<str>, u64>,
+}
+
+/// One worker and the jobs at it.
+struct Slot {
+    process: Option<WorkerProcess>,
+    /// Jobs sent (or being sent), oldest first, with their expected run time (`None`: unknown);
+    /// results come back in this order.
+    in_flight: VecDeque<(Job, Option<u64>)>,
+    /// The sum of the known expected run times in flight, and how many are unknown.
+    queued_ns: u64,
+    unknown: usize,
+    /// How many bytes of the newest job's `len ++ frame` are written, while it is incomplete.
+    sending: Option<usize>,
+    incoming: Incoming,
+    /// Results received from the current process.
+    answered: u64,
+    /// Why the last fork failed, and when to try again.
+    spawn_error: Option<(Error, Instant)>,
+}
+
+/// A result frame being read: its header (`len:u64 busy_ns:u64`), then its body.
+#[derive(Default)]
+struct Incoming {
+    head: [u8; 16],
+    head_got: usize,
+    body: Option<Vec<u8>>,
+    got: usize,
+}
+
+impl Incoming {
+    /// Reads what is available; returns the bytes consumed and a completed frame with the
+    /// worker's run time for it, if any.
+    #[allow(clippy::type_complexity)]
+    fn pull(&mut self, ring: &crate::ring::Ring) -> Result<(usize, Option<(Vec<u8>, u64)>), ()> {
+        let mut consumed = 0;
+        if self.body.is_none() {
+            let n = ring.read(&mut self.head[self.head_got..]);
+            consumed += n;
+            self.head_got += n;
+            if self.head_got < 16 {
+                return Ok((consumed, None));
+            }
+            let len = u64::from_le_bytes(self.head[..8].try_into().expect("8 bytes"));
+            if len > MAX_FRAME {
+                return Err(());
+            }
+            self.body = Some(vec![0; len as usize]);
+            self.got = 0;
+        }
+        let body = self.body.as_mut().expect("set above");
+        let n = ring.read(&mut body[self.got..]);
+        consumed += n;
+        self.got += n;
+        if self.got < body.len() {
+            return Ok((consumed, None));
+        }
+        let busy = u64::from_le_bytes(self.head[8..].try_into().expect("8 bytes"));
+        let frame = self.body.take().map(|f| (f, busy));
+        self.head_got = 0;
+        Ok((consumed, frame))
+    }
+}
+
+impl Slot {
+    fn new() -> Self {
+        Slot {
+            process: None,
+            in_flight: VecDeque::new(),
+            queued_ns: 0,
+            unknown: 0,
+            sending: None,
+            incoming: Incoming::default(),
+            answered: 0,
+            spawn_error: None,
+        }
+    }
+
+    /// Whether a job expected to run `expected` ns (`None`: unknown) may go to this worker now:
+    /// always when it is idle; behind other jobs only when all are known and short.
+    fn can_take(&self, expected: Option<u64>) -> bool {
+        if self.process.is_none() || self.sending.is_some() {
+            return false;
+        }
+        if self.in_flight.is_empty() {
+            return true;
+        }
+        match expected {
+            Some(ns) => {
+                self.unknown == 0
+                    && self.in_flight.len() < MAX_DEPTH
+                    && self.queued_ns.saturating_add(ns) <= TARGET_QUEUED_NS
+            }
+            None => false,
+        }
+    }
+
+    /// Work queued here, for choosing the least loaded worker.
+    fn load(&self) -> (usize, u64, usize) {
+        (self.unknown, self.queued_ns, self.in_flight.len())
+    }
+
+    fn push(&mut self, job: Job, expected: Option<u64>) {
+        match expected {
+            Some(ns) => self.queued_ns += ns,
+            None => self.unknown += 1,
+        }
+        self.in_flight.push_back((job, expected));
+        self.sending = Some(0);
+        self.send_more();
+    }
+
+    fn pop(&mut self) -> Option<Job> {
+        let (job, expected) = self.in_flight.pop_front()?;
+        match expected {
+            Some(ns) => self.queued_ns -= ns,
+            None => self.unknown -= 1,
+        }
+        Some(job)
+    }
+
+    fn take_all(&mut self) -> VecDeque<Job> {
+        self.queued_ns = 0;
+        self.unknown = 0;
+        self.sending = None;
+        self.in_flight.drain(..).map(|(job, _)| job).collect()
+    }
+
+    /// Writes as much of the newest job as fits. Returns whether any byte moved.
+    fn send_more(&mut self) -> bool {
+        let (Some(process), Some(offset), Some((job, _))) =
+            (&self.process, self.sending, self.in_flight.back())
+        else {
+            return false;
+        };
+        let ring = process.region.jobs();
+        let prefix = (job.frame.len() as u64).to_le_bytes();
+        let mut at = offset;
+        if at < prefix.len() {
+            at += ring.write(&prefix[at..]);
+        }
+        if at >= prefix.len() {
+            at += ring.write(&job.frame[at - prefix.len()..]);
+        }
+        let moved = at > offset;
+        if moved {
+            ring.wake_consumer();
+        }
+        self.sending = (at < prefix.len() + job.frame.len()).then_some(at);
+        moved
+    }
+}
+
+impl Collector {
+    /// Forks the pool's workers.
+    pub(crate) fn start(shared: Arc<Shared>, queue: Receiver<Job>) -> Result<Self, Error> {
+        let mut collector = Collector {
+            slots: (0..shared.processes()).map(|_| Slot::new()).collect(),
+            shared,
+            queue,
+            queue_open: true,
+            retry: VecDeque::new(),
+            last_death_check: Instant::now(),
+            estimates: HashMap::new(),
+        };
+        for i in 0..collector.slots.len() {
+            collector.spawn(i)?;
+        }
+        Ok(collector)
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<(), Error> {
+        let process = spawn::fork_worker(self.shared.bell()).map_err(Error::spawn)?;
+        self.shared.set_worker(i, process.pid());
+        let slot = &mut self.slots[i];
+        slot.process = Some(process);
+        slot.answered = 0;
+        slot.incoming = Incoming::default();
+        slot.spawn_error = None;
+        Ok(())
+    }
+
+    /// Serves jobs until the pool is closed and drained, or terminated.
+    pub(crate) fn run(mut self) {
+        let mut idle = 0;
+        loop {
+            if self.shared.is_terminated() {
+                self.terminate();
+                return;
+            }
+            let mut progress = false;
+            for i in 0..self.slots.len() {
+                progress |= self.receive(i);
+            }
+            progress |= self.dispatch();
+            if self.finished() {
+                self.shutdown();
+                return;
+            }
+            if self.last_death_check.elapsed() >= DEATH_CHECK {
+                self.check_deaths(PollTimeout::ZERO);
+            }
+            if progress {
+                idle = 0;
+            } else if idle < SPINS {
+                idle += 1;
+                if idle % 16 == 0 {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
+            } else {
+                idle = 0;
+                self.sleep();
+            }
+        }
+    }
+
+    /// Reads the results worker `i` has written. Returns whether anything was read.
+    fn receive(&mut self, i: usize) -> bool {
+        let slot = &mut self.slots[i];
+        // Taken out for the duration, so the slot's other fields can change meanwhile.
+        let Some(process) = slot.process.take() else {
+            return false;
+        };
+        let ring = process.region.results();
+        let mut progress = false;
+        loop {
+            match slot.incoming.pull(ring) {
+                Ok((0, None)) => break,
+                Ok((_, None)) => progress = true,
+                Ok((_, Some((frame, busy_ns)))) => {
+                    progress = true;
+                    match slot.pop() {
+                        Some(job) => {
+                            slot.answered += 1;
+                            learn(&mut self.estimates, &job, busy_ns);
+                            job.complete(Ok(frame));
+                        }
+                        None => {
+                            // A result for no job: the worker is out of step. Kill it; its
+                            // death is handled like any other.
+                            kill(&process);
+                            break;
+                        }
+                    }
+                }
+                Err(()) => {
+                    kill(&process);
+                    break;
+                }
+            }
+        }
+        if progress {
+            ring.wake_producer();
+        }
+        slot.process = Some(process);
+        progress
+    }
+
+    /// How long `job` is expected to run, from what its task's items took before.
+    fn estimate(&self, job: &Job) -> Option<u64> {
+        let per_item = self.estimates.get(job.task.as_ref())?;
+        Some(per_item.saturating_mul(job.items.max(1) as u64))
+    }
+
+    /// The next job to send: retries first, then the queue.
+    fn next_job(&mut self) -> Option<Job> {
+        if let Some(job) = self.retry.pop_front() {
+            return Some(job);
+        }
+        if !self.queue_open {
+            return None;
+        }
+        match self.queue.try_recv() {
+            Ok(job) => Some(job),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => {
+                self.queue_open = false;
+                None
+            }
+        }
+    }
+
+    /// Sends jobs to workers with room for them. Returns whether anything was sent.
+    fn dispatch(&mut self) -> bool {
+        let mut progress = false;
+        for slot in &mut self.slots {
+            progress |= slot.send_more();
+        }
+        self.respawn_missing();
+        if self.slots.iter().all(|s| s.process.is_none()) {
+            self.fail_without_workers();
+            return progress;
+        }
+        while let Some(job) = self.next_job() {
+            let expected = self.estimate(&job);
+            let best = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.can_take(expected))
+                .min_by_key(|(_, s)| s.load())
+                .map(|(i, _)| i);
+            let Some(i) = best else {
+                self.retry.push_front(job);
+                break;
+            };
+            self.slots[i].push(job, expected);
+            progress = true;
+        }
+        progress
+    }
+
+    /// Forks replacements for slots without a worker (after a failed fork, at most every
+    /// 100 ms).
+    fn respawn_missing(&mut self) {
+        for i in 0..self.slots.len() {
+            let slot = &self.slots[i];
+            if slot.process.is_some() {
+                continue;
+            }
+            if matches!(&slot.spawn_error, Some((_, at)) if at.elapsed() < Duration::from_millis(100))
+            {
+                continue;
+            }
+            if let Err(err) = self.spawn(i) {
+                self.slots[i].spawn_error = Some((err, Instant::now()));
+            }
+        }
+    }
+
+    /// No worker could be started: jobs fail with the reason instead of waiting forever.
+    fn fail_without_workers(&mut self) {
+        let err = self
+            .slots
+            .iter()
+            .find_map(|s| s.spawn_error.as_ref().map(|(e, _)| e.clone()))
+            .unwrap_or(Error::Terminated);
+        while let Some(job) = self.next_job() {
+            job.complete(Err(err.clone()));
+        }
+    }
+
+    /// Whether the pool is closed and every job is answered.
+    fn finished(&mut self) -> bool {
+        if !self.retry.is_empty() || self.slots.iter().any(|s| !s.in_flight.is_empty()) {
+            return false;
+        }
+        if self.queue_open {
+            match self.queue.try_recv() {
+                Ok(job) => {
+                    self.retry.push_back(job);
+                    return false;
+                }
+                Err(TryRecvError::Empty) => return false,
+                Err(TryRecvError::Disconnected) => self.queue_open = false,
+            }
+        }
+        !self.queue_open
+    }
+
+    /// Whether something can progress without waiting.
+    fn has_work(&self) -> bool {
+        if self.shared.is_terminated() {
+            return true;
+        }
+        if let Some(job) = self.retry.front() {
+            let expected = self.estimate(job);
+            if self.slots.iter().any(|s| s.can_take(expected)) {
+                return true;
+            }
+        } else if !self.queue.is_empty() && self.slots.iter().any(|s| s.can_take(Some(0))) {
+            return true;
+        }
+        self.slots.iter().any(|s| match &s.process {
+            Some(p) => {
+                p.region.results().readable() > 0
+                    || (s.sending.is_some() && p.region.jobs().writable() > 0)
+            }
+            None => false,
+        })
+    }
+
+    /// Sleeps until a caller or a worker rings the bell, or a worker dies.
+    fn sleep(&mut self) {
+        for slot in &self.slots {
+            if let Some(p) = &slot.process {
+                p.region.parent_will_sleep();
+            }
+        }
+        self.shared.set_collector_sleeping(true);
+        if self.has_work() || self.finished() {
+            self.shared.set_collector_sleeping(false);
+            return;
+        }
+        let waiting_to_respawn = self.slots.iter().any(|s| s.process.is_none());
+        let timeout = if waiting_to_respawn {
+            PollTimeout::from(100u16)
+        } else {
+            PollTimeout::NONE
+        };
+        self.check_deaths(timeout);
+        self.shared.set_collector_sleeping(false);
+        sys::eventfd_drain(self.shared.bell_fd());
+    }
+
+    /// Polls the bell and the pidfds; handles every worker that died.
+    fn check_deaths(&mut self, timeout: PollTimeout) {
+        self.last_death_check = Instant::now();
+        let dead: Vec<usize> = {
+            let mut fds = vec![PollFd::new(
+                self.shared.bell_fd().as_fd(),
+                PollFlags::POLLIN,
+            )];
+            let mut owners = Vec::new();
+            for (i, slot) in self.slots.iter().enumerate() {
+                if let Some(p) = &slot.process {
+                    fds.push(PollFd::new(p.pidfd().as_fd(), PollFlags::POLLIN));
+                    owners.push(i);
+                }
+            }
+            match poll(&mut fds, timeout) {
+                Ok(n) if n > 0 => fds[1..]
+                    .iter()
+                    .zip(&owners)
+                    .filter(|(fd, _)| fd.any().unwrap_or(false))
+                    .map(|(_, &i)| i)
+                    .collect(),
+                _ => Vec::new(),
+            }
+        };
+        for i in dead {
+            self.bury(i);
+        }
+    }
+
+    /// Worker `i` has died: settles its jobs and forks a replacement.
+    fn bury(&mut self, i: usize) {
+        self.receive(i); // what it finished before dying still counts
+        let slot = &mut self.slots[i];
+        let Some(process) = slot.process.take() else {
+            return;
+        };
+        self.shared.clear_worker(i);
+        let started = process
+            .region
+            .header()
+            .jobs_started
+            .0
+            .load(Ordering::SeqCst);
+        let pid = process.pid().as_raw();
+        let cause = process.reap(Duration::ZERO);
+        let began_unanswered = started > slot.answered;
+        let mut jobs = slot.take_all();
+        let terminated = self.shared.is_terminated();
+        if began_unanswered {
+            if let Some(job) = jobs.pop_front() {
+                let err = died(&job, pid, cause, terminated);
+                job.complete(Err(err));
+            }
+        }
+        // The rest were never begun: other workers take them, first.
+        for mut job in jobs.into_iter().rev() {
+            if terminated || job.requeues >= MAX_REQUEUES {
+                let err = died(&job, pid, cause, terminated);
+                job.complete(Err(err));
+            } else {
+                job.requeues += 1;
+                self.retry.push_front(job);
+            }
+        }
+        if !terminated {
+            if let Err(err) = self.spawn(i) {
+                self.slots[i].spawn_error = Some((err, Instant::now()));
+            }
+        }
+    }
+
+    /// Closed and drained: asks every worker to exit, and reaps them.
+    fn shutdown(&mut self) {
+        for slot in &self.slots {
+            if let Some(p) = &slot.process {
+                let frame = crate::frame::shutdown_frame();
+                let ring = p.region.jobs();
+                ring.write(&(frame.len() as u64).to_le_bytes());
+                ring.write(frame);
+                ring.wake_consumer();
+            }
+        }
+        for i in 0..self.slots.len() {
+            if let Some(p) = self.slots[i].process.take() {
+                self.shared.clear_worker(i);
+                p.reap(EXIT_GRACE);
+            }
+        }
+    }
+
+    /// Terminated: every worker is killed (by `Shared::terminate`) and reaped, every job
+    /// resolves to `Terminated`.
+    fn terminate(&mut self) {
+        for i in 0..self.slots.len() {
+            let slot = &mut self.slots[i];
+            if let Some(p) = slot.process.take() {
+                self.shared.clear_worker(i);
+                p.reap(Duration::ZERO);
+            }
+            for job in slot.take_all() {
+                job.complete(Err(Error::Terminated));
+            }
+        }
+        for job in self.retry.drain(..) {
+            job.complete(Err(Error::Terminated));
+        }
+        while let Ok(job) = self.queue.try_recv() {
+            job.complete(Err(Error::Terminated));
+        }
+    }
+}
+
+/// Folds a job's measured run time into its task's per-item estimate.
+fn learn(estimates: &mut HashMap<Box<str>, u64>, job: &Job, busy_ns: u64) {
+    let sample = busy_ns / job.items.max(1) as u64;
+    match estimates.get_mut(job.task.as_ref()) {
+        Some(avg) => *avg = (*avg * 7 + sample) / 8,
+        None => {
+            estimates.insert(job.task.as_ref().into(), sample);
+        }
+    }
+}
+
+fn kill(process: &WorkerProcess) {
+    let _ = nix::sys::signal::kill(process.pid(), nix::sys::signal::Signal::SIGKILL);
+}
+
+fn died(job: &Job, pid: i32, cause: ExitCause, terminated: bool) -> Error {
+    if terminated {
+        Error::Terminated
+    } else {
+        Error::WorkerDied {
+            task: job.task.to_string(),
+            pid,
+            cause,
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        // Normally every worker is reaped already; if the thread unwinds, none is left behind.
+        for i in 0..self.slots.len() {
+            if let Some(p) = self.slots[i].process.take() {
+                self.shared.clear_worker(i);
+                p.reap(Duration::ZERO);
+            }
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! The shared-memory region of one worker: a ring for jobs (parent → worker), a ring for
+//! results (worker → parent), and a few counters.
+//!
+//! Each worker has its own region, mapped by the parent just before it forks that worker, and
+//! unmapped in every other worker (see `spawn`). So a worker that dies at any instruction, or
+//! scribbles over its memory, can only damage its own region, which the parent discards with it.
+
+use std::io;
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+
+use crate::ring::{Padded, Ring, RingCtl};
+use crate::sys::{self, SharedMapping};
+
+/// Bytes of each ring. Frames larger than this stream through in pieces.
+const RING_CAPACITY: usize = 4 << 20;
+/// Where the rings' data starts; the header fits before it.
+const DATA_OFFSET: usize = 4096;
+
+/// The region's control block, at its start.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct Header {
+    job: RingCtl,
+    result: RingCtl,
+    /// Jobs the worker has read in full and begun; written only by the worker.
+    pub(crate) jobs_started: Padded<AtomicU64>,
+    /// Nanoseconds the worker has spent running jobs; written only by the worker.
+    pub(crate) busy_ns: AtomicU64,
+    /// Raised by the parent before it sleeps; the worker rings the pool's bell when it sees it.
+    parent_waiting: Padded<AtomicU32>,
+}
+
+const _: () = assert!(std::mem::size_of::<Header>() <= DATA_OFFSET);
+
+/// One worker's region.
+#[derive(Debug)]
+pub(crate) struct Region {
+    // Field order: the rings point into the mapping, which is dropped last.
+    job: Ring,
+    result: Ring,
+    map: SharedMapping,
+}
+
+impl Region {
+    pub(crate) fn new() -> io::Result<Self> {
+        let map = SharedMapping::new(DATA_OFFSET + 2 * RING_CAPACITY)?;
+        let base = map.as_ptr();
+        let header = base.cast::<Header>();
+        // SAFETY: a fresh mapping is zero-filled, which is a valid `Header` (atomics and
+        // integers), and page-aligned, which satisfies its alignment. The rings point to their
+        // control blocks in the header and to disjoint data areas after it, all inside the
+        // mapping, which lives as long as the rings (field order above).
+        unsafe {
+            let job = Ring::new(
+                std::ptr::addr_of!((*header).job),
+                base.add(DATA_OFFSET),
+                RING_CAPACITY,
+            );
+            let result = Ring::new(
+                std::ptr::addr_of!((*header).result),
+                base.add(DATA_OFFSET + RING_CAPACITY),
+                RING_CAPACITY,
+            );
+            Ok(Region { job, result, map })
+        }
+    }
+
+    pub(crate) fn header(&self) -> &Header {
+        // SAFETY: the header is initialized (zeroed) and lives as long as `self.map`.
+        unsafe { &*self.map.as_ptr().cast::<Header>() }
+    }
+
+    /// Parent → worker.
+    pub(crate) fn jobs(&self) -> &Ring {
+        &self.job
+    }
+
+    /// Worker → parent.
+    pub(crate) fn results(&self) -> &Ring {
+        &self.result
+    }
+
+    /// The mapping's address and length, for the fork-time cleanup in other workers.
+    pub(crate) fn span(&self) -> (usize, usize) {
+        (self.map.as_ptr() as usize, self.map.len())
+    }
+
+    // --- the parent's sleep protocol ---------------------------------------------------------
+
+    /// Parent, before sleeping: asks the worker to ring the bell on its next progress.
+    pub(crate) fn parent_will_sleep(&self) {
+        self.header().parent_waiting.0.store(1, Ordering::SeqCst);
+    }
+
+    /// Worker, after writing results or freeing job space: rings `bell` if the parent sleeps.
+    pub(crate) fn poke_parent(&self, bell: i32) {
+        fence(Ordering::SeqCst);
+        let flag = &self.header().parent_waiting.0;
+        if flag.load(Ordering::Relaxed) != 0 && flag.swap(0, Ordering::SeqCst) != 0 {
+            sys::eventfd_signal(bell);
+        }
+    }
+}

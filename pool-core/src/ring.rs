@@ -1,0 +1,344 @@
+//! A single-producer, single-consumer byte ring in memory shared by two processes.
+//!
+//! The producer copies bytes in at `tail`, the consumer copies them out at `head`; both
+//! positions only grow, and a position `p` lives at byte `p % capacity`. Frames are simply
+//! bytes in the stream (length-prefixed by the layer above), so a frame may be larger than the
+//! ring: it is then moved in pieces as the other side makes room.
+//!
+//! # Memory ordering
+//!
+//! The producer writes bytes into `[tail, head + capacity)`, then publishes them by storing the
+//! new `tail` with `Release`; the consumer loads `tail` with `Acquire` before reading
+//! `[head, tail)`, and publishes the space it freed by storing `head` with `Release`, which the
+//! producer loads with `Acquire` before reusing it. So no byte is read and written at once by a
+//! well-behaved peer.
+//!
+//! # Sleeping and waking
+//!
+//! A side that finds nothing to do may sleep on a futex (the worker does). Before sleeping it
+//! raises its `waiting` flag, issues a `SeqCst` fence and checks the ring again; the other side,
+//! after publishing, issues a `SeqCst` fence and checks the flag. One of the two always sees the
+//! other (the fences are totally ordered), so a wake-up is never lost, and the busy path costs no
+//! system call.
+//!
+//! # A peer that misbehaves
+//!
+//! The other process may die at any instruction or scribble over the shared memory. Every index
+//! is reduced modulo the capacity and every length clamped to it, so garbage positions give
+//! garbage bytes, never an access outside the ring; the layer above validates what it reads.
+
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+
+use crate::sys;
+
+/// Keeps each field on its own cache lines, so the two sides do not slow each other down.
+#[repr(C, align(128))]
+#[derive(Debug, Default)]
+pub(crate) struct Padded<T>(pub(crate) T);
+
+/// The control block of one ring, in shared memory.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct RingCtl {
+    head: Padded<AtomicU64>,
+    tail: Padded<AtomicU64>,
+    wait: Padded<WaitWords>,
+}
+
+#[repr(C)]
+#[derive(Debug, Default)]
+struct WaitWords {
+    /// Bumped by the producer to wake a consumer sleeping for data.
+    data_signal: AtomicU32,
+    consumer_waiting: AtomicU32,
+    /// Bumped by the consumer to wake a producer sleeping for space.
+    space_signal: AtomicU32,
+    producer_waiting: AtomicU32,
+}
+
+/// How many times a side re-checks the ring before it goes to sleep.
+const SPINS: u32 = 2_000;
+
+/// A view of one ring: its control block and data area.
+///
+/// # Invariant
+///
+/// `ctl` and `data .. data + cap` point into a shared mapping that outlives this value (the
+/// `Region` that owns both), `cap` is a power of two, and in each process at most one thread
+/// acts as this ring's producer and at most one as its consumer.
+#[derive(Debug)]
+pub(crate) struct Ring {
+    ctl: *const RingCtl,
+    data: *mut u8,
+    cap: usize,
+}
+
+// SAFETY: a `Ring` is a pair of pointers into shared memory; the producer/consumer discipline
+// of the invariant, not the thread, is what keeps access sound.
+unsafe impl Send for Ring {}
+// SAFETY: as above.
+unsafe impl Sync for Ring {}
+
+impl Ring {
+    /// # Safety
+    ///
+    /// `ctl` must point to an initialized `RingCtl` and `data` to `cap` bytes, both valid for the
+    /// lifetime of the returned value, and `cap` must be a power of two.
+    pub(crate) unsafe fn new(ctl: *const RingCtl, data: *mut u8, cap: usize) -> Self {
+        debug_assert!(cap.is_power_of_two());
+        Ring { ctl, data, cap }
+    }
+
+    fn ctl(&self) -> &RingCtl {
+        // SAFETY: valid for our lifetime by the invariant.
+        unsafe { &*self.ctl }
+    }
+
+    // --- producer side ------------------------------------------------------------------------
+
+    /// How many bytes can be written now.
+    pub(crate) fn writable(&self) -> usize {
+        let ctl = self.ctl();
+        let tail = ctl.tail.0.load(Ordering::Relaxed);
+        let head = ctl.head.0.load(Ordering::Acquire);
+        let used = (tail.wrapping_sub(head) as usize).min(self.cap);
+        self.cap - used
+    }
+
+    /// Copies as much of `src` as fits and publishes it; returns how much was written.
+    pub(crate) fn write(&self, src: &[u8]) -> usize {
+        let n = src.len().min(self.writable());
+        if n == 0 {
+            return 0;
+        }
+        let ctl = self.ctl();
+        let tail = ctl.tail.0.load(Ordering::Relaxed);
+        let at = tail as usize & (self.cap - 1);
+        let first = n.min(self.cap - at);
+        // SAFETY: `at + first <= cap` and `n - first <= at`, so both copies stay inside the data
+        // area; the bytes `[tail, tail + n)` are free (checked through `writable` with an
+        // `Acquire` load of `head`), so a well-behaved consumer does not touch them now.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), self.data.add(at), first);
+            std::ptr::copy_nonoverlapping(src.as_ptr().add(first), self.data, n - first);
+        }
+        ctl.tail
+            .0
+            .store(tail.wrapping_add(n as u64), Ordering::Release);
+        n
+    }
+
+    /// After writing: wakes the consumer if it sleeps waiting for data.
+    pub(crate) fn wake_consumer(&self) {
+        fence(Ordering::SeqCst);
+        let w = &self.ctl().wait.0;
+        if w.consumer_waiting.load(Ordering::Relaxed) != 0 {
+            w.data_signal.fetch_add(1, Ordering::SeqCst);
+            sys::futex_wake(&w.data_signal);
+        }
+    }
+
+    /// Blocks (spinning briefly, then on the futex) until some space is free.
+    pub(crate) fn wait_writable(&self) {
+        let w = &self.ctl().wait.0;
+        for _ in 0..SPINS {
+            if self.writable() > 0 {
+                return;
+            }
+            std::hint::spin_loop();
+        }
+        loop {
+            let seen = w.space_signal.load(Ordering::SeqCst);
+            w.producer_waiting.store(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            if self.writable() > 0 {
+                break;
+            }
+            sys::futex_wait(&w.space_signal, seen);
+        }
+        w.producer_waiting.store(0, Ordering::Relaxed);
+    }
+
+    // --- consumer side ------------------------------------------------------------------------
+
+    /// How many bytes can be read now.
+    pub(crate) fn readable(&self) -> usize {
+        let ctl = self.ctl();
+        let head = ctl.head.0.load(Ordering::Relaxed);
+        let tail = ctl.tail.0.load(Ordering::Acquire);
+        (tail.wrapping_sub(head) as usize).min(self.cap)
+    }
+
+    /// Copies as many bytes as are available into `dst` and frees their space; returns how many.
+    pub(crate) fn read(&self, dst: &mut [u8]) -> usize {
+        let n = dst.len().min(self.readable());
+        if n == 0 {
+            return 0;
+        }
+        let ctl = self.ctl();
+        let head = ctl.head.0.load(Ordering::Relaxed);
+        let at = head as usize & (self.cap - 1);
+        let first = n.min(self.cap - at);
+        // SAFETY: both copies stay inside the data area (as in `write`); the bytes
+        // `[head, head + n)` were published by the producer (`Acquire` load of `tail` in
+        // `readable`), which does not touch them until `head` moves past them.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.data.add(at), dst.as_mut_ptr(), first);
+            std::ptr::copy_nonoverlapping(self.data, dst.as_mut_ptr().add(first), n - first);
+        }
+        ctl.head
+            .0
+            .store(head.wrapping_add(n as u64), Ordering::Release);
+        n
+    }
+
+    /// After reading: wakes the producer if it sleeps waiting for space.
+    pub(crate) fn wake_producer(&self) {
+        fence(Ordering::SeqCst);
+        let w = &self.ctl().wait.0;
+        if w.producer_waiting.load(Ordering::Relaxed) != 0 {
+            w.space_signal.fetch_add(1, Ordering::SeqCst);
+            sys::futex_wake(&w.space_signal);
+        }
+    }
+
+    /// Blocks (spinning briefly, then on the futex) until some data is available.
+    pub(crate) fn wait_readable(&self) {
+        let w = &self.ctl().wait.0;
+        for i in 0..SPINS {
+            if self.readable() > 0 {
+                return;
+            }
+            if i % 64 == 63 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        loop {
+            let seen = w.data_signal.load(Ordering::SeqCst);
+            w.consumer_waiting.store(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            if self.readable() > 0 {
+                break;
+            }
+            sys::futex_wait(&w.data_signal, seen);
+        }
+        w.consumer_waiting.store(0, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use crate::sys::SharedMapping;
+
+    fn ring_in(map: &SharedMapping, cap: usize) -> Ring {
+        assert!(map.len() >= 4096 + cap);
+        let ctl = map.as_ptr().cast::<RingCtl>();
+        // SAFETY: the mapping is zeroed (a valid RingCtl), large enough, and outlives the ring
+        // within each test.
+        unsafe { Ring::new(ctl, map.as_ptr().add(4096), cap) }
+    }
+
+    /// A deterministic pseudo-random sequence.
+    fn xorshift(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    #[test]
+    fn wraps_around_and_preserves_bytes() {
+        let map = SharedMapping::new(4096 + 64).unwrap();
+        let ring = ring_in(&map, 64);
+        let mut next = 0u8;
+        let mut expect = 0u8;
+        for round in 0..1000 {
+            let chunk: Vec<u8> = (0..(round % 50 + 1))
+                .map(|_| {
+                    next = next.wrapping_add(1);
+                    next
+                })
+                .collect();
+            assert_eq!(ring.write(&chunk), chunk.len());
+            let mut out = vec![0; chunk.len()];
+            assert_eq!(ring.read(&mut out), chunk.len());
+            for b in out {
+                expect = expect.wrapping_add(1);
+                assert_eq!(b, expect);
+            }
+        }
+        assert_eq!(ring.write(&[1; 100]), 64, "only the capacity fits");
+        assert_eq!(ring.writable(), 0);
+        assert_eq!(ring.read(&mut [0; 100]), 64);
+    }
+
+    /// Two processes, millions of frames of random sizes, every byte checked.
+    #[test]
+    fn two_process_stress() {
+        const CAP: usize = 1 << 12;
+        let frames: u64 = if cfg!(debug_assertions) {
+            300_000
+        } else {
+            3_000_000
+        };
+        let map = SharedMapping::new(4096 + CAP).unwrap();
+        let ring = ring_in(&map, CAP);
+        // SAFETY: the child only uses the ring, the allocator and `_exit`.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let mut seed = 7u64;
+                let mut buf = Vec::new();
+                for i in 0..frames {
+                    let len = (xorshift(&mut seed) % 3000) as usize;
+                    buf.clear();
+                    buf.extend_from_slice(&(len as u32).to_le_bytes());
+                    buf.extend((0..len).map(|j| (i as usize + j) as u8));
+                    let mut sent = 0;
+                    while sent < buf.len() {
+                        let n = ring.write(&buf[sent..]);
+                        sent += n;
+                        if n > 0 {
+                            ring.wake_consumer();
+                        } else {
+                            ring.wait_writable();
+                        }
+                    }
+                }
+                // SAFETY: ends the child without running the test harness's code.
+                unsafe { libc::_exit(0) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let mut seed = 7u64;
+                let read_exact = |dst: &mut [u8]| {
+                    let mut got = 0;
+                    while got < dst.len() {
+                        let n = ring.read(&mut dst[got..]);
+                        got += n;
+                        if n > 0 {
+                            ring.wake_producer();
+                        } else {
+                            ring.wait_readable();
+                        }
+                    }
+                };
+                let mut body = Vec::new();
+                for i in 0..frames {
+                    let expected_len = (xorshift(&mut seed) % 3000) as usize;
+                    let mut len = [0u8; 4];
+                    read_exact(&mut len);
+                    assert_eq!(u32::from_le_bytes(len) as usize, expected_len, "frame {i}");
+                    body.resize(expected_len, 0);
+                    read_exact(&mut body);
+                    for (j, &b) in body.iter().enumerate() {
+                        assert_eq!(b, (i as usize + j) as u8, "frame {i} byte {j}");
+                    }
+                }
+                let status = nix::sys::wait::waitpid(child, None).unwrap();
+                assert!(matches!(status, nix::sys::wait::WaitStatus::Exited(_, 0)));
+            }
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Thin wrappers over the few Linux calls that neither std nor nix offers in the form needed:
+//! futexes on shared memory, eventfds, pidfds, and shared anonymous mappings.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicU32;
+
+/// Sleeps while `*word == expected`, until [`futex_wake`] on the same word (from any process
+/// that maps it) or a spurious wake-up. Callers re-check their condition in a loop.
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32) {
+    // SAFETY: FUTEX_WAIT reads the 32-bit word at a valid, aligned address (a live reference),
+    // compares it with `expected`, and sleeps; it writes nothing. No timeout pointer is passed.
+    // Not FUTEX_PRIVATE: the word lives in memory shared with other processes.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            std::ptr::null::<libc::timespec>(),
+        );
+    }
+}
+
+/// Wakes every process sleeping in [`futex_wait`] on `word`.
+pub(crate) fn futex_wake(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE only uses the address as a key to find waiters; it is valid and aligned.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX);
+    }
+}
+
+/// A non-blocking, close-on-exec eventfd.
+pub(crate) fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd takes an initial value and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by the kernel and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds one to an eventfd's counter, making it readable.
+pub(crate) fn eventfd_signal(fd: RawFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a live local to a descriptor; a full or closed eventfd makes
+    // the call fail harmlessly (the counter is already non-zero, or nobody listens).
+    unsafe {
+        libc::write(fd, (&one as *const u64).cast(), 8);
+    }
+}
+
+/// Resets an eventfd's counter.
+pub(crate) fn eventfd_drain(fd: &OwnedFd) {
+    let mut value: u64 = 0;
+    // SAFETY: reads at most 8 bytes into a live local; non-blocking, so it returns at once.
+    unsafe {
+        libc::read(fd.as_raw_fd(), (&mut value as *mut u64).cast(), 8);
+    }
+}
+
+/// Opens a pidfd for `pid`: a descriptor that becomes readable when the process exits.
+pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and a flags word and returns a new descriptor or -1; it
+    // touches no memory of ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a descriptor the kernel just returned to us and nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// A shared anonymous mapping: the same physical pages in this process and in every child
+/// forked while it is mapped. Unmapped on drop (in the process that drops it).
+#[derive(Debug)]
+pub(crate) struct SharedMapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory; all access to its contents goes through atomics or
+// through the ring protocol, whose safety is argued in `ring`.
+unsafe impl Send for SharedMapping {}
+// SAFETY: as above.
+unsafe impl Sync for SharedMapping {}
+
+impl SharedMapping {
+    /// Maps `len` zeroed bytes, shared with children forked later.
+    pub(crate) fn new(len: usize) -> io::Result<Self> {
+        // SAFETY: an anonymous mapping at an address of the kernel's choosing aliases nothing.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(ptr.cast()).ok_or_else(io::Error::last_os_error)?;
+        Ok(SharedMapping { ptr, len })
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for SharedMapping {
+    fn drop(&mut self) {
+        // SAFETY: the region was mapped by `new` with this length, and every reference into it
+        // is tied to the lifetime of this value.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
