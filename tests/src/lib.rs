@@ -25,7 +25,13 @@ pub fn deadline<T: Send + 'static>(
             Ok(()) => unreachable!("the thread sends before it ends"),
         },
         Err(mpsc::RecvTimeoutError::Timeout) => {
-            eprintln!("HANG: `{what}` did not finish within {secs} s; aborting the test binary");
+            // Straight to the descriptor: the test harness's capture of `eprintln!` would be
+            // lost with the abort.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "HANG: `{what}` did not finish within {secs} s; aborting the test binary"
+            );
             std::process::abort();
         }
     }

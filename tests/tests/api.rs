@@ -19,7 +19,7 @@ fn pool(n: usize) -> Pool {
 
 #[test]
 fn apply_one_and_several_and_no_parameters() {
-    deadline(30, "apply", || {
+    deadline(120, "apply", || {
         let pool = pool(2);
         assert_eq!(pool.apply(square, 7).unwrap(), 49);
         assert_eq!(pool.apply(add, (2, 3)).unwrap(), 5);

@@ -1,0 +1,518 @@
+//! The `throughput` benchmark: pool-core next to rayon (threads) and CPython's
+//! `multiprocessing.Pool`, on the same workloads, in one run.
+//!
+//! ```text
+//! cargo run --release -p pool-examples --bin throughput -- [--workers N] [--quick] [--scale X]
+//!                                                          [--json] [--svg PATH] [--no-python]
+//! ```
+//!
+//! Workloads (each system gets the same tasks and the same worker count):
+//!
+//! | name | what | unit |
+//! |---|---|---|
+//! | `map-tiny` | `map(square, 0..n)`, default chunk size, u64 in and out | tasks/s |
+//! | `map-chunk1` | the same with chunk size 1: the cost of one task | tasks/s |
+//! | `apply-async` | a burst of n `apply_async(square, i)`, then every `get()` | tasks/s |
+//! | `apply-latency-p50/p99` | sequential `apply(square, i)`, round trip | µs |
+//! | `cpu` | 400 tasks of ~3 ms of pure computation: speed-up over one core | × |
+//! | `bytes` | `map` over 200 distinct 1 MiB `Vec<u8>`, each returning a checksum | GB/s |
+//! | `startup-first-result` | `Pool::new()` to the first result | ms |
+//! | `startup-join-idle` | `close()` + `join()` of an idle pool | ms |
+//!
+//! rayon runs the per-task workloads as one `spawn` plus a channel send per task (the nearest
+//! thing to a pool task), `map-tiny` as a parallel iterator, and `bytes` on the same buffers
+//! without moving them (threads share memory: that is the cost isolation adds).
+
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pool_core::{task, Pool};
+use rayon::prelude::*;
+
+#[task]
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// Pure computation: `iters` steps of a modular sum (the same loop as the Python script's).
+#[task]
+fn busy(iters: u64) -> u64 {
+    let mut s = 0u64;
+    for i in 0..black_box(iters) {
+        s = (s + i * i) % 1_000_003;
+    }
+    s
+}
+
+/// A checksum that samples every 4096th byte, in both languages, so the workload measures
+/// moving the bytes rather than summing them.
+#[task]
+fn checksum(bytes: Vec<u8>) -> u64 {
+    sample_sum(&bytes)
+}
+
+fn sample_sum(bytes: &[u8]) -> u64 {
+    bytes.iter().step_by(4096).map(|&b| b as u64).sum::<u64>() + bytes.len() as u64
+}
+
+struct Options {
+    workers: usize,
+    scale: f64,
+    json: bool,
+    svg: Option<String>,
+    python: bool,
+}
+
+fn parse_options() -> Options {
+    let mut o = Options {
+        workers: num_cpus::get(),
+        scale: 1.0,
+        json: false,
+        svg: Some("target/throughput.svg".into()),
+        python: true,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--workers" => o.workers = args.next().and_then(|v| v.parse().ok()).expect("--workers N"),
+            "--scale" => o.scale = args.next().and_then(|v| v.parse().ok()).expect("--scale X"),
+            "--quick" => o.scale = 0.1,
+            "--json" => o.json = true,
+            "--svg" => o.svg = args.next(),
+            "--no-svg" => o.svg = None,
+            "--no-python" => o.python = false,
+            "-h" | "--help" => {
+                println!(
+                    "usage: throughput [--workers N] [--quick | --scale X] [--json] \
+                     [--svg PATH | --no-svg] [--no-python]"
+                );
+                std::process::exit(0);
+            }
+            other => panic!("unknown option {other}; see --help"),
+        }
+    }
+    o
+}
+
+#[derive(Clone, Debug)]
+struct Row {
+    workload: String,
+    system: &'static str,
+    value: f64,
+    unit: String,
+    n: usize,
+}
+
+fn higher_is_better(unit: &str) -> bool {
+    !(unit == "ms" || unit == "us")
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let t = Instant::now();
+    let v = f();
+    (v, t.elapsed())
+}
+
+fn n(base: usize, scale: f64) -> usize {
+    ((base as f64 * scale) as usize).max(1)
+}
+
+/// Iterations of `busy` that take about 3 ms on this machine.
+fn calibrate_busy() -> u64 {
+    let mut k = 100_000u64;
+    loop {
+        let (_, d) = timed(|| black_box(busy(k)));
+        if d >= Duration::from_millis(3) {
+            return k;
+        }
+        k = ((k as f64 * (0.003 / secs(d).max(1e-6)).max(1.2)) as u64).min(1 << 40);
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+fn bench_pool(o: &Options, k: u64, rows: &mut Vec<Row>) -> Result<(), pool_core::Error> {
+    let sys = "pool-core";
+    let mut push = |workload: &str, value: f64, unit: &str, n: usize| {
+        rows.push(Row {
+            workload: workload.into(),
+            system: sys,
+            value,
+            unit: unit.into(),
+            n,
+        })
+    };
+    // startup
+    let t = Instant::now();
+    let pool = Pool::builder().processes(o.workers).build()?;
+    pool.apply(square, 1)?;
+    let first = t.elapsed();
+    pool.close();
+    let (_, join) = timed(|| pool.join());
+    push("startup-first-result", secs(first) * 1e3, "ms", 1);
+    push("startup-join-idle", secs(join) * 1e3, "ms", 1);
+
+    let pool = Pool::builder().processes(o.workers).build()?;
+    pool.map(square, 0..10_000)?;
+
+    let count = n(40_000_000, o.scale);
+    let (v, d) = timed(|| pool.map(square, 0..count as u64));
+    assert_eq!(v?.len(), count);
+    push("map-tiny", count as f64 / secs(d), "tasks/s", count);
+
+    let count = n(2_000_000, o.scale);
+    let (v, d) = timed(|| pool.map_chunked(square, 0..count as u64, 1));
+    assert_eq!(v?.len(), count);
+    push("map-chunk1", count as f64 / secs(d), "tasks/s", count);
+
+    let count = n(2_000_000, o.scale);
+    let (sum, d) = timed(|| -> Result<u64, pool_core::Error> {
+        let pending: Vec<_> = (0..count as u64).map(|i| pool.apply_async(square, i)).collect();
+        let mut sum = 0u64;
+        for r in &pending {
+            sum = sum.wrapping_add(r.get()?);
+        }
+        Ok(sum)
+    });
+    black_box(sum?);
+    push("apply-async", count as f64 / secs(d), "tasks/s", count);
+
+    let count = n(100_000, o.scale);
+    let mut lat = Vec::with_capacity(count);
+    for i in 0..count as u64 {
+        let t = Instant::now();
+        black_box(pool.apply(square, i)?);
+        lat.push(secs(t.elapsed()) * 1e6);
+    }
+    lat.sort_by(f64::total_cmp);
+    push("apply-latency-p50", percentile(&lat, 0.5), "us", count);
+    push("apply-latency-p99", percentile(&lat, 0.99), "us", count);
+
+    let tasks = n(400, o.scale).max(2 * o.workers);
+    let (_, serial) = timed(|| (0..tasks).map(|_| black_box(busy(k))).collect::<Vec<_>>());
+    let (v, par) = timed(|| pool.map(busy, vec![k; tasks]));
+    v?;
+    push("cpu", secs(serial) / secs(par), "x speed-up", tasks);
+
+    let blobs = make_blobs(n(200, o.scale).max(20));
+    let count = blobs.len();
+    let expected: Vec<u64> = blobs.iter().map(|b| sample_sum(b)).collect();
+    let (v, d) = timed(|| pool.map(checksum, blobs));
+    assert_eq!(v?, expected);
+    push("bytes", (count << 20) as f64 / secs(d) / 1e9, "GB/s", count);
+    pool.close();
+    pool.join()
+}
+
+fn make_blobs(count: usize) -> Vec<Vec<u8>> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let base: Vec<u8> = (0..1 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    (0..count)
+        .map(|i| {
+            let mut b = base.clone();
+            b.rotate_left(i);
+            b
+        })
+        .collect()
+}
+
+fn bench_rayon(o: &Options, k: u64, rows: &mut Vec<Row>) {
+    let sys = "rayon";
+    let mut push = |workload: &str, value: f64, unit: &str, n: usize| {
+        rows.push(Row {
+            workload: workload.into(),
+            system: sys,
+            value,
+            unit: unit.into(),
+            n,
+        })
+    };
+    let t = Instant::now();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(o.workers)
+        .build()
+        .expect("rayon pool");
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    pool.spawn(move || tx.send(square(1)).unwrap());
+    rx.recv().unwrap();
+    let first = t.elapsed();
+    let (_, join) = timed(|| drop(pool));
+    push("startup-first-result", secs(first) * 1e3, "ms", 1);
+    push("startup-join-idle", secs(join) * 1e3, "ms", 1);
+
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(o.workers)
+        .build()
+        .expect("rayon pool");
+    pool.install(|| {
+        let count = n(40_000_000, o.scale);
+        let (v, d) = timed(|| (0..count as u64).into_par_iter().map(|x| square(x)).collect::<Vec<_>>());
+        assert_eq!(v.len(), count);
+        push("map-tiny", count as f64 / secs(d), "tasks/s", count);
+    });
+
+    // One spawn and one channel message per task.
+    let spawn_each = |count: usize| {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for i in 0..count as u64 {
+            let tx = tx.clone();
+            pool.spawn(move || tx.send((i, square(i))).unwrap());
+        }
+        drop(tx);
+        let mut out = vec![0u64; count];
+        for (i, v) in rx {
+            out[i as usize] = v;
+        }
+        out
+    };
+    let count = n(2_000_000, o.scale);
+    let (v, d) = timed(|| spawn_each(count));
+    assert_eq!(v.len(), count);
+    push("map-chunk1", count as f64 / secs(d), "tasks/s", count);
+    let (v, d) = timed(|| spawn_each(count));
+    assert_eq!(v.len(), count);
+    push("apply-async", count as f64 / secs(d), "tasks/s", count);
+
+    let count = n(100_000, o.scale);
+    let mut lat = Vec::with_capacity(count);
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    for i in 0..count as u64 {
+        let t = Instant::now();
+        let tx = tx.clone();
+        pool.spawn(move || tx.send(square(i)).unwrap());
+        black_box(rx.recv().unwrap());
+        lat.push(secs(t.elapsed()) * 1e6);
+    }
+    lat.sort_by(f64::total_cmp);
+    push("apply-latency-p50", percentile(&lat, 0.5), "us", count);
+    push("apply-latency-p99", percentile(&lat, 0.99), "us", count);
+
+    let tasks = n(400, o.scale).max(2 * o.workers);
+    let (_, serial) = timed(|| (0..tasks).map(|_| black_box(busy(k))).collect::<Vec<_>>());
+    let (_, par) = timed(|| pool.install(|| (0..tasks).into_par_iter().map(|_| busy(k)).collect::<Vec<_>>()));
+    push("cpu", secs(serial) / secs(par), "x speed-up", tasks);
+
+    let blobs = make_blobs(n(200, o.scale).max(20));
+    let count = blobs.len();
+    let (v, d) = timed(|| pool.install(|| blobs.par_iter().map(|b| sample_sum(b)).collect::<Vec<_>>()));
+    assert_eq!(v.len(), count);
+    push("bytes", (count << 20) as f64 / secs(d) / 1e9, "GB/s", count);
+}
+
+/// Runs the project's Python script; returns no rows (with a note) when python3 is missing.
+fn bench_python(o: &Options, rows: &mut Vec<Row>) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/py/mp_bench.py");
+    let child = Command::new("python3")
+        .arg(script)
+        .arg(o.workers.to_string())
+        .arg(o.scale.to_string())
+        .stdout(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("python3 not run ({e}); the table has no Python column");
+            return;
+        }
+    };
+    let stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+    for line in stdout.lines() {
+        let line = line.expect("python output");
+        let field = |name: &str| -> Option<String> {
+            let at = line.find(&format!("\"{name}\": "))? + name.len() + 4;
+            let rest = &line[at..];
+            let end = rest.find([',', '}']).unwrap_or(rest.len());
+            Some(rest[..end].trim().trim_matches('"').to_string())
+        };
+        let (Some(w), Some(v), Some(u), Some(n)) =
+            (field("workload"), field("value"), field("unit"), field("n"))
+        else {
+            continue;
+        };
+        rows.push(Row {
+            workload: w,
+            system: "python",
+            value: v.parse().unwrap_or(f64::NAN),
+            unit: u,
+            n: n.parse().unwrap_or(0),
+        });
+    }
+    let _ = child.wait();
+}
+
+const WORKLOADS: [&str; 10] = [
+    "map-tiny",
+    "map-chunk1",
+    "apply-async",
+    "apply-latency-p50",
+    "apply-latency-p99",
+    "cpu",
+    "bytes",
+    "startup-first-result",
+    "startup-join-idle",
+    "",
+];
+
+fn find<'a>(rows: &'a [Row], workload: &str, system: &str) -> Option<&'a Row> {
+    rows.iter().find(|r| r.workload == workload && r.system == system)
+}
+
+/// How many times better pool-core is than `peer` (> 1: better), whatever the unit's direction.
+fn ratio(pool: &Row, peer: &Row) -> f64 {
+    if higher_is_better(&pool.unit) {
+        pool.value / peer.value
+    } else {
+        peer.value / pool.value
+    }
+}
+
+fn fmt_value(v: f64, unit: &str) -> String {
+    match unit {
+        "tasks/s" if v >= 1e6 => format!("{:.2} M/s", v / 1e6),
+        "tasks/s" => format!("{:.1} k/s", v / 1e3),
+        "GB/s" => format!("{v:.2} GB/s"),
+        "x speed-up" => format!("{v:.2}x"),
+        "us" => format!("{v:.1} µs"),
+        "ms" => format!("{v:.2} ms"),
+        _ => format!("{v:.3} {unit}"),
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "{:<22} {:>14} {:>14} {:>14} {:>11} {:>11}",
+        "workload", "pool-core", "rayon", "python", "vs rayon", "vs python"
+    );
+    for w in WORKLOADS.iter().filter(|w| !w.is_empty()) {
+        let Some(pool) = find(rows, w, "pool-core") else {
+            continue;
+        };
+        let cell = |sys: &str| {
+            find(rows, w, sys).map_or("-".to_string(), |r| fmt_value(r.value, &r.unit))
+        };
+        let vs = |sys: &str| find(rows, w, sys).map_or("-".to_string(), |r| format!("{:.2}x", ratio(pool, r)));
+        println!(
+            "{:<22} {:>14} {:>14} {:>14} {:>11} {:>11}",
+            w,
+            cell("pool-core"),
+            cell("rayon"),
+            cell("python"),
+            vs("rayon"),
+            vs("python")
+        );
+    }
+    println!("(vs: how many times better pool-core is; > 1 is better, for any unit)");
+}
+
+fn print_json(rows: &[Row]) {
+    let mut s = String::from("[\n");
+    for (i, r) in rows.iter().enumerate() {
+        let _ = write!(
+            s,
+            "  {{\"workload\": \"{}\", \"system\": \"{}\", \"value\": {}, \"unit\": \"{}\", \"n\": {}}}{}\n",
+            r.workload,
+            r.system,
+            r.value,
+            r.unit,
+            r.n,
+            if i + 1 < rows.len() { "," } else { "" }
+        );
+    }
+    s.push(']');
+    println!("{s}");
+}
+
+/// A bar chart of pool-core's ratio to each peer, per workload (log scale, 1× marked).
+fn write_svg(rows: &[Row], path: &str, title: &str) -> std::io::Result<()> {
+    let workloads: Vec<&str> = WORKLOADS.iter().copied().filter(|w| !w.is_empty()).collect();
+    let (w, row_h, left, top) = (900.0, 34.0, 190.0, 60.0);
+    let h = top + row_h * workloads.len() as f64 + 60.0;
+    let max_log = 3.0f64; // 1000x
+    let x_of = |r: f64| left + (r.max(1e-3).log10() + 1.0) / (max_log + 1.0) * (w - left - 40.0);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"13\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{left}\" y=\"24\" font-size=\"16\">{title}</text>\n\
+         <text x=\"{left}\" y=\"44\" fill=\"#555\">pool-core's ratio to rayon (blue) and Python multiprocessing (orange); right of 1x is better</text>\n"
+    );
+    for tick in [0.1, 1.0, 10.0, 100.0, 1000.0] {
+        let x = x_of(tick);
+        let _ = writeln!(
+            s,
+            "<line x1=\"{x}\" y1=\"{top}\" x2=\"{x}\" y2=\"{}\" stroke=\"{}\"/><text x=\"{x}\" y=\"{}\" text-anchor=\"middle\">{tick}x</text>",
+            h - 40.0,
+            if tick == 1.0 { "#000" } else { "#ddd" },
+            h - 24.0
+        );
+    }
+    for (i, wl) in workloads.iter().enumerate() {
+        let y = top + row_h * i as f64;
+        let _ = writeln!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{wl}</text>", left - 8.0, y + 20.0);
+        let Some(pool) = find(rows, wl, "pool-core") else {
+            continue;
+        };
+        for (j, (peer, color)) in [("rayon", "#4e79a7"), ("python", "#f28e2b")].iter().enumerate() {
+            if let Some(r) = find(rows, wl, peer) {
+                let q = ratio(pool, r);
+                let (x0, x1) = (x_of(1.0), x_of(q));
+                let (xa, xb) = if x1 >= x0 { (x0, x1) } else { (x1, x0) };
+                let yy = y + 4.0 + 13.0 * j as f64;
+                let _ = writeln!(
+                    s,
+                    "<rect x=\"{xa}\" y=\"{yy}\" width=\"{}\" height=\"11\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\" font-size=\"10\">{q:.2}x</text>",
+                    (xb - xa).max(1.0),
+                    xb + 4.0,
+                    yy + 10.0
+                );
+            }
+        }
+    }
+    s.push_str("</svg>\n");
+    std::fs::write(path, s)
+}
+
+fn main() -> Result<(), pool_core::Error> {
+    let o = parse_options();
+    let k = calibrate_busy();
+    eprintln!(
+        "throughput: {} workers, scale {}, busy({k}) ≈ 3 ms; running pool-core, rayon{}…",
+        o.workers,
+        o.scale,
+        if o.python { ", python" } else { "" }
+    );
+    let mut rows = Vec::new();
+    bench_pool(&o, k, &mut rows)?;
+    bench_rayon(&o, k, &mut rows);
+    if o.python {
+        bench_python(&o, &mut rows);
+    }
+    if o.json {
+        print_json(&rows);
+    } else {
+        print_table(&rows);
+    }
+    if let Some(path) = &o.svg {
+        let title = format!("pool-core throughput, {} workers on {} CPUs", o.workers, num_cpus::get());
+        match write_svg(&rows, path, &title) {
+            Ok(()) => eprintln!("chart written to {path}"),
+            Err(e) => eprintln!("could not write {path}: {e}"),
+        }
+    }
+    Ok(())
+}
