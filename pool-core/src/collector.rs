@@ -21,7 +21,7 @@
 //! one, since a worker runs its jobs in order) resolves to `WorkerDied`; the jobs behind it were
 //! never begun and go to other workers. The region is discarded and a new worker forked.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -46,8 +46,8 @@ const DEATH_CHECK: Duration = Duration::from_millis(5);
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// How many times a job goes back to the queue because its worker died before starting it.
 const MAX_REQUEUES: u8 = 3;
-/// Idle rounds before the collector sleeps.
-const SPINS: u32 = 200;
+/// How long the collector keeps looking for work before it sleeps.
+const SPIN: Duration = Duration::from_micros(50);
 
 pub(crate) struct Collector {
     shared: Arc<Shared>,
@@ -57,8 +57,9 @@ pub(crate) struct Collector {
     retry: VecDeque<Job>,
     slots: Vec<Slot>,
     last_death_check: Instant,
-    /// Nanoseconds per item, by task name (a moving average of what workers reported).
-    estimates: HashMap<Box<str>, u64>,
+    /// Nanoseconds per item, by task name (a moving average of what workers reported). A short
+    /// list: programs have few tasks, and comparing names beats hashing them per job.
+    estimates: Vec<(Box<str>, u64)>,
 }
 
 /// One worker and the jobs at it.
@@ -221,7 +222,7 @@ impl Collector {
             queue_open: true,
             retry: VecDeque::new(),
             last_death_check: Instant::now(),
-            estimates: HashMap::new(),
+            estimates: Vec::new(),
         };
         for i in 0..collector.slots.len() {
             collector.spawn(i)?;
@@ -242,7 +243,8 @@ impl Collector {
 
     /// Serves jobs until the pool is closed and drained, or terminated.
     pub(crate) fn run(mut self) {
-        let mut idle = 0;
+        let mut idle = 0u32;
+        let mut idle_since = Instant::now();
         loop {
             if self.shared.is_terminated() {
                 self.terminate();
@@ -262,16 +264,21 @@ impl Collector {
             }
             if progress {
                 idle = 0;
-            } else if idle < SPINS {
-                idle += 1;
-                if idle % 16 == 0 {
-                    std::thread::yield_now();
-                } else {
-                    std::hint::spin_loop();
-                }
             } else {
-                idle = 0;
-                self.sleep();
+                if idle == 0 {
+                    idle_since = Instant::now();
+                }
+                idle += 1;
+                if idle_since.elapsed() < SPIN {
+                    if idle % 16 == 0 {
+                        std::thread::yield_now();
+                    } else {
+                        std::hint::spin_loop();
+                    }
+                } else {
+                    idle = 0;
+                    self.sleep();
+                }
             }
         }
     }
@@ -320,7 +327,8 @@ impl Collector {
 
     /// How long `job` is expected to run, from what its task's items took before.
     fn estimate(&self, job: &Job) -> Option<u64> {
-        let per_item = self.estimates.get(job.task.as_ref())?;
+        let name: &str = job.task.as_ref();
+        let (_, per_item) = self.estimates.iter().find(|(n, _)| &**n == name)?;
         Some(per_item.saturating_mul(job.items.max(1) as u64))
     }
 
@@ -579,13 +587,12 @@ impl Collector {
 }
 
 /// Folds a job's measured run time into its task's per-item estimate.
-fn learn(estimates: &mut HashMap<Box<str>, u64>, job: &Job, busy_ns: u64) {
+fn learn(estimates: &mut Vec<(Box<str>, u64)>, job: &Job, busy_ns: u64) {
     let sample = busy_ns / job.items.max(1) as u64;
-    match estimates.get_mut(job.task.as_ref()) {
-        Some(avg) => *avg = (*avg * 7 + sample) / 8,
-        None => {
-            estimates.insert(job.task.as_ref().into(), sample);
-        }
+    let name: &str = job.task.as_ref();
+    match estimates.iter_mut().find(|(n, _)| &**n == name) {
+        Some((_, avg)) => *avg = (*avg * 7 + sample) / 8,
+        None => estimates.push((name.into(), sample)),
     }
 }
 

@@ -5,7 +5,7 @@
 //! ```text
 //! job      := 0x01 name_len:u16 name count:u32 item*      item   := len:u32 msgpack-args
 //! shutdown := 0x02
-//! results  := 0x03 0x00 count:u32 result*                 result := status:u8 len:u32 bytes
+//! results  := 0x03 0x00 count:u32 errors:u32 result*      result := status:u8 len:u32 bytes
 //!           | 0x03 0x01                                     (the task name is unknown)
 //! ```
 //!
@@ -96,12 +96,24 @@ impl JobBuilder {
     }
 
     /// Appends one item's arguments. On an encoding error the frame is left as it was.
-    pub(crate) fn push<A: Serialize + ?Sized>(&mut self, args: &A) -> Result<(), String> {
+    pub(crate) fn push<A: Serialize + 'static>(&mut self, args: &A) -> Result<(), String> {
+        self.push_with(|buf| crate::codec::encode(buf, args))
+    }
+
+    /// [`push`](Self::push) for arguments of any type (without the byte-buffer fast path).
+    pub(crate) fn push_any<A: Serialize + ?Sized>(&mut self, args: &A) -> Result<(), String> {
+        self.push_with(|buf| crate::codec::encode_any(buf, args))
+    }
+
+    fn push_with(
+        &mut self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+    ) -> Result<(), String> {
         let start = self.buf.len();
         self.buf.extend_from_slice(&0u32.to_le_bytes());
-        if let Err(err) = rmp_serde::encode::write(&mut self.buf, args) {
+        if let Err(err) = encode(&mut self.buf) {
             self.buf.truncate(start);
-            return Err(err.to_string());
+            return Err(err);
         }
         let Ok(len) = u32::try_from(self.buf.len() - start - 4) else {
             self.buf.truncate(start);
@@ -223,6 +235,7 @@ pub(crate) struct ResultsWriter<'a> {
     buf: &'a mut Vec<u8>,
     count_at: usize,
     count: u32,
+    errors: u32,
 }
 
 impl<'a> ResultsWriter<'a> {
@@ -232,11 +245,12 @@ impl<'a> ResultsWriter<'a> {
         buf.push(KIND_RESULTS);
         buf.push(RESULTS_OK);
         let count_at = buf.len();
-        buf.extend_from_slice(&0u32.to_le_bytes());
+        buf.extend_from_slice(&[0u8; 8]);
         ResultsWriter {
             buf,
             count_at,
             count: 0,
+            errors: 0,
         }
     }
 
@@ -248,11 +262,11 @@ impl<'a> ResultsWriter<'a> {
     }
 
     /// Appends a return value, or an encoding error if it does not encode.
-    pub(crate) fn ok<R: Serialize + ?Sized>(&mut self, value: &R) {
+    pub(crate) fn ok<R: Serialize + 'static>(&mut self, value: &R) {
         let start = self.buf.len();
         self.buf.push(ITEM_OK);
         self.buf.extend_from_slice(&0u32.to_le_bytes());
-        let encoded = rmp_serde::encode::write(self.buf, value).map_err(|e| e.to_string());
+        let encoded = crate::codec::encode(self.buf, value);
         let len = self.buf.len() - start - 5;
         match (encoded, u32::try_from(len)) {
             (Ok(()), Ok(len)) => {
@@ -280,6 +294,7 @@ impl<'a> ResultsWriter<'a> {
         self.buf.extend_from_slice(message.as_bytes());
         self.buf.extend_from_slice(location.as_bytes());
         self.count += 1;
+        self.errors += 1;
     }
 
     /// Appends "the arguments did not decode".
@@ -293,6 +308,7 @@ impl<'a> ResultsWriter<'a> {
         self.header(status, message.len());
         self.buf.extend_from_slice(message.as_bytes());
         self.count += 1;
+        self.errors += 1;
     }
 
     fn header(&mut self, status: u8, len: usize) {
@@ -301,19 +317,21 @@ impl<'a> ResultsWriter<'a> {
     }
 
     /// A point to [`rollback`](Self::rollback) to.
-    pub(crate) fn mark(&self) -> (usize, u32) {
-        (self.buf.len(), self.count)
+    pub(crate) fn mark(&self) -> (usize, u32, u32) {
+        (self.buf.len(), self.count, self.errors)
     }
 
     /// Forgets everything written since `mark` (used when a panic interrupts an item).
-    pub(crate) fn rollback(&mut self, mark: (usize, u32)) {
+    pub(crate) fn rollback(&mut self, mark: (usize, u32, u32)) {
         self.buf.truncate(mark.0);
         self.count = mark.1;
+        self.errors = mark.2;
     }
 
     /// Writes the item count; the frame is complete.
     pub(crate) fn finish(self) {
         self.buf[self.count_at..self.count_at + 4].copy_from_slice(&self.count.to_le_bytes());
+        self.buf[self.count_at + 4..self.count_at + 8].copy_from_slice(&self.errors.to_le_bytes());
     }
 }
 
@@ -375,6 +393,7 @@ impl Outcome<'_> {
 pub(crate) struct Results<'a> {
     c: Cursor<'a>,
     remaining: u32,
+    errors: u32,
 }
 
 /// Parses a result frame's header. `Err(None)` means the worker does not know the task.
@@ -386,7 +405,12 @@ pub(crate) fn parse_results(frame: &[u8]) -> Result<Results<'_>, Option<FrameErr
     match c.u8("results: truncated status")? {
         RESULTS_OK => {
             let remaining = c.u32("results: truncated count")?;
-            Ok(Results { c, remaining })
+            let errors = c.u32("results: truncated error count")?;
+            Ok(Results {
+                c,
+                remaining,
+                errors,
+            })
         }
         RESULTS_UNKNOWN_TASK => Err(None),
         _ => Err(Some(FrameError("results: unknown status"))),
@@ -397,6 +421,11 @@ impl Results<'_> {
     /// How many outcomes are left.
     pub(crate) fn remaining(&self) -> u32 {
         self.remaining
+    }
+
+    /// How many of the outcomes are errors, as the worker counted them.
+    pub(crate) fn errors(&self) -> u32 {
+        self.errors
     }
 }
 
@@ -451,7 +480,7 @@ mod test {
     fn job_round_trip() {
         let mut b = JobBuilder::new("m::square");
         b.push(&3u64).unwrap();
-        b.push(&(1i64, "x")).unwrap();
+        b.push(&(1i64, "x".to_string())).unwrap();
         assert_eq!(b.count(), 2);
         let frame = b.finish();
         let Request::Job { task, mut items } = parse_request(&frame).unwrap() else {
@@ -482,6 +511,7 @@ mod test {
         w.finish();
         let mut r = parse_results(&buf).unwrap();
         assert_eq!(r.remaining(), 4);
+        assert_eq!(r.errors(), 3);
         let Outcome::Ok(bytes) = r.next().unwrap().unwrap() else {
             panic!()
         };
@@ -516,7 +546,7 @@ mod test {
         let job = b.finish();
         let mut res = Vec::new();
         let mut w = ResultsWriter::new(&mut res);
-        w.ok(&"hello");
+        w.ok(&"hello".to_string());
         w.panicked("p", Some("l"));
         w.finish();
         for cut in 0..job.len() {

@@ -234,7 +234,7 @@ impl Pool {
     /// # Ok::<(), pool_core::Error>(())
     /// ```
     pub fn apply_async<T: Task>(&self, _task: T, args: T::Args) -> AsyncResult<T::Output> {
-        self.apply_async_by_name(T::NAME.into(), &args)
+        self.apply_async_by_name(T::NAME.into(), |b| b.push(&args))
     }
 
     /// Runs the task registered as `name` with untyped arguments, and decodes its result as `R`.
@@ -271,14 +271,14 @@ impl Pool {
         name: &str,
         args: A,
     ) -> Result<R, Error> {
-        self.apply_async_by_name(TaskName::Owned(name.to_owned()), &args)
+        self.apply_async_by_name(TaskName::Owned(name.to_owned()), |b| b.push_any(&args))
             .get()
     }
 
-    fn apply_async_by_name<A: Serialize + ?Sized, R: DeserializeOwned + 'static>(
+    fn apply_async_by_name<R: DeserializeOwned + 'static>(
         &self,
         name: TaskName,
-        args: &A,
+        encode: impl FnOnce(&mut JobBuilder) -> Result<(), String>,
     ) -> AsyncResult<R> {
         let slot = Slot::new(name.clone(), vec![1], decode_one::<R>);
         if name.len() > usize::from(u16::MAX) {
@@ -286,7 +286,7 @@ impl Pool {
             return AsyncResult::new(slot);
         }
         let mut builder = JobBuilder::new(&name);
-        if let Err(message) = builder.push(args) {
+        if let Err(message) = encode(&mut builder) {
             let task = name.into_owned();
             slot.complete_part(0, Err(Error::ArgsEncode { task, message }));
             return AsyncResult::new(slot);
@@ -395,37 +395,54 @@ impl Pool {
         T: Task,
         I: IntoIterator<Item = T::Args>,
     {
-        let chunksize = chunksize.max(1);
-        // Encode every chunk first: the slot must know how many parts to wait for.
-        let mut frames = Vec::new();
-        let mut counts = Vec::new();
-        let mut iter = items.into_iter();
-        let mut encode_error = None;
-        'chunks: loop {
+        let chunksize = chunksize.clamp(1, u32::MAX as usize);
+        let iter = items.into_iter();
+        match iter.size_hint() {
+            (lo, Some(hi)) if lo == hi => self.map_exact::<T, _>(iter, lo, chunksize),
+            _ => {
+                let items: Vec<T::Args> = iter.collect();
+                let n = items.len();
+                self.map_exact::<T, _>(items.into_iter(), n, chunksize)
+            }
+        }
+    }
+
+    /// Submits `n` items in chunks as they are encoded, so workers start on the first chunk
+    /// while the caller encodes the next.
+    fn map_exact<T: Task, I: Iterator<Item = T::Args>>(
+        &self,
+        mut iter: I,
+        n: usize,
+        chunksize: usize,
+    ) -> AsyncResult<Vec<T::Output>> {
+        let chunks = n.div_ceil(chunksize);
+        let counts: Vec<u32> = (0..chunks)
+            .map(|c| chunksize.min(n - c * chunksize) as u32)
+            .collect();
+        let slot = Slot::new(T::NAME.into(), counts.clone(), decode_all::<T::Output>);
+        for (index, &count) in counts.iter().enumerate() {
             let mut builder = JobBuilder::new(T::NAME);
-            while (builder.count() as usize) < chunksize {
-                let Some(args) = iter.next() else { break };
+            let mut failure = None;
+            while builder.count() < count {
+                let Some(args) = iter.next() else {
+                    failure = Some(Error::Config(format!(
+                        "the input iterator promised {n} items (size_hint) and ended early"
+                    )));
+                    break;
+                };
                 if let Err(message) = builder.push(&args) {
-                    encode_error = Some(message);
-                    break 'chunks;
+                    let task = T::NAME.to_owned();
+                    failure = Some(Error::ArgsEncode { task, message });
+                    break;
                 }
             }
-            if builder.count() == 0 {
+            if let Some(err) = failure {
+                // The whole map fails with this error; nothing more is submitted.
+                slot.complete_part(index, Err(err));
                 break;
             }
-            counts.push(builder.count());
-            frames.push(builder.finish());
-        }
-        if let Some(message) = encode_error {
-            let slot = Slot::new(T::NAME.into(), vec![0], decode_all::<T::Output>);
-            let task = T::NAME.to_owned();
-            slot.complete_part(0, Err(Error::ArgsEncode { task, message }));
-            return AsyncResult::new(slot);
-        }
-        let slot = Slot::new(T::NAME.into(), counts, decode_all::<T::Output>);
-        for (index, frame) in frames.into_iter().enumerate() {
             let target = Arc::clone(&slot);
-            self.submit_frame(frame, T::NAME.into(), move |result| {
+            self.submit_frame(builder.finish(), T::NAME.into(), move |result| {
                 target.complete_part(index, result)
             });
         }

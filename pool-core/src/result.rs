@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,13 @@ pub(crate) struct Slot<T> {
     decode: Decode<T>,
     state: Mutex<State<T>>,
     ready: Condvar,
+    /// `state.done`, readable without the lock, for a short spin before sleeping.
+    done: AtomicBool,
 }
+
+/// How long a waiter spins before it sleeps: most round trips to a worker are shorter, and a
+/// sleeping thread takes several microseconds to wake.
+const SPIN: Duration = Duration::from_micros(30);
 
 struct State<T> {
     /// Result frames by part; all present once `outcome` is `Ok`.
@@ -36,6 +43,9 @@ struct State<T> {
     done: bool,
     on_success: Option<OnSuccess<T>>,
     on_error: Option<OnError>,
+    /// Threads blocked in `wait_until`: the condvar is signalled only when there are some
+    /// (signalling costs a system call even with no waiter).
+    waiters: u32,
 }
 
 impl<T> Slot<T> {
@@ -53,8 +63,10 @@ impl<T> Slot<T> {
                 done: false,
                 on_success: None,
                 on_error: None,
+                waiters: 0,
             }),
             ready: Condvar::new(),
+            done: AtomicBool::new(false),
         });
         if parts == 0 {
             slot.finish(slot.lock(), Ok(()));
@@ -92,16 +104,22 @@ impl<T> Slot<T> {
         state.outcome = Some(outcome);
         let on_success = state.on_success.take();
         let on_error = state.on_error.take();
-        if on_success.is_some() || on_error.is_some() {
+        let waiters = if on_success.is_some() || on_error.is_some() {
             let value = self.value_for_callbacks(&state, on_success.is_some());
             drop(state);
             run_callbacks(value, on_success, on_error);
-            self.lock().done = true;
+            let mut state = self.lock();
+            state.done = true;
+            self.done.store(true, Ordering::Release);
+            state.waiters
         } else {
             state.done = true;
-            drop(state);
+            self.done.store(true, Ordering::Release);
+            state.waiters
+        };
+        if waiters > 0 {
+            self.ready.notify_all();
         }
-        self.ready.notify_all();
     }
 
     /// The value or error the callbacks get; decodes only when a success callback wants it.
@@ -114,8 +132,22 @@ impl<T> Slot<T> {
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> MutexGuard<'_, State<T>> {
+        if !self.done.load(Ordering::Acquire) {
+            let spin_until = Instant::now() + SPIN;
+            let limit = deadline.map_or(spin_until, |d| d.min(spin_until));
+            let mut i = 0u32;
+            while !self.done.load(Ordering::Acquire) && Instant::now() < limit {
+                i += 1;
+                if i % 32 == 0 {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+        }
         let mut state = self.lock();
         while !state.done {
+            state.waiters += 1;
             state = match deadline {
                 None => self
                     .ready
@@ -124,6 +156,7 @@ impl<T> Slot<T> {
                 Some(deadline) => {
                     let now = Instant::now();
                     if now >= deadline {
+                        state.waiters -= 1;
                         break;
                     }
                     self.ready
@@ -132,6 +165,7 @@ impl<T> Slot<T> {
                         .0
                 }
             };
+            state.waiters -= 1;
         }
         state
     }
@@ -176,6 +210,11 @@ pub(crate) fn check_frame(frame: &[u8], task: &str, expected: u32) -> Result<(),
             results.remaining()
         )));
     }
+    if results.errors() == 0 {
+        // Items are checked one by one as they are decoded; a frame that lies about its
+        // errors only makes the error surface there instead of here.
+        return Ok(());
+    }
     for outcome in results {
         if let Some(err) = outcome?.to_error(task) {
             return Err(err);
@@ -195,15 +234,18 @@ pub(crate) fn frame_error(err: Option<frame::FrameError>, task: &str) -> Error {
 }
 
 /// Decodes one MessagePack value of the task's return type.
-pub(crate) fn decode_value<R: DeserializeOwned>(bytes: &[u8], task: &str) -> Result<R, Error> {
-    rmp_serde::from_slice(bytes).map_err(|e| Error::ResultDecode {
+pub(crate) fn decode_value<R: DeserializeOwned + 'static>(
+    bytes: &[u8],
+    task: &str,
+) -> Result<R, Error> {
+    crate::codec::decode(bytes).map_err(|message| Error::ResultDecode {
         task: task.to_owned(),
-        message: e.to_string(),
+        message,
     })
 }
 
 /// Decodes every item of every part, in order (the parts are checked already).
-pub(crate) fn decode_all<R: DeserializeOwned>(
+pub(crate) fn decode_all<R: DeserializeOwned + 'static>(
     parts: &[Vec<u8>],
     task: &str,
 ) -> Result<Vec<R>, Error> {
@@ -222,7 +264,10 @@ pub(crate) fn decode_all<R: DeserializeOwned>(
 }
 
 /// Decodes the single item of a single part.
-pub(crate) fn decode_one<R: DeserializeOwned>(parts: &[Vec<u8>], task: &str) -> Result<R, Error> {
+pub(crate) fn decode_one<R: DeserializeOwned + 'static>(
+    parts: &[Vec<u8>],
+    task: &str,
+) -> Result<R, Error> {
     let mut all = decode_all::<R>(parts, task)?;
     match all.pop() {
         Some(value) if all.is_empty() => Ok(value),

@@ -292,7 +292,7 @@ mod test {
                 let mut seed = 7u64;
                 let mut buf = Vec::new();
                 for i in 0..frames {
-                    let len = (xorshift(&mut seed) % 3000) as usize;
+                    let len = (xorshift(&mut seed) % 700) as usize;
                     buf.clear();
                     buf.extend_from_slice(&(len as u32).to_le_bytes());
                     buf.extend((0..len).map(|j| (i as usize + j) as u8));
@@ -326,7 +326,7 @@ mod test {
                 };
                 let mut body = Vec::new();
                 for i in 0..frames {
-                    let expected_len = (xorshift(&mut seed) % 3000) as usize;
+                    let expected_len = (xorshift(&mut seed) % 700) as usize;
                     let mut len = [0u8; 4];
                     read_exact(&mut len);
                     assert_eq!(u32::from_le_bytes(len) as usize, expected_len, "frame {i}");

@@ -98,12 +98,12 @@ fn run_batch<T: Task>(items: Items<'_>, out: &mut ResultsWriter<'_>) {
         };
         let mark = out.mark();
         let result = panic::catch_unwind(AssertUnwindSafe(|| {
-            match rmp_serde::from_slice::<T::Args>(bytes) {
+            match crate::codec::decode::<T::Args>(bytes) {
                 Ok(args) => {
                     let value = T::call(args);
                     out.ok(&value);
                 }
-                Err(err) => out.args_decode(&err.to_string()),
+                Err(err) => out.args_decode(&err),
             }
         }));
         if let Err(payload) = result {

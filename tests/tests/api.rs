@@ -410,3 +410,44 @@ fn default_pool_has_one_worker_per_cpu() {
         assert_eq!(pool.worker_pids().len(), cpus);
     });
 }
+
+#[test]
+fn payloads_larger_than_a_ring_stream_through_intact() {
+    deadline(120, "big payloads", || {
+        let pool = pool(2);
+        // 4 MiB rings: these frames move in pieces, both ways.
+        for size in [(4 << 20) - 3, 4 << 20, (9 << 20) + 7, 33 << 20] {
+            let blob: Vec<u8> = (0..size).map(|i| (i * 7 + i / 4096) as u8).collect();
+            let back = pool.apply(echo_bytes, blob.clone()).unwrap();
+            assert_eq!(back.len(), blob.len());
+            assert!(back == blob, "{size} bytes came back changed");
+        }
+        // Many big items in one map, with tiny ones mixed in from other threads.
+        let blobs: Vec<Vec<u8>> = (0..24).map(|i| vec![i as u8; (1 << 20) + i]).collect();
+        let p = std::sync::Arc::new(pool);
+        let p2 = std::sync::Arc::clone(&p);
+        let tiny = std::thread::spawn(move || p2.map_chunked(square, 0..20_000, 1).unwrap().len());
+        let sums = p.map(checksum, blobs.clone()).unwrap();
+        assert_eq!(tiny.join().unwrap(), 20_000);
+        for (blob, sum) in blobs.iter().zip(sums) {
+            assert_eq!(
+                sum,
+                blob.iter().map(|&b| b as u64).sum::<u64>() + blob.len() as u64
+            );
+        }
+    });
+}
+
+#[test]
+fn byte_buffers_sent_by_name_as_sequences_still_decode() {
+    deadline(30, "bytes by name", || {
+        let pool = pool(1);
+        // `apply_named` encodes with plain serde (a sequence); the task's fast path accepts it.
+        let v: Vec<u8> = pool
+            .apply_named(echo_bytes::NAME, vec![1u8, 2, 200])
+            .unwrap();
+        assert_eq!(v, vec![1, 2, 200]);
+        let sum: u64 = pool.apply_named(checksum::NAME, vec![5u8; 10]).unwrap();
+        assert_eq!(sum, 60);
+    });
+}

@@ -210,3 +210,29 @@ fn many_threads_with_crashes_never_hang() {
         assert_healthy(&pool);
     });
 }
+
+#[test]
+fn worker_killed_while_big_frames_stream_both_ways() {
+    deadline(120, "kill during streaming", || {
+        let pool = std::sync::Arc::new(pool(2));
+        for round in 0..6u64 {
+            let p = std::sync::Arc::clone(&pool);
+            let blobs: Vec<Vec<u8>> = (0..12).map(|i| vec![i as u8; 6 << 20]).collect();
+            let mapper = std::thread::spawn(move || p.map_chunked(echo_bytes, blobs, 1));
+            std::thread::sleep(Duration::from_millis(5 + 7 * round));
+            let victim = pool.worker_pids()[round as usize % 2];
+            kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+            match mapper.join().unwrap() {
+                Ok(v) => {
+                    assert_eq!(v.len(), 12);
+                    for (i, b) in v.iter().enumerate() {
+                        assert!(b.len() == 6 << 20 && b.iter().all(|&x| x == i as u8));
+                    }
+                }
+                Err(Error::WorkerDied { pid, .. }) => assert_eq!(pid, victim),
+                Err(other) => panic!("unexpected {other:?}"),
+            }
+            assert_healthy(&pool);
+        }
+    });
+}

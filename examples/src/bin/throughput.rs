@@ -77,7 +77,12 @@ fn parse_options() -> Options {
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--workers" => o.workers = args.next().and_then(|v| v.parse().ok()).expect("--workers N"),
+            "--workers" => {
+                o.workers = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--workers N")
+            }
             "--scale" => o.scale = args.next().and_then(|v| v.parse().ok()).expect("--scale X"),
             "--quick" => o.scale = 0.1,
             "--json" => o.json = true,
@@ -176,7 +181,9 @@ fn bench_pool(o: &Options, k: u64, rows: &mut Vec<Row>) -> Result<(), pool_core:
 
     let count = n(2_000_000, o.scale);
     let (sum, d) = timed(|| -> Result<u64, pool_core::Error> {
-        let pending: Vec<_> = (0..count as u64).map(|i| pool.apply_async(square, i)).collect();
+        let pending: Vec<_> = (0..count as u64)
+            .map(|i| pool.apply_async(square, i))
+            .collect();
         let mut sum = 0u64;
         for r in &pending {
             sum = sum.wrapping_add(r.get()?);
@@ -262,7 +269,12 @@ fn bench_rayon(o: &Options, k: u64, rows: &mut Vec<Row>) {
         .expect("rayon pool");
     pool.install(|| {
         let count = n(40_000_000, o.scale);
-        let (v, d) = timed(|| (0..count as u64).into_par_iter().map(|x| square(x)).collect::<Vec<_>>());
+        let (v, d) = timed(|| {
+            (0..count as u64)
+                .into_par_iter()
+                .map(*square)
+                .collect::<Vec<_>>()
+        });
         assert_eq!(v.len(), count);
         push("map-tiny", count as f64 / secs(d), "tasks/s", count);
     });
@@ -305,12 +317,20 @@ fn bench_rayon(o: &Options, k: u64, rows: &mut Vec<Row>) {
 
     let tasks = n(400, o.scale).max(2 * o.workers);
     let (_, serial) = timed(|| (0..tasks).map(|_| black_box(busy(k))).collect::<Vec<_>>());
-    let (_, par) = timed(|| pool.install(|| (0..tasks).into_par_iter().map(|_| busy(k)).collect::<Vec<_>>()));
+    let (_, par) = timed(|| {
+        pool.install(|| {
+            (0..tasks)
+                .into_par_iter()
+                .map(|_| busy(k))
+                .collect::<Vec<_>>()
+        })
+    });
     push("cpu", secs(serial) / secs(par), "x speed-up", tasks);
 
     let blobs = make_blobs(n(200, o.scale).max(20));
     let count = blobs.len();
-    let (v, d) = timed(|| pool.install(|| blobs.par_iter().map(|b| sample_sum(b)).collect::<Vec<_>>()));
+    let (v, d) =
+        timed(|| pool.install(|| blobs.par_iter().map(|b| sample_sum(b)).collect::<Vec<_>>()));
     assert_eq!(v.len(), count);
     push("bytes", (count << 20) as f64 / secs(d) / 1e9, "GB/s", count);
 }
@@ -370,7 +390,8 @@ const WORKLOADS: [&str; 10] = [
 ];
 
 fn find<'a>(rows: &'a [Row], workload: &str, system: &str) -> Option<&'a Row> {
-    rows.iter().find(|r| r.workload == workload && r.system == system)
+    rows.iter()
+        .find(|r| r.workload == workload && r.system == system)
 }
 
 /// How many times better pool-core is than `peer` (> 1: better), whatever the unit's direction.
@@ -403,10 +424,11 @@ fn print_table(rows: &[Row]) {
         let Some(pool) = find(rows, w, "pool-core") else {
             continue;
         };
-        let cell = |sys: &str| {
-            find(rows, w, sys).map_or("-".to_string(), |r| fmt_value(r.value, &r.unit))
+        let cell =
+            |sys: &str| find(rows, w, sys).map_or("-".to_string(), |r| fmt_value(r.value, &r.unit));
+        let vs = |sys: &str| {
+            find(rows, w, sys).map_or("-".to_string(), |r| format!("{:.2}x", ratio(pool, r)))
         };
-        let vs = |sys: &str| find(rows, w, sys).map_or("-".to_string(), |r| format!("{:.2}x", ratio(pool, r)));
         println!(
             "{:<22} {:>14} {:>14} {:>14} {:>11} {:>11}",
             w,
@@ -423,9 +445,9 @@ fn print_table(rows: &[Row]) {
 fn print_json(rows: &[Row]) {
     let mut s = String::from("[\n");
     for (i, r) in rows.iter().enumerate() {
-        let _ = write!(
+        let _ = writeln!(
             s,
-            "  {{\"workload\": \"{}\", \"system\": \"{}\", \"value\": {}, \"unit\": \"{}\", \"n\": {}}}{}\n",
+            "  {{\"workload\": \"{}\", \"system\": \"{}\", \"value\": {}, \"unit\": \"{}\", \"n\": {}}}{}",
             r.workload,
             r.system,
             r.value,
@@ -440,18 +462,22 @@ fn print_json(rows: &[Row]) {
 
 /// A bar chart of pool-core's ratio to each peer, per workload (log scale, 1× marked).
 fn write_svg(rows: &[Row], path: &str, title: &str) -> std::io::Result<()> {
-    let workloads: Vec<&str> = WORKLOADS.iter().copied().filter(|w| !w.is_empty()).collect();
+    let workloads: Vec<&str> = WORKLOADS
+        .iter()
+        .copied()
+        .filter(|w| !w.is_empty())
+        .collect();
     let (w, row_h, left, top) = (900.0, 34.0, 190.0, 60.0);
     let h = top + row_h * workloads.len() as f64 + 60.0;
-    let max_log = 3.0f64; // 1000x
-    let x_of = |r: f64| left + (r.max(1e-3).log10() + 1.0) / (max_log + 1.0) * (w - left - 40.0);
+    // A log axis from 1/1000x to 1000x.
+    let x_of = |r: f64| left + (r.clamp(1e-3, 1e3).log10() + 3.0) / 6.0 * (w - left - 40.0);
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"13\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
          <text x=\"{left}\" y=\"24\" font-size=\"16\">{title}</text>\n\
          <text x=\"{left}\" y=\"44\" fill=\"#555\">pool-core's ratio to rayon (blue) and Python multiprocessing (orange); right of 1x is better</text>\n"
     );
-    for tick in [0.1, 1.0, 10.0, 100.0, 1000.0] {
+    for tick in [0.001, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0] {
         let x = x_of(tick);
         let _ = writeln!(
             s,
@@ -463,11 +489,19 @@ fn write_svg(rows: &[Row], path: &str, title: &str) -> std::io::Result<()> {
     }
     for (i, wl) in workloads.iter().enumerate() {
         let y = top + row_h * i as f64;
-        let _ = writeln!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{wl}</text>", left - 8.0, y + 20.0);
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{wl}</text>",
+            left - 8.0,
+            y + 20.0
+        );
         let Some(pool) = find(rows, wl, "pool-core") else {
             continue;
         };
-        for (j, (peer, color)) in [("rayon", "#4e79a7"), ("python", "#f28e2b")].iter().enumerate() {
+        for (j, (peer, color)) in [("rayon", "#4e79a7"), ("python", "#f28e2b")]
+            .iter()
+            .enumerate()
+        {
             if let Some(r) = find(rows, wl, peer) {
                 let q = ratio(pool, r);
                 let (x0, x1) = (x_of(1.0), x_of(q));
@@ -508,7 +542,11 @@ fn main() -> Result<(), pool_core::Error> {
         print_table(&rows);
     }
     if let Some(path) = &o.svg {
-        let title = format!("pool-core throughput, {} workers on {} CPUs", o.workers, num_cpus::get());
+        let title = format!(
+            "pool-core throughput, {} workers on {} CPUs",
+            o.workers,
+            num_cpus::get()
+        );
         match write_svg(&rows, path, &title) {
             Ok(()) => eprintln!("chart written to {path}"),
             Err(e) => eprintln!("could not write {path}: {e}"),

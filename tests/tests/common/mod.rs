@@ -127,3 +127,8 @@ pub fn fork_then_abort(grandchild_secs: u32) {
     }
     std::process::abort()
 }
+
+#[task]
+pub fn echo_bytes(bytes: Vec<u8>) -> Vec<u8> {
+    bytes
+}
