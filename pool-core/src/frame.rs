@@ -124,6 +124,16 @@ impl JobBuilder {
         Ok(())
     }
 
+    /// Makes room for `more` items like the ones pushed so far (one reallocation instead of a
+    /// dozen for a big chunk, each of which would copy and fault in fresh pages).
+    pub(crate) fn reserve_like(&mut self, more: usize) {
+        if self.count > 0 {
+            let per_item = (self.buf.len() - self.count_at - 4) / self.count as usize;
+            self.buf
+                .reserve(per_item.saturating_mul(more).saturating_mul(5) / 4);
+        }
+    }
+
     /// How many items the frame holds.
     pub(crate) fn count(&self) -> u32 {
         self.count

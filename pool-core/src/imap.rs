@@ -2,14 +2,26 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::frame::{self, Outcome};
+use crate::job::Sink;
 use crate::result::{decode_value, frame_error};
 use crate::{Error, Pool, Task};
 
 type Delivery = (u64, Result<Vec<u8>, Error>);
+
+/// Sends each chunk's outcome, with its index, to the iterator.
+struct ChannelSink(Sender<Delivery>);
+
+impl Sink for ChannelSink {
+    fn deliver(&self, part: usize, outcome: Result<Vec<u8>, Error>) {
+        // The iterator may be gone; then the outcome is simply dropped.
+        let _ = self.0.send((part as u64, outcome));
+    }
+}
 
 /// The iterator returned by [`Pool::imap`] and [`Pool::imap_unordered`] (and their `_chunked`
 /// forms): one `Result` per input item, computed by the pool's workers.
@@ -48,6 +60,8 @@ pub struct Imap<'a, T: Task, I> {
     ordered: bool,
     max_in_flight: usize,
     tx: Sender<Delivery>,
+    /// Forwards each chunk's outcome to `rx`; shared by all chunks.
+    sink: Arc<ChannelSink>,
     rx: Receiver<Delivery>,
     /// Index of the next chunk to submit.
     next_chunk: u64,
@@ -64,7 +78,9 @@ pub struct Imap<'a, T: Task, I> {
 impl<'a, T: Task, I: Iterator<Item = T::Args>> Imap<'a, T, I> {
     pub(crate) fn new(pool: &'a Pool, input: I, chunksize: usize, ordered: bool) -> Self {
         let (tx, rx) = crossbeam_channel::unbounded();
+        let sink = Arc::new(ChannelSink(tx.clone()));
         Imap {
+            sink,
             pool,
             input: Some(input),
             chunksize: chunksize.max(1),
@@ -116,12 +132,9 @@ impl<'a, T: Task, I: Iterator<Item = T::Args>> Imap<'a, T, I> {
             }
             self.next_chunk += 1;
             self.in_flight.insert(index, count);
-            let tx = self.tx.clone();
+            let sink: Arc<dyn Sink> = self.sink.clone();
             self.pool
-                .submit_frame(builder.finish(), T::NAME.into(), move |result| {
-                    // The iterator may be gone; then the result is simply dropped.
-                    let _ = tx.send((index, result));
-                });
+                .submit_frame(builder.finish(), T::NAME.into(), sink, index as usize);
             if self.pool.shared.is_closed() {
                 // No more work will be accepted: stop pulling input.
                 self.input = None;

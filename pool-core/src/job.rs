@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 use crate::Error;
 
@@ -9,14 +10,18 @@ use crate::Error;
 /// given at run time.
 pub(crate) type TaskName = Cow<'static, str>;
 
-/// What to do with a job's outcome: the raw result frame, or the error that ended it.
-type Done = Box<dyn FnOnce(Result<Vec<u8>, Error>) + Send>;
+/// Where a job's outcome goes: the raw result frame, or the error that ended it. One sink serves
+/// every part of a `map` (or every chunk of an `imap`), so a job costs no allocation of its own.
+pub(crate) trait Sink: Send + Sync {
+    /// Receives the outcome of part `part`.
+    fn deliver(&self, part: usize, outcome: Result<Vec<u8>, Error>);
+}
 
 /// One frame of work (one `apply`, or one chunk of a `map`) and what to do with its result.
 ///
 /// # Invariant
 ///
-/// The completion runs exactly once: through [`Job::complete`], or — when a job is dropped
+/// The sink hears of the job exactly once: through [`Job::complete`], or — when a job is dropped
 /// unfinished anywhere (a queue discarded, a thread unwinding) — with [`Error::Terminated`] from
 /// `Drop`. This is what makes a caller's wait always end.
 pub(crate) struct Job {
@@ -26,36 +31,34 @@ pub(crate) struct Job {
     pub(crate) items: u32,
     /// How many times the job went back to the queue because its worker died before it began.
     pub(crate) requeues: u8,
-    done: Option<Done>,
+    sink: Option<Arc<dyn Sink>>,
+    part: usize,
 }
 
 impl Job {
-    pub(crate) fn new(
-        frame: Vec<u8>,
-        task: TaskName,
-        done: impl FnOnce(Result<Vec<u8>, Error>) + Send + 'static,
-    ) -> Self {
+    pub(crate) fn new(frame: Vec<u8>, task: TaskName, sink: Arc<dyn Sink>, part: usize) -> Self {
         Job {
             items: crate::frame::job_item_count(&frame),
             frame,
             task,
             requeues: 0,
-            done: Some(Box::new(done)),
+            sink: Some(sink),
+            part,
         }
     }
 
     /// Resolves the job.
     pub(crate) fn complete(mut self, outcome: Result<Vec<u8>, Error>) {
-        if let Some(done) = self.done.take() {
-            done(outcome);
+        if let Some(sink) = self.sink.take() {
+            sink.deliver(self.part, outcome);
         }
     }
 }
 
 impl Drop for Job {
     fn drop(&mut self) {
-        if let Some(done) = self.done.take() {
-            done(Err(Error::Terminated));
+        if let Some(sink) = self.sink.take() {
+            sink.deliver(self.part, Err(Error::Terminated));
         }
     }
 }

@@ -10,8 +10,8 @@ use serde::Serialize;
 use crate::collector::Collector;
 use crate::frame::JobBuilder;
 use crate::imap::Imap;
-use crate::job::{Job, TaskName};
-use crate::result::{decode_all, decode_one, Slot};
+use crate::job::{Job, Sink, TaskName};
+use crate::result::{decode_all, decode_one, Counts, Slot};
 use crate::shared::Shared;
 use crate::{panic_capture, registry, sys, AsyncResult, Error, Task};
 
@@ -180,14 +180,16 @@ impl Pool {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues one job frame; `done` gets its result frame or the error that ended it.
+    /// Queues one job frame; `sink` gets its result frame (or the error that ended it) as part
+    /// `part`.
     pub(crate) fn submit_frame(
         &self,
         frame: Vec<u8>,
         task: TaskName,
-        done: impl FnOnce(Result<Vec<u8>, Error>) + Send + 'static,
+        sink: Arc<dyn Sink>,
+        part: usize,
     ) {
-        self.shared.submit(Job::new(frame, task, done));
+        self.shared.submit(Job::new(frame, task, sink, part));
     }
 
     /// Runs `task(args)` in a worker and waits for the result.
@@ -280,7 +282,7 @@ impl Pool {
         name: TaskName,
         encode: impl FnOnce(&mut JobBuilder) -> Result<(), String>,
     ) -> AsyncResult<R> {
-        let slot = Slot::new(name.clone(), vec![1], decode_one::<R>);
+        let slot = Slot::new(name.clone(), Counts::One(1), decode_one::<R>);
         if name.len() > usize::from(u16::MAX) {
             slot.complete_part(0, Err(Error::UnknownTask { name: name.into() }));
             return AsyncResult::new(slot);
@@ -291,10 +293,7 @@ impl Pool {
             slot.complete_part(0, Err(Error::ArgsEncode { task, message }));
             return AsyncResult::new(slot);
         }
-        let target = Arc::clone(&slot);
-        self.submit_frame(builder.finish(), name, move |result| {
-            target.complete_part(0, result)
-        });
+        self.submit_frame(builder.finish(), name, slot.clone(), 0);
         AsyncResult::new(slot)
     }
 
@@ -419,7 +418,11 @@ impl Pool {
         let counts: Vec<u32> = (0..chunks)
             .map(|c| chunksize.min(n - c * chunksize) as u32)
             .collect();
-        let slot = Slot::new(T::NAME.into(), counts.clone(), decode_all::<T::Output>);
+        let slot = Slot::new(
+            T::NAME.into(),
+            Counts::Many(counts.clone()),
+            decode_all::<T::Output>,
+        );
         for (index, &count) in counts.iter().enumerate() {
             let mut builder = JobBuilder::new(T::NAME);
             let mut failure = None;
@@ -435,16 +438,16 @@ impl Pool {
                     failure = Some(Error::ArgsEncode { task, message });
                     break;
                 }
+                if builder.count() == 1 && count > 64 {
+                    builder.reserve_like(count as usize - 1);
+                }
             }
             if let Some(err) = failure {
                 // The whole map fails with this error; nothing more is submitted.
                 slot.complete_part(index, Err(err));
                 break;
             }
-            let target = Arc::clone(&slot);
-            self.submit_frame(builder.finish(), T::NAME.into(), move |result| {
-                target.complete_part(index, result)
-            });
+            self.submit_frame(builder.finish(), T::NAME.into(), slot.clone(), index);
         }
         AsyncResult::new(slot)
     }

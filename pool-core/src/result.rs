@@ -33,9 +33,9 @@ const SPIN: Duration = Duration::from_micros(30);
 
 struct State<T> {
     /// Result frames by part; all present once `outcome` is `Ok`.
-    parts: Vec<Vec<u8>>,
+    parts: Parts,
     /// How many items each part must hold (checked against what the worker sent).
-    expected: Vec<u32>,
+    expected: Counts,
     remaining: usize,
     /// Set when the last part arrived or the first error did.
     outcome: Option<Result<(), Error>>,
@@ -48,15 +48,65 @@ struct State<T> {
     waiters: u32,
 }
 
+/// The result frames of a slot. One part (an `apply`) needs no allocation of its own.
+enum Parts {
+    One(Vec<u8>),
+    Many(Vec<Vec<u8>>),
+}
+
+impl Parts {
+    fn as_slice(&self) -> &[Vec<u8>] {
+        match self {
+            Parts::One(frame) => std::slice::from_ref(frame),
+            Parts::Many(frames) => frames,
+        }
+    }
+
+    fn set(&mut self, index: usize, frame: Vec<u8>) {
+        match self {
+            Parts::One(slot) => *slot = frame,
+            Parts::Many(frames) => frames[index] = frame,
+        }
+    }
+}
+
+/// How many items each part of a slot holds.
+#[derive(Debug, Clone)]
+pub(crate) enum Counts {
+    /// A single part.
+    One(u32),
+    /// Several parts, one count each.
+    Many(Vec<u32>),
+}
+
+impl Counts {
+    fn len(&self) -> usize {
+        match self {
+            Counts::One(_) => 1,
+            Counts::Many(counts) => counts.len(),
+        }
+    }
+
+    fn get(&self, index: usize) -> u32 {
+        match self {
+            Counts::One(count) => *count,
+            Counts::Many(counts) => counts[index],
+        }
+    }
+}
+
 impl<T> Slot<T> {
-    /// A slot awaiting `expected.len()` parts, part `i` holding `expected[i]` items.
-    pub(crate) fn new(task: TaskName, expected: Vec<u32>, decode: Decode<T>) -> Arc<Self> {
+    /// A slot awaiting one part per entry of `expected`, each holding that many items.
+    pub(crate) fn new(task: TaskName, expected: Counts, decode: Decode<T>) -> Arc<Self> {
         let parts = expected.len();
         let slot = Arc::new(Slot {
             task,
             decode,
             state: Mutex::new(State {
-                parts: vec![Vec::new(); parts],
+                parts: match expected {
+                    Counts::One(_) => Parts::One(Vec::new()),
+                    Counts::Many(_) => Parts::Many(vec![Vec::new(); parts]),
+                },
                 expected,
                 remaining: parts,
                 outcome: None,
@@ -85,12 +135,12 @@ impl<T> Slot<T> {
             return;
         }
         let checked = result.and_then(|frame| {
-            check_frame(&frame, &self.task, state.expected[index]).map(|()| frame)
+            check_frame(&frame, &self.task, state.expected.get(index)).map(|()| frame)
         });
         match checked {
             Err(err) => self.finish(state, Err(err)),
             Ok(frame) => {
-                state.parts[index] = frame;
+                state.parts.set(index, frame);
                 state.remaining -= 1;
                 if state.remaining == 0 {
                     self.finish(state, Ok(()));
@@ -126,7 +176,7 @@ impl<T> Slot<T> {
     fn value_for_callbacks(&self, state: &State<T>, decode: bool) -> Option<Result<T, Error>> {
         match state.outcome.as_ref()? {
             Err(err) => Some(Err(err.clone())),
-            Ok(()) if decode => Some((self.decode)(&state.parts, &self.task)),
+            Ok(()) if decode => Some((self.decode)(state.parts.as_slice(), &self.task)),
             Ok(()) => None,
         }
     }
@@ -172,10 +222,16 @@ impl<T> Slot<T> {
 
     fn get_from(&self, state: &State<T>) -> Result<T, Error> {
         match state.outcome.as_ref() {
-            Some(Ok(())) => (self.decode)(&state.parts, &self.task),
+            Some(Ok(())) => (self.decode)(state.parts.as_slice(), &self.task),
             Some(Err(err)) => Err(err.clone()),
             None => unreachable!("get_from is called once the slot is done"),
         }
+    }
+}
+
+impl<T: 'static> crate::job::Sink for Slot<T> {
+    fn deliver(&self, part: usize, outcome: Result<Vec<u8>, Error>) {
+        self.complete_part(part, outcome);
     }
 }
 
