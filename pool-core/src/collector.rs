@@ -34,7 +34,7 @@ use crate::job::Job;
 use crate::shared::Shared;
 use crate::spawn::{self, WorkerProcess};
 use crate::worker::MAX_FRAME;
-use crate::{sys, Error, ExitCause};
+use crate::{sys, trace, Error, ExitCause};
 
 /// How much work (in the worker's own measured time) to keep queued at each worker.
 const TARGET_QUEUED_NS: u64 = 200_000;
@@ -76,6 +76,8 @@ struct Slot {
     incoming: Incoming,
     /// Results received from the current process.
     answered: u64,
+    /// Busy time of this slot's earlier processes, in nanoseconds.
+    busy_base: u64,
     /// Why the last fork failed, and when to try again.
     spawn_error: Option<(Error, Instant)>,
 }
@@ -133,6 +135,7 @@ impl Slot {
             sending: None,
             incoming: Incoming::default(),
             answered: 0,
+            busy_base: 0,
             spawn_error: None,
         }
     }
@@ -233,6 +236,7 @@ impl Collector {
     fn spawn(&mut self, i: usize) -> Result<(), Error> {
         let process = spawn::fork_worker(self.shared.bell()).map_err(Error::spawn)?;
         self.shared.set_worker(i, process.pid());
+        trace::worker_started(i, process.pid().as_raw());
         let slot = &mut self.slots[i];
         slot.process = Some(process);
         slot.answered = 0;
@@ -302,7 +306,10 @@ impl Collector {
                         Some(job) => {
                             slot.answered += 1;
                             learn(&mut self.estimates, &job, busy_ns);
-                            job.complete(Ok(frame));
+                            let busy = process.region.header().busy_ns.load(Ordering::Relaxed);
+                            self.shared.counters.busy_ns[i]
+                                .store(slot.busy_base + busy, Ordering::Relaxed);
+                            settle(&self.shared, job, Ok(frame));
                         }
                         None => {
                             // A result for no job: the worker is out of step. Kill it; its
@@ -406,7 +413,7 @@ impl Collector {
             .find_map(|s| s.spawn_error.as_ref().map(|(e, _)| e.clone()))
             .unwrap_or(Error::Terminated);
         while let Some(job) = self.next_job() {
-            job.complete(Err(err.clone()));
+            settle(&self.shared, job, Err(err.clone()));
         }
     }
 
@@ -511,35 +518,38 @@ impl Collector {
             return;
         };
         self.shared.clear_worker(i);
-        let started = process
-            .region
-            .header()
-            .jobs_started
-            .0
-            .load(Ordering::SeqCst);
+        let header = process.region.header();
+        let started = header.jobs_started.0.load(Ordering::SeqCst);
+        slot.busy_base += header.busy_ns.load(Ordering::Relaxed);
         let pid = process.pid().as_raw();
         let cause = process.reap(Duration::ZERO);
+        trace::worker_died(i, pid, cause);
         let began_unanswered = started > slot.answered;
         let mut jobs = slot.take_all();
         let terminated = self.shared.is_terminated();
         if began_unanswered {
             if let Some(job) = jobs.pop_front() {
                 let err = died(&job, pid, cause, terminated);
-                job.complete(Err(err));
+                settle(&self.shared, job, Err(err));
             }
         }
         // The rest were never begun: other workers take them, first.
         for mut job in jobs.into_iter().rev() {
             if terminated || job.requeues >= MAX_REQUEUES {
                 let err = died(&job, pid, cause, terminated);
-                job.complete(Err(err));
+                settle(&self.shared, job, Err(err));
             } else {
                 job.requeues += 1;
                 self.retry.push_front(job);
             }
         }
         if !terminated {
+            self.shared
+                .counters
+                .replaced
+                .fetch_add(1, Ordering::Relaxed);
             if let Err(err) = self.spawn(i) {
+                trace::spawn_failed(i, &err);
                 self.slots[i].spawn_error = Some((err, Instant::now()));
             }
         }
@@ -559,7 +569,9 @@ impl Collector {
         for i in 0..self.slots.len() {
             if let Some(p) = self.slots[i].process.take() {
                 self.shared.clear_worker(i);
-                p.reap(EXIT_GRACE);
+                let pid = p.pid().as_raw();
+                let cause = p.reap(EXIT_GRACE);
+                trace::worker_exited(i, pid, cause);
             }
         }
     }
@@ -574,16 +586,40 @@ impl Collector {
                 p.reap(Duration::ZERO);
             }
             for job in slot.take_all() {
-                job.complete(Err(Error::Terminated));
+                settle(&self.shared, job, Err(Error::Terminated));
             }
         }
         for job in self.retry.drain(..) {
-            job.complete(Err(Error::Terminated));
+            settle(&self.shared, job, Err(Error::Terminated));
         }
         while let Ok(job) = self.queue.try_recv() {
-            job.complete(Err(Error::Terminated));
+            settle(&self.shared, job, Err(Error::Terminated));
         }
     }
+}
+
+/// Resolves a job and counts its items as completed or failed.
+fn settle(shared: &Shared, job: Job, outcome: Result<Vec<u8>, Error>) {
+    let items = u64::from(job.items);
+    let failed = match &outcome {
+        Ok(frame) => match crate::frame::parse_results(frame) {
+            Ok(results) => u64::from(results.errors()),
+            Err(_) => items,
+        },
+        Err(_) => items,
+    };
+    if failed > 0 {
+        match &outcome {
+            Ok(frame) => trace::task_items_failed(&job.task, failed, frame),
+            Err(err) => trace::task_failed(&job.task, failed, Some(err)),
+        }
+    }
+    let counters = &shared.counters;
+    counters.failed.fetch_add(failed, Ordering::Relaxed);
+    counters
+        .completed
+        .fetch_add(items.saturating_sub(failed), Ordering::Relaxed);
+    job.complete(outcome);
 }
 
 /// Folds a job's measured run time into its task's per-item estimate.

@@ -111,14 +111,17 @@ mod result;
 mod ring;
 mod shared;
 mod spawn;
+mod stats;
 mod sys;
 mod task;
+mod trace;
 mod worker;
 
 pub use error::{Error, ExitCause};
 pub use imap::Imap;
 pub use pool::{Pool, PoolBuilder};
 pub use result::AsyncResult;
+pub use stats::PoolStats;
 pub use task::Task;
 
 /// Makes a function a task that pool workers can run by name.

@@ -13,7 +13,7 @@ use crate::imap::Imap;
 use crate::job::{Job, Sink, TaskName};
 use crate::result::{decode_all, decode_one, Counts, Slot};
 use crate::shared::Shared;
-use crate::{panic_capture, registry, sys, AsyncResult, Error, Task};
+use crate::{panic_capture, registry, sys, AsyncResult, Error, PoolStats, Task};
 
 /// Configures and starts a [`Pool`].
 ///
@@ -172,6 +172,12 @@ impl Pool {
     /// ```
     pub fn worker_pids(&self) -> Vec<i32> {
         self.shared.worker_pids()
+    }
+
+    /// Counters of the pool's work so far: tasks submitted, completed and failed, workers alive
+    /// and replaced, queue depth, busy time per worker. See [`PoolStats`].
+    pub fn stats(&self) -> PoolStats {
+        PoolStats::read(&self.shared)
     }
 
     fn lock_collector(&self) -> std::sync::MutexGuard<'_, Option<JoinHandle<()>>> {

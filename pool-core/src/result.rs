@@ -1,9 +1,13 @@
 //! [`AsyncResult`]: the handle to a result that is still being computed.
 
 use std::fmt;
+use std::future::Future;
+use std::mem;
 use std::panic::{self, AssertUnwindSafe};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -46,6 +50,8 @@ struct State<T> {
     /// Threads blocked in `wait_until`: the condvar is signalled only when there are some
     /// (signalling costs a system call even with no waiter).
     waiters: u32,
+    /// Tasks awaiting the result as a `Future`.
+    wakers: Vec<Waker>,
 }
 
 /// The result frames of a slot. One part (an `apply`) needs no allocation of its own.
@@ -114,6 +120,7 @@ impl<T> Slot<T> {
                 on_success: None,
                 on_error: None,
                 waiters: 0,
+                wakers: Vec::new(),
             }),
             ready: Condvar::new(),
             done: AtomicBool::new(false),
@@ -154,21 +161,24 @@ impl<T> Slot<T> {
         state.outcome = Some(outcome);
         let on_success = state.on_success.take();
         let on_error = state.on_error.take();
-        let waiters = if on_success.is_some() || on_error.is_some() {
+        let (waiters, wakers) = if on_success.is_some() || on_error.is_some() {
             let value = self.value_for_callbacks(&state, on_success.is_some());
             drop(state);
             run_callbacks(value, on_success, on_error);
             let mut state = self.lock();
             state.done = true;
             self.done.store(true, Ordering::Release);
-            state.waiters
+            (state.waiters, mem::take(&mut state.wakers))
         } else {
             state.done = true;
             self.done.store(true, Ordering::Release);
-            state.waiters
+            (state.waiters, mem::take(&mut state.wakers))
         };
         if waiters > 0 {
             self.ready.notify_all();
+        }
+        for waker in wakers {
+            waker.wake();
         }
     }
 
@@ -462,6 +472,61 @@ impl<T> AsyncResult<T> {
             run_callbacks::<T>(value, None, Some(Box::new(f)));
         }
         self
+    }
+}
+
+/// An `AsyncResult` is a `Future` too, so async code can `.await` pool work. It needs no
+/// particular runtime: the pool's collector thread wakes the awaiting task.
+///
+/// # Examples
+///
+/// ```
+/// use pool_core::{task, Pool};
+///
+/// #[task]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// let pool = Pool::builder().processes(2).build()?;
+/// let r = pool.apply_async(square, 12);
+/// // Any executor will do; here, a minimal one that parks the thread.
+/// let value = block_on(r)?;
+/// assert_eq!(value, 144);
+///
+/// fn block_on<F: std::future::Future>(f: F) -> F::Output {
+///     use std::sync::Arc;
+///     use std::task::{Context, Poll, Wake};
+///     struct Unpark(std::thread::Thread);
+///     impl Wake for Unpark {
+///         fn wake(self: Arc<Self>) {
+///             self.0.unpark();
+///         }
+///     }
+///     let waker = Arc::new(Unpark(std::thread::current())).into();
+///     let mut cx = Context::from_waker(&waker);
+///     let mut f = std::pin::pin!(f);
+///     loop {
+///         match f.as_mut().poll(&mut cx) {
+///             Poll::Ready(v) => return v,
+///             Poll::Pending => std::thread::park(),
+///         }
+///     }
+/// }
+/// # Ok::<(), pool_core::Error>(())
+/// ```
+impl<T> Future for AsyncResult<T> {
+    type Output = Result<T, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.slot.lock();
+        if state.done {
+            return Poll::Ready(self.slot.get_from(&state));
+        }
+        if !state.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            state.wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 }
 

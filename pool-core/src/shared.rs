@@ -1,7 +1,7 @@
 //! The state a pool's handle and its driver threads share.
 
 use std::os::fd::{OwnedFd, RawFd};
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 
 use crossbeam_channel::Sender;
@@ -27,6 +27,19 @@ pub(crate) struct Shared {
     /// says it sleeps (`collector_sleeping`), so the busy path makes no system call.
     bell: ParentFd,
     collector_sleeping: AtomicBool,
+    /// Counters for `Pool::stats`.
+    pub(crate) counters: Counters,
+}
+
+/// What `Pool::stats` reports, kept as the pool runs.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) submitted: AtomicU64,
+    pub(crate) completed: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) replaced: AtomicU64,
+    /// Nanoseconds each worker slot has spent running tasks, over all its processes.
+    pub(crate) busy_ns: Vec<AtomicU64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -41,6 +54,10 @@ impl Shared {
             workers: (0..processes).map(|_| Mutex::new(None)).collect(),
             bell: ParentFd::new(bell),
             collector_sleeping: AtomicBool::new(false),
+            counters: Counters {
+                busy_ns: (0..processes).map(|_| AtomicU64::new(0)).collect(),
+                ..Counters::default()
+            },
         }
     }
 
@@ -76,8 +93,12 @@ impl Shared {
         let guard = self.sender.read().unwrap_or_else(PoisonError::into_inner);
         match &*guard {
             Some(sender) => {
+                let items = u64::from(job.items);
                 match sender.send(job) {
-                    Ok(()) => self.wake_collector(),
+                    Ok(()) => {
+                        self.counters.submitted.fetch_add(items, Ordering::Relaxed);
+                        self.wake_collector();
+                    }
                     Err(err) => {
                         // The collector is gone (the pool was terminated).
                         drop(guard);
@@ -143,6 +164,15 @@ impl Shared {
     /// Forgets slot `index`'s worker; called before reaping it.
     pub(crate) fn clear_worker(&self, index: usize) {
         *lock(&self.workers[index]) = None;
+    }
+
+    /// Jobs waiting in the queue (not yet sent to a worker).
+    pub(crate) fn queue_len(&self) -> usize {
+        self.sender
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map_or(0, Sender::len)
     }
 
     pub(crate) fn worker_pids(&self) -> Vec<i32> {

@@ -451,3 +451,73 @@ fn byte_buffers_sent_by_name_as_sequences_still_decode() {
         assert_eq!(sum, 60);
     });
 }
+
+#[test]
+fn stats_count_tasks_and_workers() {
+    deadline(60, "stats", || {
+        let pool = pool(2);
+        let fresh = pool.stats();
+        assert_eq!(fresh.tasks_submitted, 0);
+        assert_eq!(fresh.workers_alive, 2);
+        assert_eq!(fresh.busy_time, vec![Duration::ZERO; 2]);
+        pool.map(square, 0..N).unwrap();
+        let items: Vec<(u64, u64)> = (0..100).map(|i| (i, 7)).collect();
+        let _ = pool.map_chunked(panics_on, items, 10);
+        let _ = pool.apply_named::<_, u64>("no::such::task", 1u64);
+        pool.apply(sleep_ms, 30).unwrap();
+        let s = pool.stats();
+        assert_eq!(s.tasks_submitted, N + 100 + 1 + 1);
+        assert_eq!(s.tasks_failed, 1 + 1, "{s:?}");
+        assert_eq!(s.tasks_completed, N + 99 + 1, "{s:?}");
+        assert_eq!(s.workers_replaced, 0);
+        assert_eq!(s.queue_depth, 0);
+        let busy: Duration = s.busy_time.iter().sum();
+        assert!(busy >= Duration::from_millis(30), "{busy:?}");
+    });
+}
+
+/// A minimal executor: enough to show that `AsyncResult` needs no runtime.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    use std::task::{Context, Poll, Wake};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        match f.as_mut().poll(&mut cx) {
+            Poll::Ready(v) => return v,
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}
+
+#[test]
+fn async_results_can_be_awaited() {
+    deadline(60, "futures", || {
+        let pool = pool(2);
+        for i in 0..2000u64 {
+            assert_eq!(block_on(pool.apply_async(square, i)).unwrap(), i * i);
+        }
+        let v = block_on(pool.map_async(square, 0..N)).unwrap();
+        assert_eq!(v.len() as u64, N);
+        // Awaiting a task that fails gives its error; a terminated pool wakes its awaiters.
+        assert!(matches!(
+            block_on(pool.apply_async(panics_on, (1, 1))),
+            Err(Error::Panicked { .. })
+        ));
+        let stuck = pool.apply_async(sleep_forever, ());
+        let p = Arc::new(pool);
+        let p2 = Arc::clone(&p);
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            p2.terminate();
+        });
+        assert!(matches!(block_on(stuck), Err(Error::Terminated)));
+        killer.join().unwrap();
+    });
+}

@@ -1,0 +1,60 @@
+//! `tracing` events of the pool (feature `tracing`). Without the feature these functions are
+//! empty and inlined away: off costs nothing.
+//!
+//! Targets are `pool_core`; fields name the worker slot, pid, task and cause.
+
+#[cfg(not(feature = "tracing"))]
+mod imp {
+    use crate::{Error, ExitCause};
+
+    #[inline(always)]
+    pub(crate) fn worker_started(_slot: usize, _pid: i32) {}
+    #[inline(always)]
+    pub(crate) fn worker_died(_slot: usize, _pid: i32, _cause: ExitCause) {}
+    #[inline(always)]
+    pub(crate) fn worker_exited(_slot: usize, _pid: i32, _cause: ExitCause) {}
+    #[inline(always)]
+    pub(crate) fn spawn_failed(_slot: usize, _err: &Error) {}
+    #[inline(always)]
+    pub(crate) fn task_failed(_task: &str, _items: u64, _err: Option<&Error>) {}
+    #[inline(always)]
+    pub(crate) fn task_items_failed(_task: &str, _items: u64, _frame: &[u8]) {}
+}
+
+#[cfg(feature = "tracing")]
+mod imp {
+    use crate::{Error, ExitCause};
+
+    pub(crate) fn worker_started(slot: usize, pid: i32) {
+        tracing::debug!(target: "pool_core", slot, pid, "worker started");
+    }
+    pub(crate) fn worker_died(slot: usize, pid: i32, cause: ExitCause) {
+        tracing::warn!(target: "pool_core", slot, pid, %cause, "worker died; replacing it");
+    }
+    pub(crate) fn worker_exited(slot: usize, pid: i32, cause: ExitCause) {
+        tracing::debug!(target: "pool_core", slot, pid, %cause, "worker exited");
+    }
+    pub(crate) fn spawn_failed(slot: usize, err: &Error) {
+        tracing::error!(target: "pool_core", slot, error = %err, "could not start a worker");
+    }
+    pub(crate) fn task_failed(task: &str, items: u64, err: Option<&Error>) {
+        match err {
+            Some(err) => {
+                tracing::warn!(target: "pool_core", task, items, error = %err, "task failed")
+            }
+            None => tracing::warn!(target: "pool_core", task, items, "task failed"),
+        }
+    }
+
+    /// Some items of a result frame failed: reports how many, with the first one's error.
+    pub(crate) fn task_items_failed(task: &str, items: u64, frame: &[u8]) {
+        let first = crate::frame::parse_results(frame).ok().and_then(|results| {
+            results
+                .filter_map(Result::ok)
+                .find_map(|outcome| outcome.to_error(task))
+        });
+        task_failed(task, items, first.as_ref());
+    }
+}
+
+pub(crate) use imp::*;
