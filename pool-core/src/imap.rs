@@ -13,13 +13,25 @@ use crate::{Error, Pool, Task};
 
 type Delivery = (u64, Result<Vec<u8>, Error>);
 
-/// Sends each chunk's outcome, with its index, to the iterator.
-struct ChannelSink(Sender<Delivery>);
+/// Sends each chunk's outcome, with its index, to the iterator, and wakes it when it is polled
+/// as a `Stream`.
+struct ChannelSink {
+    tx: Sender<Delivery>,
+    waker: std::sync::Mutex<Option<std::task::Waker>>,
+}
 
 impl Sink for ChannelSink {
     fn deliver(&self, part: usize, outcome: Result<Vec<u8>, Error>) {
         // The iterator may be gone; then the outcome is simply dropped.
-        let _ = self.0.send((part as u64, outcome));
+        let _ = self.tx.send((part as u64, outcome));
+        let waker = self
+            .waker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 }
 
@@ -78,7 +90,10 @@ pub struct Imap<'a, T: Task, I> {
 impl<'a, T: Task, I: Iterator<Item = T::Args>> Imap<'a, T, I> {
     pub(crate) fn new(pool: &'a Pool, input: I, chunksize: usize, ordered: bool) -> Self {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let sink = Arc::new(ChannelSink(tx.clone()));
+        let sink = Arc::new(ChannelSink {
+            tx: tx.clone(),
+            waker: std::sync::Mutex::new(None),
+        });
         Imap {
             sink,
             pool,
@@ -185,17 +200,20 @@ impl<'a, T: Task, I: Iterator<Item = T::Args>> Imap<'a, T, I> {
     }
 }
 
-impl<T: Task, I: Iterator<Item = T::Args>> Iterator for Imap<'_, T, I> {
-    type Item = Result<T::Output, Error>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+impl<T: Task, I: Iterator<Item = T::Args>> Imap<'_, T, I> {
+    /// Moves the iteration on: `Some(next)` when the next item (or the end) is known, `None`
+    /// when `receive` had nothing to give (only a non-blocking `receive` returns `None`).
+    fn advance(
+        &mut self,
+        mut receive: impl FnMut(&Receiver<Delivery>) -> Option<Delivery>,
+    ) -> Option<Option<Result<T::Output, Error>>> {
         loop {
             if let Some(item) = self.ready.pop_front() {
-                return Some(item);
+                return Some(Some(item));
             }
             self.fill();
             if self.in_flight.is_empty() {
-                return None;
+                return Some(None);
             }
             if self.ordered {
                 if let Some(result) = self.early.remove(&self.next_yield) {
@@ -205,9 +223,7 @@ impl<T: Task, I: Iterator<Item = T::Args>> Iterator for Imap<'_, T, I> {
                     continue;
                 }
             }
-            // Every submitted chunk is answered exactly once (see `Job`), and we hold a sender,
-            // so this wait ends.
-            let (index, result) = self.rx.recv().expect("the iterator holds a sender");
+            let (index, result) = receive(&self.rx)?;
             if self.ordered && index != self.next_yield {
                 self.early.insert(index, result);
                 continue;
@@ -219,6 +235,79 @@ impl<T: Task, I: Iterator<Item = T::Args>> Iterator for Imap<'_, T, I> {
         }
     }
 }
+
+impl<T: Task, I: Iterator<Item = T::Args>> Iterator for Imap<'_, T, I> {
+    type Item = Result<T::Output, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // Every submitted chunk is answered exactly once (see `Job`), and we hold a sender, so
+        // this wait ends.
+        self.advance(|rx| Some(rx.recv().expect("the iterator holds a sender")))
+            .expect("a blocking receive always gives a delivery")
+    }
+}
+
+/// With feature `stream`, an `Imap` is also a `futures_core::Stream`, for async code: it never
+/// blocks, and the pool's collector thread wakes the task when a chunk arrives.
+///
+/// ```
+/// # #[cfg(feature = "stream")] {
+/// use futures_core::Stream;
+/// use pool_core::{task, Pool};
+/// use std::pin::Pin;
+/// use std::task::{Context, Poll, Waker};
+///
+/// #[task]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// let pool = Pool::builder().processes(2).build()?;
+/// let mut stream = pool.imap(square, 0..100);
+/// let mut cx = Context::from_waker(Waker::noop());
+/// let mut sum = 0;
+/// loop {
+///     match Pin::new(&mut stream).poll_next(&mut cx) {
+///         Poll::Ready(Some(x)) => sum += x?,
+///         Poll::Ready(None) => break,
+///         Poll::Pending => std::thread::yield_now(), // a real executor would sleep here
+///     }
+/// }
+/// assert_eq!(sum, 328_350);
+/// # }
+/// # Ok::<(), pool_core::Error>(())
+/// ```
+#[cfg(feature = "stream")]
+impl<T: Task, I: Iterator<Item = T::Args>> futures_core::Stream for Imap<'_, T, I> {
+    type Item = Result<T::Output, Error>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let sink = Arc::clone(&this.sink);
+        let step = this.advance(|rx| {
+            if let Ok(delivery) = rx.try_recv() {
+                return Some(delivery);
+            }
+            // Register, then look again: a delivery between the two is not missed.
+            *sink
+                .waker
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(cx.waker().clone());
+            rx.try_recv().ok()
+        });
+        match step {
+            Some(item) => std::task::Poll::Ready(item),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+// `Imap` never relies on its fields staying in place (no pin projection), so it may move freely
+// even while polled as a `Stream`.
+impl<T: Task, I> Unpin for Imap<'_, T, I> {}
 
 impl<T: Task, I> fmt::Debug for Imap<'_, T, I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

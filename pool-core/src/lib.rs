@@ -80,6 +80,20 @@
 //! `panic = "unwind"` (the default); with `panic = "abort"` a panicking task kills its worker and
 //! is reported as [`Error::WorkerDied`] with SIGABRT.
 //!
+//! # Async code, progress, logs and counters
+//!
+//! - An [`AsyncResult`] is a `Future`: `pool.apply_async(f, x).await` works under tokio or any
+//!   executor, with no runtime dependency in this crate (the collector thread wakes the task).
+//! - With feature `stream`, an [`Imap`] is also a `futures_core::Stream`.
+//! - With feature `progress`, [`Pool::map_with_progress`] draws a progress bar with rate and ETA
+//!   (indicatif) on standard error.
+//! - With feature `tracing`, the pool emits `tracing` events (target `pool_core`): workers
+//!   started, died (with pid and signal or exit code) and replaced, workers that could not be
+//!   started, and failed tasks with their first error. Without the feature these calls compile to
+//!   nothing. The library never prints.
+//! - [`Pool::stats`] returns a [`PoolStats`]: tasks submitted, completed and failed, workers
+//!   alive and replaced, queue depth, busy time per worker.
+//!
 //! # Processes and fork
 //!
 //! Workers are forked from the process that builds the pool, so they inherit its task table and

@@ -146,6 +146,14 @@ pub struct Pool {
 
 impl Pool {
     /// Starts a pool with one worker per CPU. Same as `Pool::builder().build()`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = pool_core::Pool::new()?;
+    /// assert!(pool.processes() >= 1);
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
     pub fn new() -> Result<Pool, Error> {
         PoolBuilder::new().build()
     }
@@ -335,6 +343,21 @@ impl Pool {
 
     /// [`map`](Self::map) with `chunksize` items per frame (at least 1). Larger chunks cost
     /// less per item; smaller ones balance uneven work better.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Pool};
+    ///
+    /// #[task]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// assert_eq!(pool.map_chunked(square, 0..5, 2)?, [0, 1, 4, 9, 16]);
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
     pub fn map_chunked<T, I>(
         &self,
         task: T,
@@ -390,6 +413,22 @@ impl Pool {
     }
 
     /// [`map_async`](Self::map_async) with `chunksize` items per frame (at least 1).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Pool};
+    ///
+    /// #[task]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let r = pool.map_async_chunked(square, 0..1000, 100);
+    /// assert_eq!(r.get()?.len(), 1000);
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
     pub fn map_async_chunked<T, I>(
         &self,
         _task: T,
@@ -458,8 +497,75 @@ impl Pool {
         AsyncResult::new(slot)
     }
 
+    /// [`map`](Self::map) with a progress bar (rate and ETA) on standard error, advanced as
+    /// results arrive; hidden when standard error is not a terminal. Feature `progress`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Pool};
+    ///
+    /// #[task]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let v = pool.map_with_progress(square, 0..10_000)?;
+    /// assert_eq!(v[9_999], 9_999 * 9_999);
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
+    #[cfg(feature = "progress")]
+    pub fn map_with_progress<T, I>(&self, task: T, items: I) -> Result<Vec<T::Output>, Error>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        let items: Vec<T::Args> = items.into_iter().collect();
+        let n = items.len();
+        // Smaller chunks than `map`'s default, so the bar moves smoothly.
+        let chunksize = n.div_ceil(64 * self.processes).max(1);
+        let bar = indicatif::ProgressBar::new(n as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, ETA {eta})",
+            )
+            .expect("a valid template"),
+        );
+        let mut out = Vec::with_capacity(n);
+        for result in self.imap_chunked(task, items, chunksize) {
+            match result {
+                Ok(value) => out.push(value),
+                Err(err) => {
+                    bar.abandon();
+                    return Err(err);
+                }
+            }
+            bar.inc(1);
+        }
+        bar.finish();
+        Ok(out)
+    }
+
     /// A lazy, ordered map: an iterator of one `Result` per item, in input order, with chunk
     /// size 1 (as in Python). See [`Imap`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Pool};
+    ///
+    /// #[task]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// for (i, r) in pool.imap(square, 0..10).enumerate() {
+    ///     assert_eq!(r?, (i * i) as u64);
+    /// }
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
     pub fn imap<T, I>(&self, task: T, items: I) -> Imap<'_, T, I::IntoIter>
     where
         T: Task,
@@ -469,6 +575,22 @@ impl Pool {
     }
 
     /// [`imap`](Self::imap) with `chunksize` items per frame.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Pool};
+    ///
+    /// #[task]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let total: u64 = pool.imap_chunked(square, 0..10_000, 256).map(Result::unwrap).sum();
+    /// assert_eq!(total, (0..10_000u64).map(|x| x * x).sum());
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
     pub fn imap_chunked<T, I>(
         &self,
         _task: T,
@@ -484,6 +606,23 @@ impl Pool {
 
     /// Like [`imap`](Self::imap), but yields each chunk's results as soon as it finishes,
     /// whatever its position.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Pool};
+    ///
+    /// #[task]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let mut v: Vec<u64> = pool.imap_unordered(square, 0..5).collect::<Result<_, _>>()?;
+    /// v.sort();
+    /// assert_eq!(v, [0, 1, 4, 9, 16]);
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
     pub fn imap_unordered<T, I>(&self, task: T, items: I) -> Imap<'_, T, I::IntoIter>
     where
         T: Task,
@@ -493,6 +632,22 @@ impl Pool {
     }
 
     /// [`imap_unordered`](Self::imap_unordered) with `chunksize` items per frame.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Pool};
+    ///
+    /// #[task]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let n = pool.imap_unordered_chunked(square, 0..1000, 50).count();
+    /// assert_eq!(n, 1000);
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
     pub fn imap_unordered_chunked<T, I>(
         &self,
         _task: T,
@@ -508,6 +663,25 @@ impl Pool {
 
     /// Stops accepting work. Work already submitted still runs; then the workers exit. Later
     /// submissions resolve to [`Error::Closed`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Error, Pool};
+    ///
+    /// #[task]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(1).build()?;
+    /// let queued = pool.apply_async(square, 3);
+    /// pool.close();
+    /// assert!(matches!(pool.apply(square, 4), Err(Error::Closed)));
+    /// assert_eq!(queued.get()?, 9); // queued work still finishes
+    /// pool.join()?;
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
     pub fn close(&self) {
         self.shared.close();
     }
@@ -515,6 +689,26 @@ impl Pool {
     /// Kills the workers now (SIGKILL), without waiting for queued or running work, which
     /// resolves to [`Error::Terminated`]. Returns at once; [`join`](Self::join) waits until
     /// every worker is reaped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Error, Pool};
+    ///
+    /// #[task]
+    /// fn forever() {
+    ///     loop {
+    ///         std::thread::sleep(std::time::Duration::from_secs(1));
+    ///     }
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(1).build()?;
+    /// let stuck = pool.apply_async(forever, ());
+    /// pool.terminate();
+    /// pool.join()?;
+    /// assert!(matches!(stuck.get(), Err(Error::Terminated)));
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
     pub fn terminate(&self) {
         self.shared.terminate();
     }

@@ -128,7 +128,7 @@ fn callbacks_run_once_with_value_or_error() {
         let r = pool.apply_async(square, 3);
         r.wait();
         let (tx, rx) = mpsc::channel();
-        let _ = r.on_success(move |v| tx.send(v).unwrap());
+        drop(r.on_success(move |v| tx.send(v).unwrap()));
         assert_eq!(rx.try_recv().unwrap(), 9);
     });
 }
@@ -519,5 +519,66 @@ fn async_results_can_be_awaited() {
         });
         assert!(matches!(block_on(stuck), Err(Error::Terminated)));
         killer.join().unwrap();
+    });
+}
+
+/// Drains a stream with a waker that unparks this thread: no busy loop, no runtime.
+fn collect_stream<S: futures_core::Stream + Unpin>(mut s: S, limit: usize) -> Vec<S::Item> {
+    use std::task::{Context, Poll, Wake};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = Context::from_waker(&waker);
+    let mut out = Vec::new();
+    while out.len() < limit {
+        match std::pin::Pin::new(&mut s).poll_next(&mut cx) {
+            Poll::Ready(Some(item)) => out.push(item),
+            Poll::Ready(None) => break,
+            Poll::Pending => std::thread::park_timeout(Duration::from_millis(100)),
+        }
+    }
+    out
+}
+
+#[test]
+fn imap_is_a_stream() {
+    deadline(60, "stream", || {
+        let pool = pool(2);
+        let v = collect_stream(pool.imap(square, 0..N), usize::MAX);
+        assert_eq!(v.len() as u64, N);
+        assert!(v
+            .iter()
+            .enumerate()
+            .all(|(i, r)| *r.as_ref().unwrap() == (i * i) as u64));
+        let mut u: Vec<u64> =
+            collect_stream(pool.imap_unordered_chunked(square, 0..N, 7), usize::MAX)
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+        u.sort();
+        assert_eq!(u.len() as u64, N);
+        // Endless input, bounded look-ahead.
+        let first = collect_stream(pool.imap(sleep_ms, std::iter::repeat(1)), 20);
+        assert_eq!(first.len(), 20);
+    });
+}
+
+#[test]
+fn map_with_progress_matches_map() {
+    deadline(60, "progress", || {
+        let pool = pool(2);
+        assert_eq!(
+            pool.map_with_progress(square, 0..N).unwrap(),
+            pool.map(square, 0..N).unwrap()
+        );
+        let items: Vec<(u64, u64)> = (0..100).map(|i| (i, 42)).collect();
+        assert!(matches!(
+            pool.map_with_progress(panics_on, items),
+            Err(Error::Panicked { .. })
+        ));
     });
 }

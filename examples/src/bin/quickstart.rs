@@ -12,6 +12,13 @@ fn square(x: u64) -> u64 {
     x * x
 }
 
+/// Squares a number, slowly enough (0.5 ms) for a progress bar to show.
+#[task]
+fn slow_square(x: u64) -> u64 {
+    std::thread::sleep(std::time::Duration::from_micros(500));
+    x * x
+}
+
 /// Adds two numbers.
 #[task]
 fn add(a: i64, b: i64) -> i64 {
@@ -70,6 +77,13 @@ fn main() -> Result<(), pool_core::Error> {
         .collect::<Result<_, _>>()?;
     unordered.sort();
     println!("imap_unordered(square, 0..10), sorted: {unordered:?}");
+
+    // With the `progress` feature: the same map with a progress bar (rate, ETA) on stderr.
+    let v = pool.map_with_progress(slow_square, 0..2_000)?;
+    println!(
+        "map_with_progress(slow_square, 0..2_000): {} results",
+        v.len()
+    );
 
     assert_eq!(square(3), 9);
     println!("square(3) in-process = {}", square(3));

@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p pool-examples --bin throughput -- [--workers N] [--quick] [--scale X]
 //!                                                          [--json] [--svg PATH] [--no-python]
+//!                                                          [--progress]
 //! ```
 //!
 //! Workloads (each system gets the same tasks and the same worker count):
@@ -29,6 +30,7 @@ use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use indicatif::{ProgressBar, ProgressStyle};
 use pool_core::{task, Pool};
 use rayon::prelude::*;
 
@@ -64,6 +66,7 @@ struct Options {
     json: bool,
     svg: Option<String>,
     python: bool,
+    progress: bool,
 }
 
 fn parse_options() -> Options {
@@ -73,6 +76,7 @@ fn parse_options() -> Options {
         json: false,
         svg: Some("target/throughput.svg".into()),
         python: true,
+        progress: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -89,10 +93,11 @@ fn parse_options() -> Options {
             "--svg" => o.svg = args.next(),
             "--no-svg" => o.svg = None,
             "--no-python" => o.python = false,
+            "--progress" => o.progress = true,
             "-h" | "--help" => {
                 println!(
                     "usage: throughput [--workers N] [--quick | --scale X] [--json] \
-                     [--svg PATH | --no-svg] [--no-python]"
+                     [--svg PATH | --no-svg] [--no-python] [--progress]"
                 );
                 std::process::exit(0);
             }
@@ -145,9 +150,16 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
-fn bench_pool(o: &Options, k: u64, rows: &mut Vec<Row>) -> Result<(), pool_core::Error> {
+fn bench_pool(
+    o: &Options,
+    k: u64,
+    rows: &mut Vec<Row>,
+    bar: &ProgressBar,
+) -> Result<(), pool_core::Error> {
     let sys = "pool-core";
     let mut push = |workload: &str, value: f64, unit: &str, n: usize| {
+        bar.inc(1);
+        bar.set_message(format!("{sys} {workload}"));
         rows.push(Row {
             workload: workload.into(),
             system: sys,
@@ -239,9 +251,11 @@ fn make_blobs(count: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn bench_rayon(o: &Options, k: u64, rows: &mut Vec<Row>) {
+fn bench_rayon(o: &Options, k: u64, rows: &mut Vec<Row>, bar: &ProgressBar) {
     let sys = "rayon";
     let mut push = |workload: &str, value: f64, unit: &str, n: usize| {
+        bar.inc(1);
+        bar.set_message(format!("{sys} {workload}"));
         rows.push(Row {
             workload: workload.into(),
             system: sys,
@@ -336,7 +350,7 @@ fn bench_rayon(o: &Options, k: u64, rows: &mut Vec<Row>) {
 }
 
 /// Runs the project's Python script; returns no rows (with a note) when python3 is missing.
-fn bench_python(o: &Options, rows: &mut Vec<Row>) {
+fn bench_python(o: &Options, rows: &mut Vec<Row>, bar: &ProgressBar) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/py/mp_bench.py");
     let child = Command::new("python3")
         .arg(script)
@@ -365,6 +379,8 @@ fn bench_python(o: &Options, rows: &mut Vec<Row>) {
         else {
             continue;
         };
+        bar.inc(1);
+        bar.set_message(format!("python {w}"));
         rows.push(Row {
             workload: w,
             system: "python",
@@ -531,11 +547,23 @@ fn main() -> Result<(), pool_core::Error> {
         if o.python { ", python" } else { "" }
     );
     let mut rows = Vec::new();
-    bench_pool(&o, k, &mut rows)?;
-    bench_rayon(&o, k, &mut rows);
+    let systems = if o.python { 3 } else { 2 };
+    let bar = if o.progress {
+        let bar = ProgressBar::new(systems * 9);
+        bar.set_style(
+            ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+                .expect("a valid template"),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    bench_pool(&o, k, &mut rows, &bar)?;
+    bench_rayon(&o, k, &mut rows, &bar);
     if o.python {
-        bench_python(&o, &mut rows);
+        bench_python(&o, &mut rows, &bar);
     }
+    bar.finish_and_clear();
     if o.json {
         print_json(&rows);
     } else {
