@@ -22,6 +22,7 @@
 //! never begun and go to other workers. The region is discarded and a new worker forked.
 
 use std::collections::VecDeque;
+use std::mem;
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{self, Signal};
 
 use crate::job::Job;
 use crate::shared::Shared;
@@ -44,6 +46,8 @@ const MAX_DEPTH: usize = 1024;
 const DEATH_CHECK: Duration = Duration::from_millis(5);
 /// How long a worker asked to exit gets before SIGKILL.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
+/// How long a worker whose task ran out of time gets between SIGTERM and SIGKILL.
+const KILL_GRACE_NS: u64 = 100_000_000;
 /// How many times a job goes back to the queue because its worker died before starting it.
 const MAX_REQUEUES: u8 = 3;
 /// How long the collector keeps looking for work before it sleeps.
@@ -57,6 +61,8 @@ pub(crate) struct Collector {
     retry: VecDeque<Job>,
     slots: Vec<Slot>,
     last_death_check: Instant,
+    /// Replace a worker after this many jobs.
+    max_tasks_per_child: Option<u64>,
     /// Nanoseconds per item, by task name (a moving average of what workers reported). A short
     /// list: programs have few tasks, and comparing names beats hashing them per job.
     estimates: Vec<(Box<str>, u64)>,
@@ -80,6 +86,13 @@ struct Slot {
     busy_base: u64,
     /// Why the last fork failed, and when to try again.
     spawn_error: Option<(Error, Instant)>,
+    /// Jobs sent to the current process (for `max_tasks_per_child`).
+    sent: u64,
+    /// The current process was asked to exit after its quota of jobs.
+    retiring: bool,
+    /// The running job ran past `limit`; the worker got SIGTERM and gets SIGKILL at
+    /// `sigkill_at` (monotonic ns) if it is still there.
+    timed_out: Option<(Duration, u64)>,
 }
 
 /// A result frame being read: its header (`len:u64 busy_ns:u64`), then its body.
@@ -137,13 +150,21 @@ impl Slot {
             answered: 0,
             busy_base: 0,
             spawn_error: None,
+            sent: 0,
+            retiring: false,
+            timed_out: None,
         }
     }
 
     /// Whether a job expected to run `expected` ns (`None`: unknown) may go to this worker now:
     /// always when it is idle; behind other jobs only when all are known and short.
-    fn can_take(&self, expected: Option<u64>) -> bool {
-        if self.process.is_none() || self.sending.is_some() {
+    fn can_take(&self, expected: Option<u64>, max_jobs: Option<u64>) -> bool {
+        if self.process.is_none()
+            || self.sending.is_some()
+            || self.retiring
+            || self.timed_out.is_some()
+            || max_jobs.is_some_and(|max| self.sent >= max)
+        {
             return false;
         }
         if self.in_flight.is_empty() {
@@ -165,6 +186,7 @@ impl Slot {
     }
 
     fn push(&mut self, job: Job, expected: Option<u64>) {
+        self.sent += 1;
         match expected {
             Some(ns) => self.queued_ns += ns,
             None => self.unknown += 1,
@@ -217,8 +239,13 @@ impl Slot {
 
 impl Collector {
     /// Forks the pool's workers.
-    pub(crate) fn start(shared: Arc<Shared>, queue: Receiver<Job>) -> Result<Self, Error> {
+    pub(crate) fn start(
+        shared: Arc<Shared>,
+        queue: Receiver<Job>,
+        max_tasks_per_child: Option<u64>,
+    ) -> Result<Self, Error> {
         let mut collector = Collector {
+            max_tasks_per_child,
             slots: (0..shared.processes()).map(|_| Slot::new()).collect(),
             shared,
             queue,
@@ -240,6 +267,9 @@ impl Collector {
         let slot = &mut self.slots[i];
         slot.process = Some(process);
         slot.answered = 0;
+        slot.sent = 0;
+        slot.retiring = false;
+        slot.timed_out = None;
         slot.incoming = Incoming::default();
         slot.spawn_error = None;
         Ok(())
@@ -257,8 +287,10 @@ impl Collector {
             let mut progress = false;
             for i in 0..self.slots.len() {
                 progress |= self.receive(i);
+                self.retire_if_done(i);
             }
             progress |= self.dispatch();
+            self.check_timeouts();
             if self.finished() {
                 self.shutdown();
                 return;
@@ -374,7 +406,7 @@ impl Collector {
                 .slots
                 .iter()
                 .enumerate()
-                .filter(|(_, s)| s.can_take(expected))
+                .filter(|(_, s)| s.can_take(expected, self.max_tasks_per_child))
                 .min_by_key(|(_, s)| s.load())
                 .map(|(i, _)| i);
             let Some(i) = best else {
@@ -442,10 +474,19 @@ impl Collector {
         }
         if let Some(job) = self.retry.front() {
             let expected = self.estimate(job);
-            if self.slots.iter().any(|s| s.can_take(expected)) {
+            if self
+                .slots
+                .iter()
+                .any(|s| s.can_take(expected, self.max_tasks_per_child))
+            {
                 return true;
             }
-        } else if !self.queue.is_empty() && self.slots.iter().any(|s| s.can_take(Some(0))) {
+        } else if !self.queue.is_empty()
+            && self
+                .slots
+                .iter()
+                .any(|s| s.can_take(Some(0), self.max_tasks_per_child))
+        {
             return true;
         }
         self.slots.iter().any(|s| match &s.process {
@@ -470,14 +511,94 @@ impl Collector {
             return;
         }
         let waiting_to_respawn = self.slots.iter().any(|s| s.process.is_none());
-        let timeout = if waiting_to_respawn {
-            PollTimeout::from(100u16)
-        } else {
-            PollTimeout::NONE
+        let mut wake_in_ns = self.check_timeouts();
+        if waiting_to_respawn {
+            wake_in_ns = Some(wake_in_ns.unwrap_or(u64::MAX).min(100_000_000));
+        }
+        let timeout = match wake_in_ns {
+            // Rounded up to whole milliseconds, at most about 24 days.
+            Some(ns) => {
+                let ms = ns.div_ceil(1_000_000).clamp(1, i32::MAX as u64) as i32;
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+            }
+            None => PollTimeout::NONE,
         };
         self.check_deaths(timeout);
         self.shared.set_collector_sleeping(false);
         sys::eventfd_drain(self.shared.bell_fd());
+    }
+
+    /// A worker that has answered its quota of jobs (`max_tasks_per_child`) is asked to exit;
+    /// its death is then handled like any other, and a fresh worker takes its slot.
+    fn retire_if_done(&mut self, i: usize) {
+        let Some(max) = self.max_tasks_per_child else {
+            return;
+        };
+        let slot = &mut self.slots[i];
+        let Some(process) = &slot.process else {
+            return;
+        };
+        if slot.retiring || slot.answered < max || !slot.in_flight.is_empty() {
+            return;
+        }
+        slot.retiring = true;
+        trace::worker_recycled(i, process.pid().as_raw());
+        let ring = process.region.jobs();
+        let frame = crate::frame::shutdown_frame();
+        ring.write(&(frame.len() as u64).to_le_bytes());
+        ring.write(frame);
+        ring.wake_consumer();
+    }
+
+    /// Kills workers whose running job is past its limit (SIGTERM, then SIGKILL after a grace).
+    /// Returns how long until the next limit or grace ends, if any.
+    fn check_timeouts(&mut self) -> Option<u64> {
+        let limited = self.slots.iter().any(|s| {
+            s.timed_out.is_some() || s.in_flight.iter().any(|(job, _)| job.limit.is_some())
+        });
+        if !limited {
+            return None;
+        }
+        let now = sys::monotonic_ns();
+        let mut next: Option<u64> = None;
+        let mut soonest = |ns: u64| next = Some(next.map_or(ns, |n| n.min(ns)));
+        for slot in &mut self.slots {
+            let Some(process) = &slot.process else {
+                continue;
+            };
+            if let Some((_, sigkill_at)) = &mut slot.timed_out {
+                if now >= *sigkill_at {
+                    let _ = signal::kill(process.pid(), Signal::SIGKILL);
+                    *sigkill_at = u64::MAX;
+                } else if *sigkill_at != u64::MAX {
+                    soonest(*sigkill_at - now);
+                }
+                continue;
+            }
+            let header = process.region.header();
+            let started = header.jobs_started.0.load(Ordering::SeqCst);
+            let running = started.checked_sub(slot.answered + 1).map(|i| i as usize);
+            for (index, (job, _)) in slot.in_flight.iter().enumerate() {
+                let Some(limit) = job.limit else { continue };
+                let limit_ns = limit.as_nanos().min(u64::MAX as u128) as u64;
+                if Some(index) == running {
+                    let began = header.job_started_ns.load(Ordering::Relaxed);
+                    let elapsed = now.saturating_sub(began);
+                    if elapsed >= limit_ns {
+                        let _ = signal::kill(process.pid(), Signal::SIGTERM);
+                        trace::task_timed_out(&job.task, limit, process.pid().as_raw());
+                        slot.timed_out = Some((limit, now + KILL_GRACE_NS));
+                        soonest(KILL_GRACE_NS);
+                        break;
+                    }
+                    soonest(limit_ns - elapsed);
+                } else if running.is_none_or(|r| index > r) {
+                    // Not begun yet: its limit cannot run out sooner than a full limit from now.
+                    soonest(limit_ns);
+                }
+            }
+        }
+        next
     }
 
     /// Polls the bell and the pidfds; handles every worker that died.
@@ -523,13 +644,26 @@ impl Collector {
         slot.busy_base += header.busy_ns.load(Ordering::Relaxed);
         let pid = process.pid().as_raw();
         let cause = process.reap(Duration::ZERO);
-        trace::worker_died(i, pid, cause);
+        if slot.retiring {
+            trace::worker_exited(i, pid, cause);
+        } else {
+            trace::worker_died(i, pid, cause);
+        }
         let began_unanswered = started > slot.answered;
+        let timed_out = slot.timed_out.take();
+        let recycled = mem::replace(&mut slot.retiring, false);
         let mut jobs = slot.take_all();
         let terminated = self.shared.is_terminated();
         if began_unanswered {
             if let Some(job) = jobs.pop_front() {
-                let err = died(&job, pid, cause, terminated);
+                let err = match timed_out {
+                    Some((limit, _)) if !terminated => Error::Timeout {
+                        task: job.task.to_string(),
+                        limit,
+                        pid,
+                    },
+                    _ => died(&job, pid, cause, terminated),
+                };
                 settle(&self.shared, job, Err(err));
             }
         }
@@ -544,10 +678,12 @@ impl Collector {
             }
         }
         if !terminated {
-            self.shared
-                .counters
-                .replaced
-                .fetch_add(1, Ordering::Relaxed);
+            if !recycled {
+                self.shared
+                    .counters
+                    .replaced
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             if let Err(err) = self.spawn(i) {
                 trace::spawn_failed(i, &err);
                 self.slots[i].spawn_error = Some((err, Instant::now()));

@@ -60,6 +60,20 @@ pub enum Error {
         cause: ExitCause,
     },
 
+    /// The task ran past its time limit; its worker was killed (SIGTERM, then SIGKILL after
+    /// 100 ms) and replaced.
+    #[error(
+        "task `{task}` ran past its time limit of {limit:?} and its worker (pid {pid}) was killed"
+    )]
+    Timeout {
+        /// The task's registered name.
+        task: String,
+        /// The limit it exceeded (for a chunk: the per-item limit times its items).
+        limit: Duration,
+        /// The process id of the worker that was killed.
+        pid: i32,
+    },
+
     /// No task of this name is registered in the worker's binary.
     #[error("no task named `{name}` is registered (is the function marked #[task]?)")]
     UnknownTask {

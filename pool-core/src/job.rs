@@ -29,6 +29,8 @@ pub(crate) struct Job {
     pub(crate) task: TaskName,
     /// How many items the frame carries.
     pub(crate) items: u32,
+    /// How long the job may run once a worker begins it (per item, times `items`).
+    pub(crate) limit: Option<std::time::Duration>,
     /// How many times the job went back to the queue because its worker died before it began.
     pub(crate) requeues: u8,
     sink: Option<Arc<dyn Sink>>,
@@ -42,6 +44,7 @@ impl Job {
             frame,
             task,
             requeues: 0,
+            limit: None,
             sink: Some(sink),
             part,
         }

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -30,6 +31,8 @@ use crate::{panic_capture, registry, sys, AsyncResult, Error, PoolStats, Task};
 #[must_use]
 pub struct PoolBuilder {
     processes: Option<usize>,
+    task_timeout: Option<Duration>,
+    max_tasks_per_child: Option<u64>,
 }
 
 impl PoolBuilder {
@@ -45,6 +48,63 @@ impl PoolBuilder {
         self
     }
 
+    /// A time limit for every task of the pool (default: none). A task still running after it
+    /// has its worker killed (SIGTERM, then SIGKILL after 100 ms), resolves to
+    /// [`Error::Timeout`], and a new worker takes its place. For a chunk of a `map` the limit
+    /// is per item: a chunk of 10 items may run 10 times as long. Measured from when the worker
+    /// begins the task (time spent queued does not count), on the monotonic clock.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Error, Pool};
+    /// use std::time::Duration;
+    ///
+    /// #[task]
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// let pool = Pool::builder()
+    ///     .processes(1)
+    ///     .task_timeout(Duration::from_millis(200))
+    ///     .build()?;
+    /// assert_eq!(pool.apply(nap, 10)?, 10);
+    /// assert!(matches!(pool.apply(nap, 10_000), Err(Error::Timeout { .. })));
+    /// assert_eq!(pool.apply(nap, 10)?, 10); // a fresh worker took over
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
+    pub fn task_timeout(mut self, limit: Duration) -> Self {
+        self.task_timeout = Some(limit);
+        self
+    }
+
+    /// Replaces each worker after it has run `n` jobs (a call, or a chunk of a `map`), as
+    /// Python's `maxtasksperchild` does: a way to bound what a leaky library can accumulate.
+    /// Default: never. Must be at least 1.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Pool};
+    ///
+    /// #[task]
+    /// fn pid() -> u32 {
+    ///     std::process::id()
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(1).max_tasks_per_child(2).build()?;
+    /// let pids: Vec<u32> = (0..6).map(|_| pool.apply(pid, ())).collect::<Result<_, _>>()?;
+    /// assert_eq!(pids[0], pids[1]);
+    /// assert_ne!(pids[1], pids[2]); // recycled after two jobs
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
+    pub fn max_tasks_per_child(mut self, n: u64) -> Self {
+        self.max_tasks_per_child = Some(n);
+        self
+    }
+
     /// Checks the task registry, forks the workers, and returns the running pool.
     ///
     /// Fails with [`Error::DuplicateTask`] if two tasks share a name, [`Error::Config`] for a
@@ -56,12 +116,18 @@ impl PoolBuilder {
                 "the number of processes must be at least 1".into(),
             ));
         }
+        if self.max_tasks_per_child == Some(0) {
+            return Err(Error::Config(
+                "max_tasks_per_child must be at least 1".into(),
+            ));
+        }
         registry::check()?;
         panic_capture::install();
 
         let (sender, queue) = crossbeam_channel::unbounded();
         let bell = sys::eventfd().map_err(Error::spawn)?;
-        let shared = Arc::new(Shared::new(sender, processes, bell));
+        let shared = Arc::new(Shared::new(sender, processes, bell, self.task_timeout));
+        let max_tasks_per_child = self.max_tasks_per_child;
         let pool = Pool {
             shared: Arc::clone(&shared),
             collector: Mutex::new(None),
@@ -72,15 +138,17 @@ impl PoolBuilder {
         // thread that forked it, and the collector lives until every worker is reaped.
         let handle = std::thread::Builder::new()
             .name("pool-core-collector".into())
-            .spawn(move || match Collector::start(shared, queue) {
-                Ok(collector) => {
-                    let _ = ready_tx.send(Ok(()));
-                    collector.run();
-                }
-                Err(err) => {
-                    let _ = ready_tx.send(Err(err));
-                }
-            })
+            .spawn(
+                move || match Collector::start(shared, queue, max_tasks_per_child) {
+                    Ok(collector) => {
+                        let _ = ready_tx.send(Ok(()));
+                        collector.run();
+                    }
+                    Err(err) => {
+                        let _ = ready_tx.send(Err(err));
+                    }
+                },
+            )
             .map_err(Error::spawn)?;
         *pool.lock_collector() = Some(handle);
         match ready_rx.recv() {
@@ -250,7 +318,51 @@ impl Pool {
     /// # Ok::<(), pool_core::Error>(())
     /// ```
     pub fn apply_async<T: Task>(&self, _task: T, args: T::Args) -> AsyncResult<T::Output> {
-        self.apply_async_by_name(T::NAME.into(), |b| b.push(&args))
+        self.apply_async_by_name(T::NAME.into(), None, |b| b.push(&args))
+    }
+
+    /// [`apply`](Self::apply) with a time limit for this call (overriding the pool's
+    /// [`task_timeout`](PoolBuilder::task_timeout)): past it, the worker is killed and replaced
+    /// and the call fails with [`Error::Timeout`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Error, Pool};
+    /// use std::time::Duration;
+    ///
+    /// #[task]
+    /// fn spin() {
+    ///     loop {
+    ///         std::hint::spin_loop();
+    ///     }
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(1).build()?;
+    /// match pool.apply_timeout(spin, (), Duration::from_millis(100)) {
+    ///     Err(Error::Timeout { limit, .. }) => assert_eq!(limit, Duration::from_millis(100)),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
+    pub fn apply_timeout<T: Task>(
+        &self,
+        task: T,
+        args: T::Args,
+        limit: Duration,
+    ) -> Result<T::Output, Error> {
+        self.apply_async_timeout(task, args, limit).get()
+    }
+
+    /// [`apply_async`](Self::apply_async) with a time limit for this call; see
+    /// [`apply_timeout`](Self::apply_timeout).
+    pub fn apply_async_timeout<T: Task>(
+        &self,
+        _task: T,
+        args: T::Args,
+        limit: Duration,
+    ) -> AsyncResult<T::Output> {
+        self.apply_async_by_name(T::NAME.into(), Some(limit), |b| b.push(&args))
     }
 
     /// Runs the task registered as `name` with untyped arguments, and decodes its result as `R`.
@@ -287,13 +399,16 @@ impl Pool {
         name: &str,
         args: A,
     ) -> Result<R, Error> {
-        self.apply_async_by_name(TaskName::Owned(name.to_owned()), |b| b.push_any(&args))
-            .get()
+        self.apply_async_by_name(TaskName::Owned(name.to_owned()), None, |b| {
+            b.push_any(&args)
+        })
+        .get()
     }
 
     fn apply_async_by_name<R: DeserializeOwned + 'static>(
         &self,
         name: TaskName,
+        limit: Option<Duration>,
         encode: impl FnOnce(&mut JobBuilder) -> Result<(), String>,
     ) -> AsyncResult<R> {
         let slot = Slot::new(name.clone(), Counts::One(1), decode_one::<R>);
@@ -307,7 +422,9 @@ impl Pool {
             slot.complete_part(0, Err(Error::ArgsEncode { task, message }));
             return AsyncResult::new(slot);
         }
-        self.submit_frame(builder.finish(), name, slot.clone(), 0);
+        let mut job = Job::new(builder.finish(), name, slot.clone(), 0);
+        job.limit = limit;
+        self.shared.submit(job);
         AsyncResult::new(slot)
     }
 

@@ -26,6 +26,9 @@ pub(crate) struct Header {
     pub(crate) jobs_started: Padded<AtomicU64>,
     /// Nanoseconds the worker has spent running jobs; written only by the worker.
     pub(crate) busy_ns: AtomicU64,
+    /// When the worker began its current job (`sys::monotonic_ns`); written only by the worker,
+    /// before it counts the job in `jobs_started`.
+    pub(crate) job_started_ns: AtomicU64,
     /// Raised by the parent before it sleeps; the worker rings the pool's bell when it sees it.
     parent_waiting: Padded<AtomicU32>,
 }

@@ -29,6 +29,8 @@ pub(crate) struct Shared {
     collector_sleeping: AtomicBool,
     /// Counters for `Pool::stats`.
     pub(crate) counters: Counters,
+    /// The pool's time limit per item, for jobs without one of their own.
+    pub(crate) task_timeout: Option<std::time::Duration>,
 }
 
 /// What `Pool::stats` reports, kept as the pool runs.
@@ -47,7 +49,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub(crate) fn new(sender: Sender<Job>, processes: usize, bell: OwnedFd) -> Self {
+    pub(crate) fn new(
+        sender: Sender<Job>,
+        processes: usize,
+        bell: OwnedFd,
+        task_timeout: Option<std::time::Duration>,
+    ) -> Self {
         Shared {
             sender: RwLock::new(Some(sender)),
             terminated: AtomicBool::new(false),
@@ -58,6 +65,7 @@ impl Shared {
                 busy_ns: (0..processes).map(|_| AtomicU64::new(0)).collect(),
                 ..Counters::default()
             },
+            task_timeout,
         }
     }
 
@@ -89,7 +97,12 @@ impl Shared {
     }
 
     /// Queues a job, or resolves it at once with `Closed` when the pool takes no more work.
-    pub(crate) fn submit(&self, job: Job) {
+    pub(crate) fn submit(&self, mut job: Job) {
+        if job.limit.is_none() {
+            job.limit = self
+                .task_timeout
+                .map(|per_item| per_item * job.items.max(1));
+        }
         let guard = self.sender.read().unwrap_or_else(PoisonError::into_inner);
         match &*guard {
             Some(sender) => {

@@ -31,6 +31,18 @@ pub(crate) fn futex_wake(word: &AtomicU32) {
     }
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: one clock for every process on the machine, so a time the
+/// worker writes can be compared with a time the parent reads.
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into a live local.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// A non-blocking, close-on-exec eventfd.
 pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: eventfd takes an initial value and flags and returns a new descriptor or -1.

@@ -19,6 +19,10 @@ mod imp {
     pub(crate) fn task_failed(_task: &str, _items: u64, _err: Option<&Error>) {}
     #[inline(always)]
     pub(crate) fn task_items_failed(_task: &str, _items: u64, _frame: &[u8]) {}
+    #[inline(always)]
+    pub(crate) fn task_timed_out(_task: &str, _limit: std::time::Duration, _pid: i32) {}
+    #[inline(always)]
+    pub(crate) fn worker_recycled(_slot: usize, _pid: i32) {}
 }
 
 #[cfg(feature = "tracing")]
@@ -44,6 +48,14 @@ mod imp {
             }
             None => tracing::warn!(target: "pool_core", task, items, "task failed"),
         }
+    }
+
+    pub(crate) fn task_timed_out(task: &str, limit: std::time::Duration, pid: i32) {
+        tracing::warn!(target: "pool_core", task, ?limit, pid, "task ran past its time limit; killing its worker");
+    }
+
+    pub(crate) fn worker_recycled(slot: usize, pid: i32) {
+        tracing::debug!(target: "pool_core", slot, pid, "worker reached max_tasks_per_child; replacing it");
     }
 
     /// Some items of a result frame failed: reports how many, with the first one's error.

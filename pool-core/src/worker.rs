@@ -38,6 +38,9 @@ pub(crate) fn run(region: &Region, bell: i32) -> i32 {
         // Every byte is overwritten by the read: only growth needs zeroing.
         input.resize(len as usize, 0);
         read_exact(region, bell, &mut input);
+        header
+            .job_started_ns
+            .store(crate::sys::monotonic_ns(), Ordering::Relaxed);
         header.jobs_started.0.fetch_add(1, Ordering::SeqCst);
 
         let started = Instant::now();

@@ -132,3 +132,21 @@ pub fn fork_then_abort(grandchild_secs: u32) {
 pub fn echo_bytes(bytes: Vec<u8>) -> Vec<u8> {
     bytes
 }
+
+/// Ignores SIGTERM, then sleeps: only SIGKILL stops it.
+#[task]
+pub fn stubborn_sleep(ms: u64) -> u64 {
+    // SAFETY: SIG_IGN installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+    }
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[task]
+pub fn spin_forever() {
+    loop {
+        std::hint::spin_loop();
+    }
+}

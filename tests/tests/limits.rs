@@ -1,0 +1,156 @@
+//! Time limits and worker recycling.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::*;
+use pool_core::{Error, Pool, Task};
+use pool_tests::deadline;
+
+fn expect_timeout<T: std::fmt::Debug>(r: Result<T, Error>, task: &str, limit: Duration) -> i32 {
+    match r {
+        Err(Error::Timeout {
+            task: t,
+            limit: l,
+            pid,
+        }) => {
+            assert_eq!(t, task);
+            assert_eq!(l, limit);
+            pid
+        }
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+}
+
+#[test]
+fn pool_time_limit_kills_and_replaces_the_worker() {
+    deadline(60, "pool timeout", || {
+        let limit = Duration::from_millis(200);
+        let pool = Pool::builder()
+            .processes(2)
+            .task_timeout(limit)
+            .build()
+            .unwrap();
+        for round in 0..5 {
+            let before = pool.worker_pids();
+            let t = Instant::now();
+            let pid = expect_timeout(pool.apply(sleep_forever, ()), sleep_forever::NAME, limit);
+            let took = t.elapsed();
+            eprintln!("round {round}: timed out after {took:?} (limit {limit:?})");
+            assert!(took >= limit, "{took:?}");
+            assert!(took < limit + Duration::from_secs(1), "{took:?}");
+            assert!(before.contains(&pid));
+            assert!(pool_tests::eventually(5, || !pool
+                .worker_pids()
+                .contains(&pid)));
+            // Tasks within the limit are untouched.
+            assert_eq!(pool.apply(sleep_ms, 20).unwrap(), 20);
+        }
+        let v = pool.map(square, 0..10_000).unwrap();
+        assert_eq!(v.len(), 10_000);
+    });
+}
+
+#[test]
+fn per_call_limit_stops_a_busy_loop() {
+    deadline(60, "per-call timeout", || {
+        let pool = Pool::builder().processes(1).build().unwrap();
+        let limit = Duration::from_millis(150);
+        let t = Instant::now();
+        expect_timeout(
+            pool.apply_timeout(spin_forever, (), limit),
+            spin_forever::NAME,
+            limit,
+        );
+        assert!(t.elapsed() < Duration::from_secs(2));
+        // Without a limit on the pool, ordinary calls are unlimited.
+        assert_eq!(pool.apply(sleep_ms, 300).unwrap(), 300);
+        assert_eq!(pool.apply_timeout(sleep_ms, 10, limit).unwrap(), 10);
+    });
+}
+
+#[test]
+fn a_task_ignoring_sigterm_is_killed_after_the_grace() {
+    deadline(60, "sigterm ignored", || {
+        let pool = Pool::builder().processes(1).build().unwrap();
+        let limit = Duration::from_millis(100);
+        let t = Instant::now();
+        expect_timeout(
+            pool.apply_timeout(stubborn_sleep, 60_000, limit),
+            stubborn_sleep::NAME,
+            limit,
+        );
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        assert_eq!(pool.apply(square, 5).unwrap(), 25);
+    });
+}
+
+#[test]
+fn work_queued_behind_a_timed_out_task_still_runs() {
+    deadline(60, "queued behind", || {
+        let pool = Pool::builder()
+            .processes(1)
+            .task_timeout(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        // Teach the pool that square is fast, so several queue at the worker.
+        pool.map(square, 0..1000).unwrap();
+        let stuck = pool.apply_async(sleep_forever, ());
+        let after: Vec<_> = (0..50).map(|i| pool.apply_async(square, i)).collect();
+        assert!(matches!(stuck.get(), Err(Error::Timeout { .. })));
+        for (i, r) in after.iter().enumerate() {
+            assert_eq!(r.get().unwrap(), (i * i) as u64);
+        }
+    });
+}
+
+#[test]
+fn map_limits_are_per_item() {
+    deadline(60, "map timeout", || {
+        let pool = Pool::builder()
+            .processes(2)
+            .task_timeout(Duration::from_millis(100))
+            .build()
+            .unwrap();
+        // 20 items of 30 ms in chunks of 10: each chunk takes 300 ms, within 10 × 100 ms.
+        let v = pool.map_chunked(sleep_ms, vec![30; 20], 10).unwrap();
+        assert_eq!(v, vec![30; 20]);
+        // One stuck item fails the map with Timeout.
+        let mut items = vec![1; 10];
+        items[5] = 60_000;
+        assert!(matches!(
+            pool.map_chunked(sleep_ms, items, 1),
+            Err(Error::Timeout { .. })
+        ));
+        assert_eq!(pool.map(square, 0..100).unwrap().len(), 100);
+    });
+}
+
+#[test]
+fn workers_are_recycled_after_max_tasks() {
+    deadline(60, "recycling", || {
+        let pool = Pool::builder()
+            .processes(2)
+            .max_tasks_per_child(5)
+            .build()
+            .unwrap();
+        let mut pids = HashSet::new();
+        for i in 0..100u64 {
+            assert_eq!(pool.apply(square, i).unwrap(), i * i);
+            pids.insert(pool.apply(worker_pid, ()).unwrap());
+        }
+        // 200 jobs at 5 per worker: at least 40 processes served them.
+        assert!(pids.len() >= 40, "only {} workers", pids.len());
+        let v = pool.map_chunked(square, 0..1000, 10).unwrap();
+        assert_eq!(v.len(), 1000);
+        let stats = pool.stats();
+        assert_eq!(stats.workers_replaced, 0, "recycling is not a death");
+        assert_eq!(stats.tasks_failed, 0);
+        assert!(matches!(
+            Pool::builder().max_tasks_per_child(0).build(),
+            Err(Error::Config(_))
+        ));
+    });
+}
