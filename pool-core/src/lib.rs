@@ -252,6 +252,25 @@ pub mod __bench {
         crate::codec::encode(buf, value).expect("encodes");
     }
 
+    /// Runs every decoder of the wire format over `bytes`, as the fuzz target does: each must
+    /// return a value or an error, never panic, hang or read out of bounds.
+    pub fn decode_any_frame(bytes: &[u8]) {
+        if let Ok(crate::frame::Request::Job { items, .. }) = crate::frame::parse_request(bytes) {
+            for item in items.flatten() {
+                let _ = crate::codec::decode::<u64>(item);
+                let _ = crate::codec::decode::<Vec<u8>>(item);
+                let _ = crate::codec::decode::<(String, Vec<i64>)>(item);
+            }
+        }
+        if let Ok(results) = crate::frame::parse_results(bytes) {
+            for outcome in results.flatten() {
+                let _ = outcome.to_error("fuzz");
+            }
+        }
+        let _ = crate::frame::job_item_count(bytes);
+        let _ = crate::result::check_frame(bytes, "fuzz", 3);
+    }
+
     /// Decodes one value as the pool does.
     pub fn decode_value<T: DeserializeOwned + 'static>(bytes: &[u8]) -> T {
         crate::codec::decode(bytes).expect("decodes")

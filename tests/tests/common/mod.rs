@@ -150,3 +150,21 @@ pub fn spin_forever() {
         std::hint::spin_loop();
     }
 }
+
+/// Recurses without bound: the worker dies of a stack overflow (SIGSEGV caught by std, which
+/// aborts).
+#[task]
+pub fn overflow_stack(depth: u64) -> u64 {
+    let pad = std::hint::black_box([depth; 64]);
+    if depth == u64::MAX {
+        return pad[0];
+    }
+    overflow_stack(depth + 1).wrapping_add(pad[1])
+}
+
+/// Returns its input after a pseudo-random pause of 0-2 ms.
+#[task]
+pub fn jitter(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_micros(x.wrapping_mul(2654435761) % 2000));
+    x
+}
