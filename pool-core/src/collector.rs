@@ -25,14 +25,15 @@ use std::collections::VecDeque;
 use std::mem;
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{self, Signal};
 
-use crate::job::Job;
+use crate::job::{Job, Sink};
+use crate::pool::Initializer;
 use crate::shared::Shared;
 use crate::spawn::{self, WorkerProcess};
 use crate::worker::MAX_FRAME;
@@ -48,6 +49,10 @@ const DEATH_CHECK: Duration = Duration::from_millis(5);
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// How long a worker whose task ran out of time gets between SIGTERM and SIGKILL.
 const KILL_GRACE_NS: u64 = 100_000_000;
+/// The restart guard: more worker failures outside any task than this within `GUARD_WINDOW`
+/// and the pool stops replacing workers.
+const GUARD_FAILURES: usize = 10;
+const GUARD_WINDOW: Duration = Duration::from_secs(10);
 /// How many times a job goes back to the queue because its worker died before starting it.
 const MAX_REQUEUES: u8 = 3;
 /// How long the collector keeps looking for work before it sleeps.
@@ -63,6 +68,12 @@ pub(crate) struct Collector {
     last_death_check: Instant,
     /// Replace a worker after this many jobs.
     max_tasks_per_child: Option<u64>,
+    /// The job every new worker runs first, and where its outcome goes.
+    initializer: Option<(Initializer, Arc<InitSink>)>,
+    /// When workers failed outside any task (initializer failures, deaths while idle).
+    recent_failures: VecDeque<Instant>,
+    /// Set when the restart guard tripped: no more workers are started.
+    broken: Option<Error>,
     /// Nanoseconds per item, by task name (a moving average of what workers reported). A short
     /// list: programs have few tasks, and comparing names beats hashing them per job.
     estimates: Vec<(Box<str>, u64)>,
@@ -90,6 +101,8 @@ struct Slot {
     sent: u64,
     /// The current process was asked to exit after its quota of jobs.
     retiring: bool,
+    /// Why the collector killed this worker outside any task (its initializer failed).
+    doomed: Option<String>,
     /// The running job ran past `limit`; the worker got SIGTERM and gets SIGKILL at
     /// `sigkill_at` (monotonic ns) if it is still there.
     timed_out: Option<(Duration, u64)>,
@@ -153,6 +166,7 @@ impl Slot {
             sent: 0,
             retiring: false,
             timed_out: None,
+            doomed: None,
         }
     }
 
@@ -163,6 +177,7 @@ impl Slot {
             || self.sending.is_some()
             || self.retiring
             || self.timed_out.is_some()
+            || self.doomed.is_some()
             || max_jobs.is_some_and(|max| self.sent >= max)
         {
             return false;
@@ -243,9 +258,13 @@ impl Collector {
         shared: Arc<Shared>,
         queue: Receiver<Job>,
         max_tasks_per_child: Option<u64>,
+        initializer: Option<Initializer>,
     ) -> Result<Self, Error> {
         let mut collector = Collector {
             max_tasks_per_child,
+            initializer: initializer.map(|init| (init, Arc::new(InitSink::default()))),
+            recent_failures: VecDeque::new(),
+            broken: None,
             slots: (0..shared.processes()).map(|_| Slot::new()).collect(),
             shared,
             queue,
@@ -270,9 +289,68 @@ impl Collector {
         slot.sent = 0;
         slot.retiring = false;
         slot.timed_out = None;
+        slot.doomed = None;
         slot.incoming = Incoming::default();
         slot.spawn_error = None;
+        if let Some((init, sink)) = &self.initializer {
+            // First in line at the new worker; its outcome goes to the init sink, keyed by pid.
+            let frame = init.frame.clone().expect("checked at build");
+            let pid = slot.process.as_ref().map_or(0, |p| p.pid().as_raw());
+            let sink: Arc<dyn Sink> = sink.clone();
+            let mut job = Job::new(frame, init.task.into(), sink, pid as usize);
+            job.internal = true;
+            slot.push(job, None);
+        }
         Ok(())
+    }
+
+    /// Records a worker failure outside any task; trips the restart guard when they come too
+    /// fast.
+    fn guard(&mut self, what: String) {
+        let now = Instant::now();
+        self.recent_failures.push_back(now);
+        while self
+            .recent_failures
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > GUARD_WINDOW)
+        {
+            self.recent_failures.pop_front();
+        }
+        if self.recent_failures.len() > GUARD_FAILURES && self.broken.is_none() {
+            let reason = format!(
+                "workers failed {} times in {:?} outside any task; the last: {what}",
+                self.recent_failures.len(),
+                GUARD_WINDOW
+            );
+            trace::pool_broken(&reason);
+            self.broken = Some(Error::PoolBroken(reason));
+        }
+    }
+
+    /// Kills workers whose initializer failed (they are replaced like any dead worker).
+    fn check_initializers(&mut self) {
+        let Some((_, sink)) = &self.initializer else {
+            return;
+        };
+        let failures =
+            mem::take(&mut *sink.failures.lock().unwrap_or_else(PoisonError::into_inner));
+        for (pid, err) in failures {
+            let reason = format!("the initializer failed: {err}");
+            let mut found = false;
+            for slot in &mut self.slots {
+                if let Some(p) = &slot.process {
+                    if p.pid().as_raw() == pid {
+                        kill(p);
+                        slot.doomed = Some(reason.clone());
+                        found = true;
+                    }
+                }
+            }
+            if !found {
+                // The worker is gone already (the initializer killed it).
+                self.guard(reason);
+            }
+        }
     }
 
     /// Serves jobs until the pool is closed and drained, or terminated.
@@ -289,6 +367,7 @@ impl Collector {
                 progress |= self.receive(i);
                 self.retire_if_done(i);
             }
+            self.check_initializers();
             progress |= self.dispatch();
             self.check_timeouts();
             if self.finished() {
@@ -422,6 +501,9 @@ impl Collector {
     /// Forks replacements for slots without a worker (after a failed fork, at most every
     /// 100 ms).
     fn respawn_missing(&mut self) {
+        if self.broken.is_some() {
+            return;
+        }
         for i in 0..self.slots.len() {
             let slot = &self.slots[i];
             if slot.process.is_some() {
@@ -439,11 +521,12 @@ impl Collector {
 
     /// No worker could be started: jobs fail with the reason instead of waiting forever.
     fn fail_without_workers(&mut self) {
-        let err = self
-            .slots
-            .iter()
-            .find_map(|s| s.spawn_error.as_ref().map(|(e, _)| e.clone()))
-            .unwrap_or(Error::Terminated);
+        let err = self.broken.clone().unwrap_or_else(|| {
+            self.slots
+                .iter()
+                .find_map(|s| s.spawn_error.as_ref().map(|(e, _)| e.clone()))
+                .unwrap_or(Error::Terminated)
+        });
         while let Some(job) = self.next_job() {
             settle(&self.shared, job, Err(err.clone()));
         }
@@ -677,7 +760,11 @@ impl Collector {
                 self.retry.push_front(job);
             }
         }
-        if !terminated {
+        let doomed = slot.doomed.take();
+        if !terminated && !recycled && !began_unanswered {
+            self.guard(doomed.unwrap_or_else(|| format!("worker {pid} {cause} while idle")));
+        }
+        if !terminated && self.broken.is_none() {
             if !recycled {
                 self.shared
                     .counters
@@ -734,8 +821,34 @@ impl Collector {
     }
 }
 
+/// Receives initializer outcomes (part = the worker's pid) for the collector to act on.
+#[derive(Default)]
+pub(crate) struct InitSink {
+    failures: Mutex<Vec<(i32, Error)>>,
+}
+
+impl Sink for InitSink {
+    fn deliver(&self, pid: usize, outcome: Result<Vec<u8>, Error>) {
+        let failure = match outcome {
+            Ok(frame) => crate::result::check_frame(&frame, "initializer", 1).err(),
+            Err(Error::Terminated) => None,
+            Err(err) => Some(err),
+        };
+        if let Some(err) = failure {
+            self.failures
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((pid as i32, err));
+        }
+    }
+}
+
 /// Resolves a job and counts its items as completed or failed.
 fn settle(shared: &Shared, job: Job, outcome: Result<Vec<u8>, Error>) {
+    if job.internal {
+        job.complete(outcome);
+        return;
+    }
     let items = u64::from(job.items);
     let failed = match &outcome {
         Ok(frame) => match crate::frame::parse_results(frame) {

@@ -150,6 +150,12 @@ pub enum Error {
     #[error("the result was not ready within {0:?}")]
     WaitTimeout(Duration),
 
+    /// Workers kept failing outside any task (their initializer failed, or they died while
+    /// idle) faster than the restart guard allows, so the pool stopped starting new ones instead
+    /// of fork-looping; work that no live worker can take fails with this error.
+    #[error("the pool stopped replacing workers: {0}")]
+    PoolBroken(String),
+
     /// The pool was configured with values it cannot work with.
     #[error("invalid pool configuration: {0}")]
     Config(String),

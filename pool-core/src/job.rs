@@ -31,6 +31,8 @@ pub(crate) struct Job {
     pub(crate) items: u32,
     /// How long the job may run once a worker begins it (per item, times `items`).
     pub(crate) limit: Option<std::time::Duration>,
+    /// The pool's own job (an initializer), not counted in the statistics.
+    pub(crate) internal: bool,
     /// How many times the job went back to the queue because its worker died before it began.
     pub(crate) requeues: u8,
     sink: Option<Arc<dyn Sink>>,
@@ -45,6 +47,7 @@ impl Job {
             task,
             requeues: 0,
             limit: None,
+            internal: false,
             sink: Some(sink),
             part,
         }

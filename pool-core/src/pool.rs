@@ -33,6 +33,15 @@ pub struct PoolBuilder {
     processes: Option<usize>,
     task_timeout: Option<Duration>,
     max_tasks_per_child: Option<u64>,
+    initializer: Option<Initializer>,
+}
+
+/// A task every new worker runs once before any other, as built by
+/// [`PoolBuilder::initializer`].
+#[derive(Debug, Clone)]
+pub(crate) struct Initializer {
+    pub(crate) task: &'static str,
+    pub(crate) frame: Result<Vec<u8>, String>,
 }
 
 impl PoolBuilder {
@@ -105,6 +114,45 @@ impl PoolBuilder {
         self
     }
 
+    /// A task each new worker runs once, with `args`, before it serves any other (Python's
+    /// `initializer` / `initargs`): to open a connection, load a model, set up a library. If it
+    /// fails (panics, or kills its worker), the worker is replaced; if that keeps happening (more
+    /// than 10 times in 10 s), the pool stops replacing workers and reports
+    /// [`Error::PoolBroken`] instead of fork-looping.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Pool};
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    ///
+    /// static SCALE: AtomicU64 = AtomicU64::new(1);
+    ///
+    /// #[task]
+    /// fn set_scale(factor: u64) {
+    ///     SCALE.store(factor, Ordering::Relaxed); // in the worker's memory
+    /// }
+    ///
+    /// #[task]
+    /// fn scaled(x: u64) -> u64 {
+    ///     x * SCALE.load(Ordering::Relaxed)
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(2).initializer(set_scale, 10).build()?;
+    /// assert_eq!(pool.map(scaled, 1..=3)?, [10, 20, 30]);
+    /// assert_eq!(scaled(3), 3); // the parent was not initialized
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
+    pub fn initializer<T: Task>(mut self, _task: T, args: T::Args) -> Self {
+        let mut builder = JobBuilder::new(T::NAME);
+        let frame = builder.push(&args).map(|()| builder.finish());
+        self.initializer = Some(Initializer {
+            task: T::NAME,
+            frame,
+        });
+        self
+    }
+
     /// Checks the task registry, forks the workers, and returns the running pool.
     ///
     /// Fails with [`Error::DuplicateTask`] if two tasks share a name, [`Error::Config`] for a
@@ -115,6 +163,16 @@ impl PoolBuilder {
             return Err(Error::Config(
                 "the number of processes must be at least 1".into(),
             ));
+        }
+        if let Some(Initializer {
+            task,
+            frame: Err(message),
+        }) = &self.initializer
+        {
+            return Err(Error::ArgsEncode {
+                task: task.to_string(),
+                message: message.clone(),
+            });
         }
         if self.max_tasks_per_child == Some(0) {
             return Err(Error::Config(
@@ -128,6 +186,7 @@ impl PoolBuilder {
         let bell = sys::eventfd().map_err(Error::spawn)?;
         let shared = Arc::new(Shared::new(sender, processes, bell, self.task_timeout));
         let max_tasks_per_child = self.max_tasks_per_child;
+        let initializer = self.initializer.clone();
         let pool = Pool {
             shared: Arc::clone(&shared),
             collector: Mutex::new(None),
@@ -138,8 +197,8 @@ impl PoolBuilder {
         // thread that forked it, and the collector lives until every worker is reaped.
         let handle = std::thread::Builder::new()
             .name("pool-core-collector".into())
-            .spawn(
-                move || match Collector::start(shared, queue, max_tasks_per_child) {
+            .spawn(move || {
+                match Collector::start(shared, queue, max_tasks_per_child, initializer) {
                     Ok(collector) => {
                         let _ = ready_tx.send(Ok(()));
                         collector.run();
@@ -147,8 +206,8 @@ impl PoolBuilder {
                     Err(err) => {
                         let _ = ready_tx.send(Err(err));
                     }
-                },
-            )
+                }
+            })
             .map_err(Error::spawn)?;
         *pool.lock_collector() = Some(handle);
         match ready_rx.recv() {

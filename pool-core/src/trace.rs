@@ -23,6 +23,8 @@ mod imp {
     pub(crate) fn task_timed_out(_task: &str, _limit: std::time::Duration, _pid: i32) {}
     #[inline(always)]
     pub(crate) fn worker_recycled(_slot: usize, _pid: i32) {}
+    #[inline(always)]
+    pub(crate) fn pool_broken(_reason: &str) {}
 }
 
 #[cfg(feature = "tracing")]
@@ -56,6 +58,10 @@ mod imp {
 
     pub(crate) fn worker_recycled(slot: usize, pid: i32) {
         tracing::debug!(target: "pool_core", slot, pid, "worker reached max_tasks_per_child; replacing it");
+    }
+
+    pub(crate) fn pool_broken(reason: &str) {
+        tracing::error!(target: "pool_core", reason, "restart guard tripped; no more workers will be started");
     }
 
     /// Some items of a result frame failed: reports how many, with the first one's error.

@@ -154,3 +154,47 @@ fn workers_are_recycled_after_max_tasks() {
         ));
     });
 }
+
+#[test]
+fn initializer_runs_once_in_every_worker_including_replacements() {
+    deadline(60, "initializer", || {
+        let pool = Pool::builder()
+            .processes(2)
+            .initializer(set_scale, 7)
+            .max_tasks_per_child(3)
+            .build()
+            .unwrap();
+        for i in 0..60u64 {
+            assert_eq!(pool.apply(scaled, i).unwrap(), 7 * i);
+        }
+        assert!(pool.apply(abort_now, ()).is_err());
+        assert_eq!(pool.map(scaled, 0..1000).unwrap()[999], 7 * 999);
+        let stats = pool.stats();
+        assert_eq!(stats.tasks_submitted, 60 + 1 + 1000);
+        assert_eq!(stats.tasks_failed, 1);
+        assert_eq!(scaled(2), 2, "the parent itself was not initialized");
+    });
+}
+
+#[test]
+fn a_failing_initializer_trips_the_restart_guard_instead_of_fork_looping() {
+    deadline(60, "restart guard", || {
+        let pool = Pool::builder()
+            .processes(2)
+            .initializer(set_scale, 0)
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        match pool.apply(scaled, 1) {
+            Err(Error::PoolBroken(reason)) => {
+                assert!(reason.contains("initializer failed"), "{reason}");
+                assert!(reason.contains("a scale of 0 is refused"), "{reason}");
+            }
+            other => panic!("expected PoolBroken, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(10));
+        // It stays broken and stops forking.
+        assert!(matches!(pool.apply(scaled, 2), Err(Error::PoolBroken(_))));
+        assert!(pool_tests::eventually(5, || pool.worker_pids().is_empty()));
+    });
+}

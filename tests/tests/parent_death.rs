@@ -7,9 +7,15 @@ use std::time::{Duration, Instant};
 use pool_tests::{deadline, is_alive};
 
 fn kill_parent_and_watch_workers(mode: &str) {
+    use std::os::unix::process::CommandExt;
+    let label = mode;
+    let ctrl_c = mode == "ctrl-c";
+    let mode = if ctrl_c { "busy" } else { mode };
     let mut parent = Command::new(env!("CARGO_BIN_EXE_pool-helper"))
         .arg(mode)
         .stdout(Stdio::piped())
+        // Its own process group, like a foreground job in a terminal.
+        .process_group(0)
         .spawn()
         .expect("helper starts");
     let mut line = String::new();
@@ -28,8 +34,18 @@ fn kill_parent_and_watch_workers(mode: &str) {
         assert!(is_alive(pid), "worker {pid} should be running");
     }
     let killed = Instant::now();
-    parent.kill().unwrap(); // SIGKILL: no code of the parent runs
-    parent.wait().unwrap();
+    if ctrl_c {
+        // What Ctrl-C does: SIGINT to the whole foreground process group. The workers ignore
+        // it; the parent dies of it (its default action), and the workers follow.
+        let group = nix::unistd::Pid::from_raw(-(parent.id() as i32));
+        nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGINT).unwrap();
+        let status = parent.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGINT), "{status:?}");
+    } else {
+        parent.kill().unwrap(); // SIGKILL: no code of the parent runs
+        parent.wait().unwrap();
+    }
     loop {
         let alive: Vec<_> = workers.iter().filter(|&&p| is_alive(p)).collect();
         if alive.is_empty() {
@@ -43,7 +59,7 @@ fn kill_parent_and_watch_workers(mode: &str) {
         std::thread::sleep(Duration::from_millis(5));
     }
     eprintln!(
-        "{mode}: all workers gone {:?} after the parent's SIGKILL",
+        "{label}: all workers gone {:?} after the parent was killed",
         killed.elapsed()
     );
 }
@@ -60,4 +76,9 @@ fn busy_workers_die_with_a_sigkilled_parent() {
     deadline(30, "busy parent death", || {
         kill_parent_and_watch_workers("busy")
     });
+}
+
+#[test]
+fn ctrl_c_stops_the_parent_and_its_workers() {
+    deadline(30, "ctrl-c", || kill_parent_and_watch_workers("ctrl-c"));
 }

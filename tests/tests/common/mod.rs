@@ -168,3 +168,18 @@ pub fn jitter(x: u64) -> u64 {
     std::thread::sleep(Duration::from_micros(x.wrapping_mul(2654435761) % 2000));
     x
 }
+
+pub static SCALE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+#[task]
+pub fn set_scale(factor: u64) {
+    if factor == 0 {
+        panic!("a scale of 0 is refused");
+    }
+    SCALE.store(factor, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[task]
+pub fn scaled(x: u64) -> u64 {
+    x * SCALE.load(std::sync::atomic::Ordering::Relaxed)
+}
