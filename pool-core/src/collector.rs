@@ -97,7 +97,8 @@ struct Slot {
     busy_base: u64,
     /// Why the last fork failed, and when to try again.
     spawn_error: Option<(Error, Instant)>,
-    /// Jobs sent to the current process (for `max_tasks_per_child`).
+    /// Jobs of the program (not the initializer) sent to the current process, for
+    /// `max_tasks_per_child`.
     sent: u64,
     /// The current process was asked to exit after its quota of jobs.
     retiring: bool,
@@ -201,7 +202,9 @@ impl Slot {
     }
 
     fn push(&mut self, job: Job, expected: Option<u64>) {
-        self.sent += 1;
+        if !job.internal {
+            self.sent += 1;
+        }
         match expected {
             Some(ns) => self.queued_ns += ns,
             None => self.unknown += 1,
@@ -621,7 +624,7 @@ impl Collector {
         let Some(process) = &slot.process else {
             return;
         };
-        if slot.retiring || slot.answered < max || !slot.in_flight.is_empty() {
+        if slot.retiring || slot.sent < max || !slot.in_flight.is_empty() {
             return;
         }
         slot.retiring = true;
@@ -760,9 +763,20 @@ impl Collector {
                 self.retry.push_front(job);
             }
         }
+        // The restart guard counts what makes a pool fork-loop: initializers that fail, and
+        // workers that end on their own outside any task. A worker killed from outside while
+        // idle (an operator, the OOM killer, a chaos test) is replaced without counting.
         let doomed = slot.doomed.take();
+        let killed_from_outside = matches!(
+            cause,
+            ExitCause::Signal(libc::SIGKILL) | ExitCause::Signal(libc::SIGTERM)
+        );
         if !terminated && !recycled && !began_unanswered {
-            self.guard(doomed.unwrap_or_else(|| format!("worker {pid} {cause} while idle")));
+            if let Some(reason) = doomed {
+                self.guard(reason);
+            } else if !killed_from_outside {
+                self.guard(format!("worker {pid} {cause} while idle"));
+            }
         }
         if !terminated && self.broken.is_none() {
             if !recycled {

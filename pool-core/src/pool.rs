@@ -117,7 +117,8 @@ impl PoolBuilder {
     /// A task each new worker runs once, with `args`, before it serves any other (Python's
     /// `initializer` / `initargs`): to open a connection, load a model, set up a library. If it
     /// fails (panics, or kills its worker), the worker is replaced; if that keeps happening (more
-    /// than 10 times in 10 s), the pool stops replacing workers and reports
+    /// than 10 times in 10 s, counting also workers that end on their own outside any task), the
+    /// pool stops replacing workers and reports
     /// [`Error::PoolBroken`] instead of fork-looping.
     ///
     /// # Examples
