@@ -71,6 +71,7 @@
 //! | its arguments do not decode | [`Error::ArgsDecode`] | unaffected |
 //! | its result does not encode | [`Error::ResultEncode`] | unaffected |
 //! | the pool is terminated or dropped first | [`Error::Terminated`] | — |
+//! | it runs past its time limit | [`Error::Timeout`] | its worker is killed and replaced |
 //!
 //! With `map`, a failure of any item fails the whole call, as in Python; with `imap`, each item
 //! gets its own `Result`. When a worker dies, all items of the chunk it was running get the
@@ -79,6 +80,15 @@
 //! A panic is caught with `catch_unwind`, so it is reported only when the program is built with
 //! `panic = "unwind"` (the default); with `panic = "abort"` a panicking task kills its worker and
 //! is reported as [`Error::WorkerDied`] with SIGABRT.
+//!
+//! # Limits
+//!
+//! - [`PoolBuilder::task_timeout`] and [`Pool::apply_timeout`]: a task past its time limit has
+//!   its worker killed and replaced, and resolves to [`Error::Timeout`].
+//! - [`PoolBuilder::max_tasks_per_child`]: a worker is replaced after so many jobs.
+//! - [`PoolBuilder::initializer`]: a task each new worker runs first. A restart guard stops the
+//!   pool from fork-looping when initializers (or workers on their own) keep failing, with
+//!   [`Error::PoolBroken`].
 //!
 //! # Async code, progress, logs and counters
 //!

@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::future::Future;
-use std::mem;
 use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,17 +40,35 @@ struct State<T> {
     /// How many items each part must hold (checked against what the worker sent).
     expected: Counts,
     remaining: usize,
-    /// Set when the last part arrived or the first error did.
-    outcome: Option<Result<(), Error>>,
+    /// Set when the last part arrived or the first error did (boxed: errors are large and
+    /// rare, and a burst of a million pending results should stay small).
+    outcome: Option<Result<(), Box<Error>>>,
     /// Set once the callbacks, if any, have run: waiters wake only then, as in Python.
     done: bool,
-    on_success: Option<OnSuccess<T>>,
-    on_error: Option<OnError>,
+    /// Callbacks and wakers, allocated only when there are some.
+    extras: Option<Box<Extras<T>>>,
     /// Threads blocked in `wait_until`: the condvar is signalled only when there are some
     /// (signalling costs a system call even with no waiter).
     waiters: u32,
+}
+
+struct Extras<T> {
+    on_success: Option<OnSuccess<T>>,
+    on_error: Option<OnError>,
     /// Tasks awaiting the result as a `Future`.
     wakers: Vec<Waker>,
+}
+
+impl<T> State<T> {
+    fn extras(&mut self) -> &mut Extras<T> {
+        self.extras.get_or_insert_with(|| {
+            Box::new(Extras {
+                on_success: None,
+                on_error: None,
+                wakers: Vec::new(),
+            })
+        })
+    }
 }
 
 /// The result frames of a slot. One part (an `apply`) needs no allocation of its own.
@@ -117,10 +134,8 @@ impl<T> Slot<T> {
                 remaining: parts,
                 outcome: None,
                 done: false,
-                on_success: None,
-                on_error: None,
+                extras: None,
                 waiters: 0,
-                wakers: Vec::new(),
             }),
             ready: Condvar::new(),
             done: AtomicBool::new(false),
@@ -158,21 +173,27 @@ impl<T> Slot<T> {
 
     /// Records the outcome, runs the callbacks (outside the lock), then wakes the waiters.
     fn finish(&self, mut state: MutexGuard<'_, State<T>>, outcome: Result<(), Error>) {
-        state.outcome = Some(outcome);
-        let on_success = state.on_success.take();
-        let on_error = state.on_error.take();
-        let (waiters, wakers) = if on_success.is_some() || on_error.is_some() {
+        state.outcome = Some(outcome.map_err(Box::new));
+        let extras = state.extras.take();
+        let (on_success, on_error, wakers) = match extras {
+            Some(e) => {
+                let e = *e;
+                (e.on_success, e.on_error, e.wakers)
+            }
+            None => (None, None, Vec::new()),
+        };
+        let waiters = if on_success.is_some() || on_error.is_some() {
             let value = self.value_for_callbacks(&state, on_success.is_some());
             drop(state);
             run_callbacks(value, on_success, on_error);
             let mut state = self.lock();
             state.done = true;
             self.done.store(true, Ordering::Release);
-            (state.waiters, mem::take(&mut state.wakers))
+            state.waiters
         } else {
             state.done = true;
             self.done.store(true, Ordering::Release);
-            (state.waiters, mem::take(&mut state.wakers))
+            state.waiters
         };
         if waiters > 0 {
             self.ready.notify_all();
@@ -185,7 +206,7 @@ impl<T> Slot<T> {
     /// The value or error the callbacks get; decodes only when a success callback wants it.
     fn value_for_callbacks(&self, state: &State<T>, decode: bool) -> Option<Result<T, Error>> {
         match state.outcome.as_ref()? {
-            Err(err) => Some(Err(err.clone())),
+            Err(err) => Some(Err((**err).clone())),
             Ok(()) if decode => Some((self.decode)(state.parts.as_slice(), &self.task)),
             Ok(()) => None,
         }
@@ -233,7 +254,7 @@ impl<T> Slot<T> {
     fn get_from(&self, state: &State<T>) -> Result<T, Error> {
         match state.outcome.as_ref() {
             Some(Ok(())) => (self.decode)(state.parts.as_slice(), &self.task),
-            Some(Err(err)) => Err(err.clone()),
+            Some(Err(err)) => Err((**err).clone()),
             None => unreachable!("get_from is called once the slot is done"),
         }
     }
@@ -450,7 +471,7 @@ impl<T> AsyncResult<T> {
     pub fn on_success(self, f: impl FnOnce(T) + Send + 'static) -> Self {
         let mut state = self.slot.lock();
         if state.outcome.is_none() {
-            state.on_success = Some(Box::new(f));
+            state.extras().on_success = Some(Box::new(f));
             drop(state);
         } else {
             let value = self.slot.value_for_callbacks(&state, true);
@@ -464,7 +485,7 @@ impl<T> AsyncResult<T> {
     pub fn on_error(self, f: impl FnOnce(Error) + Send + 'static) -> Self {
         let mut state = self.slot.lock();
         if state.outcome.is_none() {
-            state.on_error = Some(Box::new(f));
+            state.extras().on_error = Some(Box::new(f));
             drop(state);
         } else {
             let value = self.slot.value_for_callbacks(&state, false);
@@ -523,8 +544,9 @@ impl<T> Future for AsyncResult<T> {
         if state.done {
             return Poll::Ready(self.slot.get_from(&state));
         }
-        if !state.wakers.iter().any(|w| w.will_wake(cx.waker())) {
-            state.wakers.push(cx.waker().clone());
+        let wakers = &mut state.extras().wakers;
+        if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            wakers.push(cx.waker().clone());
         }
         Poll::Pending
     }

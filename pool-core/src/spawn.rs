@@ -131,8 +131,18 @@ impl WorkerProcess {
     }
 
     /// Consumes the handle: reaps the process (killing it after `grace`) and unmaps its region.
+    /// Waits on the pidfd, so it returns the moment the process has exited.
     pub(crate) fn reap(self, grace: Duration) -> ExitCause {
-        let cause = reap(self.pid, grace);
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        if !grace.is_zero() {
+            let ms = grace.as_millis().clamp(1, i32::MAX as u128) as i32;
+            let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+            let mut fds = [PollFd::new(self.pidfd.fd().as_fd(), PollFlags::POLLIN)];
+            let _ = poll(&mut fds, timeout);
+        }
+        // Exited by now, or about to be killed by `reap` after a last short grace.
+        let cause = reap(self.pid, Duration::from_millis(1));
         drop(self);
         cause
     }
