@@ -146,6 +146,17 @@ fn calibrate_busy() -> u64 {
     }
 }
 
+/// The `cpu` workload's task count and its time on one core, measured once and shared by the
+/// Rust systems so that their speed-ups have the same baseline.
+fn serial_cpu(o: &Options, k: u64) -> (usize, Duration) {
+    static SERIAL: std::sync::OnceLock<(usize, Duration)> = std::sync::OnceLock::new();
+    *SERIAL.get_or_init(|| {
+        let tasks = n(400, o.scale).max(2 * o.workers);
+        let (_, serial) = timed(|| (0..tasks).map(|_| black_box(busy(k))).collect::<Vec<_>>());
+        (tasks, serial)
+    })
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
@@ -216,8 +227,7 @@ fn bench_pool(
     push("apply-latency-p50", percentile(&lat, 0.5), "us", count);
     push("apply-latency-p99", percentile(&lat, 0.99), "us", count);
 
-    let tasks = n(400, o.scale).max(2 * o.workers);
-    let (_, serial) = timed(|| (0..tasks).map(|_| black_box(busy(k))).collect::<Vec<_>>());
+    let (tasks, serial) = serial_cpu(o, k);
     let (v, par) = timed(|| pool.map(busy, vec![k; tasks]));
     v?;
     push("cpu", secs(serial) / secs(par), "x speed-up", tasks);
@@ -329,8 +339,7 @@ fn bench_rayon(o: &Options, k: u64, rows: &mut Vec<Row>, bar: &ProgressBar) {
     push("apply-latency-p50", percentile(&lat, 0.5), "us", count);
     push("apply-latency-p99", percentile(&lat, 0.99), "us", count);
 
-    let tasks = n(400, o.scale).max(2 * o.workers);
-    let (_, serial) = timed(|| (0..tasks).map(|_| black_box(busy(k))).collect::<Vec<_>>());
+    let (tasks, serial) = serial_cpu(o, k);
     let (_, par) = timed(|| {
         pool.install(|| {
             (0..tasks)
