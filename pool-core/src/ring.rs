@@ -130,33 +130,14 @@ impl Ring {
 
     /// After writing: wakes the consumer if it sleeps waiting for data.
     pub(crate) fn wake_consumer(&self) {
-        fence(Ordering::SeqCst);
         let w = &self.ctl().wait.0;
-        if w.consumer_waiting.load(Ordering::Relaxed) != 0 {
-            w.data_signal.fetch_add(1, Ordering::SeqCst);
-            sys::futex_wake(&w.data_signal);
-        }
+        wake(&w.consumer_waiting, &w.data_signal);
     }
 
     /// Blocks (spinning briefly, then on the futex) until some space is free.
     pub(crate) fn wait_writable(&self) {
         let w = &self.ctl().wait.0;
-        for _ in 0..SPINS {
-            if self.writable() > 0 {
-                return;
-            }
-            std::hint::spin_loop();
-        }
-        loop {
-            let seen = w.space_signal.load(Ordering::SeqCst);
-            w.producer_waiting.store(1, Ordering::SeqCst);
-            fence(Ordering::SeqCst);
-            if self.writable() > 0 {
-                break;
-            }
-            sys::futex_wait(&w.space_signal, seen);
-        }
-        w.producer_waiting.store(0, Ordering::Relaxed);
+        wait(|| self.writable() > 0, &w.producer_waiting, &w.space_signal);
     }
 
     // --- consumer side ------------------------------------------------------------------------
@@ -194,38 +175,50 @@ impl Ring {
 
     /// After reading: wakes the producer if it sleeps waiting for space.
     pub(crate) fn wake_producer(&self) {
-        fence(Ordering::SeqCst);
         let w = &self.ctl().wait.0;
-        if w.producer_waiting.load(Ordering::Relaxed) != 0 {
-            w.space_signal.fetch_add(1, Ordering::SeqCst);
-            sys::futex_wake(&w.space_signal);
-        }
+        wake(&w.producer_waiting, &w.space_signal);
     }
 
     /// Blocks (spinning briefly, then on the futex) until some data is available.
     pub(crate) fn wait_readable(&self) {
         let w = &self.ctl().wait.0;
-        for i in 0..SPINS {
-            if self.readable() > 0 {
-                return;
-            }
-            if i % 64 == 63 {
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
-        }
-        loop {
-            let seen = w.data_signal.load(Ordering::SeqCst);
-            w.consumer_waiting.store(1, Ordering::SeqCst);
-            fence(Ordering::SeqCst);
-            if self.readable() > 0 {
-                break;
-            }
-            sys::futex_wait(&w.data_signal, seen);
-        }
-        w.consumer_waiting.store(0, Ordering::Relaxed);
+        wait(|| self.readable() > 0, &w.consumer_waiting, &w.data_signal);
     }
+}
+
+/// The waking half of the protocol in the module docs: after publishing, wake the other side if
+/// it said it sleeps on `signal`.
+fn wake(waiting: &AtomicU32, signal: &AtomicU32) {
+    fence(Ordering::SeqCst);
+    if waiting.load(Ordering::Relaxed) != 0 {
+        signal.fetch_add(1, Ordering::SeqCst);
+        sys::futex_wake(signal);
+    }
+}
+
+/// The sleeping half: spin a little, then raise `waiting`, check `ready` again, and sleep on
+/// `signal` until `ready` holds.
+fn wait(ready: impl Fn() -> bool, waiting: &AtomicU32, signal: &AtomicU32) {
+    for i in 0..SPINS {
+        if ready() {
+            return;
+        }
+        if i % 64 == 63 {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+    loop {
+        let seen = signal.load(Ordering::SeqCst);
+        waiting.store(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if ready() {
+            break;
+        }
+        sys::futex_wait(signal, seen);
+    }
+    waiting.store(0, Ordering::Relaxed);
 }
 
 #[cfg(test)]

@@ -478,14 +478,8 @@ fn stats_count_tasks_and_workers() {
 
 /// A minimal executor: enough to show that `AsyncResult` needs no runtime.
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    use std::task::{Context, Poll, Wake};
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Arc::new(Unpark(std::thread::current())).into();
+    use std::task::{Context, Poll};
+    let waker = pool_tests::park_waker();
     let mut cx = Context::from_waker(&waker);
     let mut f = std::pin::pin!(f);
     loop {
@@ -524,14 +518,8 @@ fn async_results_can_be_awaited() {
 
 /// Drains a stream with a waker that unparks this thread: no busy loop, no runtime.
 fn collect_stream<S: futures_core::Stream + Unpin>(mut s: S, limit: usize) -> Vec<S::Item> {
-    use std::task::{Context, Poll, Wake};
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Arc::new(Unpark(std::thread::current())).into();
+    use std::task::{Context, Poll};
+    let waker = pool_tests::park_waker();
     let mut cx = Context::from_waker(&waker);
     let mut out = Vec::new();
     while out.len() < limit {

@@ -2,16 +2,7 @@
 //! frames and random bytes (the stable-toolchain companion of the cargo-fuzz target in `fuzz/`).
 
 use pool_core::__bench::{decode_any_frame, encode_job};
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
+use pool_tests::Rng;
 
 #[test]
 fn mutated_and_random_frames_never_panic() {
@@ -36,24 +27,28 @@ fn mutated_and_random_frames_never_panic() {
         decode_any_frame(seed);
         for _ in 0..30_000 {
             let mut f = seed.clone();
-            match rng.next() % 4 {
-                0 => f.truncate((rng.next() % (f.len() as u64 + 1)) as usize),
+            match rng.next_u64() % 4 {
+                0 => f.truncate((rng.next_u64() % (f.len() as u64 + 1)) as usize),
                 1 => {
-                    for _ in 0..1 + rng.next() % 4 {
+                    for _ in 0..1 + rng.next_u64() % 4 {
                         if !f.is_empty() {
-                            let i = (rng.next() % f.len() as u64) as usize;
-                            f[i] ^= 1 << (rng.next() % 8);
+                            let i = (rng.next_u64() % f.len() as u64) as usize;
+                            f[i] ^= 1 << (rng.next_u64() % 8);
                         }
                     }
                 }
                 2 => {
                     // A length field set to something huge.
                     if f.len() > 8 {
-                        let i = (rng.next() % (f.len() as u64 - 4)) as usize;
+                        let i = (rng.next_u64() % (f.len() as u64 - 4)) as usize;
                         f[i..i + 4].copy_from_slice(&u32::MAX.to_le_bytes());
                     }
                 }
-                _ => f = (0..rng.next() % 64).map(|_| rng.next() as u8).collect(),
+                _ => {
+                    f = (0..rng.next_u64() % 64)
+                        .map(|_| rng.next_u64() as u8)
+                        .collect()
+                }
             }
             decode_any_frame(&f);
             cases += 1;

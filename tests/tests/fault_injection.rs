@@ -13,21 +13,7 @@ use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use pool_core::{Error, Pool};
-use pool_tests::{children, deadline, eventually};
-
-/// A small deterministic generator, so a failing run can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use pool_tests::{children, deadline, eventually, Rng};
 
 #[derive(Default)]
 struct Tally {

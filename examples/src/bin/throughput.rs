@@ -116,6 +116,25 @@ struct Row {
     n: usize,
 }
 
+/// Records one system's results, advancing the progress bar.
+fn recorder<'a>(
+    system: &'static str,
+    rows: &'a mut Vec<Row>,
+    bar: &'a ProgressBar,
+) -> impl FnMut(&str, f64, &str, usize) + 'a {
+    move |workload, value, unit, n| {
+        bar.inc(1);
+        bar.set_message(format!("{system} {workload}"));
+        rows.push(Row {
+            workload: workload.into(),
+            system,
+            value,
+            unit: unit.into(),
+            n,
+        })
+    }
+}
+
 fn higher_is_better(unit: &str) -> bool {
     !(unit == "ms" || unit == "us")
 }
@@ -168,17 +187,7 @@ fn bench_pool(
     bar: &ProgressBar,
 ) -> Result<(), pool_core::Error> {
     let sys = "pool-core";
-    let mut push = |workload: &str, value: f64, unit: &str, n: usize| {
-        bar.inc(1);
-        bar.set_message(format!("{sys} {workload}"));
-        rows.push(Row {
-            workload: workload.into(),
-            system: sys,
-            value,
-            unit: unit.into(),
-            n,
-        })
-    };
+    let mut push = recorder(sys, rows, bar);
     // startup
     let t = Instant::now();
     let pool = Pool::builder().processes(o.workers).build()?;
@@ -263,17 +272,7 @@ fn make_blobs(count: usize) -> Vec<Vec<u8>> {
 
 fn bench_rayon(o: &Options, k: u64, rows: &mut Vec<Row>, bar: &ProgressBar) {
     let sys = "rayon";
-    let mut push = |workload: &str, value: f64, unit: &str, n: usize| {
-        bar.inc(1);
-        bar.set_message(format!("{sys} {workload}"));
-        rows.push(Row {
-            workload: workload.into(),
-            system: sys,
-            value,
-            unit: unit.into(),
-            n,
-        })
-    };
+    let mut push = recorder(sys, rows, bar);
     let t = Instant::now();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(o.workers)
