@@ -11,13 +11,25 @@ use crate::job::Sink;
 use crate::result::{decode_value, frame_error};
 use crate::{Error, Pool, Task};
 
-type Delivery = (u64, Result<Vec<u8>, Error>);
+pub(crate) type Delivery = (u64, Result<Vec<u8>, Error>);
 
 /// Sends each chunk's outcome, with its index, to the iterator, and wakes it when it is polled
 /// as a `Stream`.
-struct ChannelSink {
+pub(crate) struct ChannelSink {
     tx: Sender<Delivery>,
     waker: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl ChannelSink {
+    /// A sink and the receiver of what it is given.
+    pub(crate) fn new() -> (Arc<Self>, Receiver<Delivery>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let sink = Arc::new(ChannelSink {
+            tx,
+            waker: std::sync::Mutex::new(None),
+        });
+        (sink, rx)
+    }
 }
 
 impl Sink for ChannelSink {
@@ -71,8 +83,8 @@ pub struct Imap<'a, T: Task, I> {
     chunksize: usize,
     ordered: bool,
     max_in_flight: usize,
-    tx: Sender<Delivery>,
-    /// Forwards each chunk's outcome to `rx`; shared by all chunks.
+    /// Forwards each chunk's outcome to `rx`; shared by all chunks. Holding it keeps `rx`
+    /// connected.
     sink: Arc<ChannelSink>,
     rx: Receiver<Delivery>,
     /// Index of the next chunk to submit.
@@ -89,11 +101,7 @@ pub struct Imap<'a, T: Task, I> {
 
 impl<'a, T: Task, I: Iterator<Item = T::Args>> Imap<'a, T, I> {
     pub(crate) fn new(pool: &'a Pool, input: I, chunksize: usize, ordered: bool) -> Self {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let sink = Arc::new(ChannelSink {
-            tx: tx.clone(),
-            waker: std::sync::Mutex::new(None),
-        });
+        let (sink, rx) = ChannelSink::new();
         Imap {
             sink,
             pool,
@@ -102,7 +110,6 @@ impl<'a, T: Task, I: Iterator<Item = T::Args>> Imap<'a, T, I> {
             ordered,
             // Enough to keep every worker busy while the consumer works through a chunk.
             max_in_flight: 2 * pool.processes() + 2,
-            tx,
             rx,
             next_chunk: 0,
             next_yield: 0,
@@ -138,7 +145,7 @@ impl<'a, T: Task, I: Iterator<Item = T::Args>> Imap<'a, T, I> {
                     task: T::NAME.to_owned(),
                     message,
                 };
-                let _ = self.tx.send((index, Err(err)));
+                self.sink.deliver(index as usize, Err(err));
                 continue;
             }
             let count = builder.count();
@@ -160,43 +167,54 @@ impl<'a, T: Task, I: Iterator<Item = T::Args>> Imap<'a, T, I> {
     /// Decodes a received chunk into `ready`.
     fn unpack(&mut self, index: u64, result: Result<Vec<u8>, Error>) {
         let count = self.in_flight.remove(&index).unwrap_or(0) as usize;
-        let frame = match result {
-            Ok(frame) => frame,
-            Err(err) => {
-                self.ready.extend((0..count).map(|_| Err(err.clone())));
-                return;
-            }
-        };
-        let results = match frame::parse_results(&frame) {
-            Ok(results) if results.remaining() as usize == count => results,
-            Ok(results) => {
-                let err = Error::Protocol(format!(
-                    "expected {count} results, the worker sent {}",
-                    results.remaining()
-                ));
-                self.ready.extend((0..count).map(|_| Err(err.clone())));
-                return;
-            }
-            Err(err) => {
-                let err = frame_error(err, T::NAME);
-                self.ready.extend((0..count).map(|_| Err(err.clone())));
-                return;
-            }
-        };
-        let start = self.ready.len();
-        for outcome in results {
-            self.ready.push_back(match outcome {
-                Ok(Outcome::Ok(bytes)) => decode_value(bytes, T::NAME),
-                Ok(other) => Err(other.to_error(T::NAME).expect("not Ok")),
-                Err(err) => Err(err.into()),
-            });
+        unpack_into::<T::Output>(T::NAME, count, result, &mut self.ready);
+    }
+}
+
+/// Decodes a chunk's outcome into one `Result` per item (exactly `count` of them) at the end of
+/// `ready`.
+pub(crate) fn unpack_into<R: serde::de::DeserializeOwned + 'static>(
+    task: &str,
+    count: usize,
+    result: Result<Vec<u8>, Error>,
+    ready: &mut VecDeque<Result<R, Error>>,
+) {
+    let frame = match result {
+        Ok(frame) => frame,
+        Err(err) => {
+            ready.extend((0..count).map(|_| Err(err.clone())));
+            return;
         }
-        // A torn frame stops early: the items it lost still get an answer each.
-        while self.ready.len() - start < count {
-            self.ready.push_back(Err(Error::Protocol(
-                "a result frame ended early".to_owned(),
-            )));
+    };
+    let results = match frame::parse_results(&frame) {
+        Ok(results) if results.remaining() as usize == count => results,
+        Ok(results) => {
+            let err = Error::Protocol(format!(
+                "expected {count} results, the worker sent {}",
+                results.remaining()
+            ));
+            ready.extend((0..count).map(|_| Err(err.clone())));
+            return;
         }
+        Err(err) => {
+            let err = frame_error(err, task);
+            ready.extend((0..count).map(|_| Err(err.clone())));
+            return;
+        }
+    };
+    let start = ready.len();
+    for outcome in results {
+        ready.push_back(match outcome {
+            Ok(Outcome::Ok(bytes)) => decode_value(bytes, task),
+            Ok(other) => Err(other.to_error(task).expect("not Ok")),
+            Err(err) => Err(err.into()),
+        });
+    }
+    // A torn frame stops early: the items it lost still get an answer each.
+    while ready.len() - start < count {
+        ready.push_back(Err(Error::Protocol(
+            "a result frame ended early".to_owned(),
+        )));
     }
 }
 

@@ -510,12 +510,24 @@ impl Pool {
     /// assert_eq!(v[100], 10_000);
     /// # Ok::<(), pool_core::Error>(())
     /// ```
-    pub fn map<T, I>(&self, task: T, items: I) -> Result<Vec<T::Output>, Error>
+    pub fn map<T, I>(&self, _task: T, items: I) -> Result<Vec<T::Output>, Error>
     where
         T: Task,
         I: IntoIterator<Item = T::Args>,
     {
-        self.map_async(task, items).get()
+        let iter = items.into_iter();
+        match iter.size_hint() {
+            (lo, Some(hi)) if lo == hi => {
+                let chunksize = self.default_chunksize(lo);
+                self.map_now::<T, _>(iter, lo, chunksize)
+            }
+            _ => {
+                let items: Vec<T::Args> = iter.collect();
+                let n = items.len();
+                let chunksize = self.default_chunksize(n);
+                self.map_now::<T, _>(items.into_iter(), n, chunksize)
+            }
+        }
     }
 
     /// [`map`](Self::map) with `chunksize` items per frame (at least 1). Larger chunks cost
@@ -537,7 +549,7 @@ impl Pool {
     /// ```
     pub fn map_chunked<T, I>(
         &self,
-        task: T,
+        _task: T,
         items: I,
         chunksize: usize,
     ) -> Result<Vec<T::Output>, Error>
@@ -545,7 +557,80 @@ impl Pool {
         T: Task,
         I: IntoIterator<Item = T::Args>,
     {
-        self.map_async_chunked(task, items, chunksize).get()
+        let chunksize = chunksize.clamp(1, u32::MAX as usize);
+        let iter = items.into_iter();
+        match iter.size_hint() {
+            (lo, Some(hi)) if lo == hi => self.map_now::<T, _>(iter, lo, chunksize),
+            _ => {
+                let items: Vec<T::Args> = iter.collect();
+                let n = items.len();
+                self.map_now::<T, _>(items.into_iter(), n, chunksize)
+            }
+        }
+    }
+
+    /// The blocking `map`: submits chunks as they are encoded and decodes each result as it
+    /// arrives — between submissions, then while waiting for the rest — so encoding, the
+    /// workers' computing and decoding overlap instead of following one another.
+    fn map_now<T: Task, I: Iterator<Item = T::Args>>(
+        &self,
+        mut iter: I,
+        n: usize,
+        chunksize: usize,
+    ) -> Result<Vec<T::Output>, Error> {
+        let chunks = n.div_ceil(chunksize);
+        let count = |c: usize| chunksize.min(n - c * chunksize) as u32;
+        let (sink, rx) = crate::imap::ChannelSink::new();
+        let mut decoded: Vec<Option<Vec<T::Output>>> = (0..chunks).map(|_| None).collect();
+        let mut pending = 0usize;
+        let decode = |(index, result): crate::imap::Delivery,
+                      decoded: &mut Vec<Option<Vec<T::Output>>>|
+         -> Result<(), Error> {
+            let index = index as usize;
+            let frame = result?;
+            crate::result::check_frame(&frame, T::NAME, count(index))?;
+            decoded[index] = Some(decode_all::<T::Output>(
+                std::slice::from_ref(&frame),
+                T::NAME,
+            )?);
+            Ok(())
+        };
+        for c in 0..chunks {
+            let mut builder = JobBuilder::new(T::NAME);
+            while builder.count() < count(c) {
+                let Some(args) = iter.next() else {
+                    return Err(Error::Config(format!(
+                        "the input iterator promised {n} items (size_hint) and ended early"
+                    )));
+                };
+                builder.push(&args).map_err(|message| Error::ArgsEncode {
+                    task: T::NAME.to_owned(),
+                    message,
+                })?;
+                if builder.count() == 1 && count(c) > 64 {
+                    builder.reserve_like(count(c) as usize - 1);
+                }
+            }
+            let sink: Arc<dyn Sink> = sink.clone();
+            self.submit_frame(builder.finish(), T::NAME.into(), sink, c);
+            pending += 1;
+            while let Ok(delivery) = rx.try_recv() {
+                pending -= 1;
+                decode(delivery, &mut decoded)?;
+            }
+        }
+        while pending > 0 {
+            // Every submitted chunk is answered exactly once (see `Job`), and `sink` keeps the
+            // channel open, so this wait ends.
+            let delivery = rx.recv().expect("the sink holds a sender");
+            pending -= 1;
+            decode(delivery, &mut decoded)?;
+        }
+        let mut out = Vec::with_capacity(n);
+        for part in decoded {
+            out.extend(part.expect("every chunk was decoded"));
+        }
+        Ok(out)
     }
 
     /// Like [`map`](Self::map), but returns at once with a handle to the whole result.
