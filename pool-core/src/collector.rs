@@ -68,6 +68,8 @@ pub(crate) struct Collector {
     last_death_check: Instant,
     /// Replace a worker after this many jobs.
     max_tasks_per_child: Option<u64>,
+    /// Replace a worker whose resident memory after a job exceeds this many bytes.
+    max_memory_per_child: Option<u64>,
     /// The job every new worker runs first, and where its outcome goes.
     initializer: Option<(Initializer, Arc<InitSink>)>,
     /// When workers failed outside any task (initializer failures, deaths while idle).
@@ -100,8 +102,10 @@ struct Slot {
     /// Jobs of the program (not the initializer) sent to the current process, for
     /// `max_tasks_per_child`.
     sent: u64,
-    /// The current process was asked to exit after its quota of jobs.
+    /// The current process was asked to exit after its quota of jobs or memory.
     retiring: bool,
+    /// The current process grew past `max_memory_per_child`: no more jobs go to it.
+    over_memory: bool,
     /// Why the collector killed this worker outside any task (its initializer failed).
     doomed: Option<String>,
     /// The running job ran past `limit`; the worker got SIGTERM and gets SIGKILL at
@@ -166,6 +170,7 @@ impl Slot {
             spawn_error: None,
             sent: 0,
             retiring: false,
+            over_memory: false,
             timed_out: None,
             doomed: None,
         }
@@ -177,6 +182,7 @@ impl Slot {
         if self.process.is_none()
             || self.sending.is_some()
             || self.retiring
+            || self.over_memory
             || self.timed_out.is_some()
             || self.doomed.is_some()
             || max_jobs.is_some_and(|max| self.sent >= max)
@@ -261,10 +267,12 @@ impl Collector {
         shared: Arc<Shared>,
         queue: Receiver<Job>,
         max_tasks_per_child: Option<u64>,
+        max_memory_per_child: Option<u64>,
         initializer: Option<Initializer>,
     ) -> Result<Self, Error> {
         let mut collector = Collector {
             max_tasks_per_child,
+            max_memory_per_child,
             initializer: initializer.map(|init| (init, Arc::new(InitSink::default()))),
             recent_failures: VecDeque::new(),
             broken: None,
@@ -291,6 +299,7 @@ impl Collector {
         slot.answered = 0;
         slot.sent = 0;
         slot.retiring = false;
+        slot.over_memory = false;
         slot.timed_out = None;
         slot.doomed = None;
         slot.incoming = Incoming::default();
@@ -617,14 +626,25 @@ impl Collector {
     /// A worker that has answered its quota of jobs (`max_tasks_per_child`) is asked to exit;
     /// its death is then handled like any other, and a fresh worker takes its slot.
     fn retire_if_done(&mut self, i: usize) {
-        let Some(max) = self.max_tasks_per_child else {
+        if self.max_tasks_per_child.is_none() && self.max_memory_per_child.is_none() {
             return;
-        };
+        }
         let slot = &mut self.slots[i];
         let Some(process) = &slot.process else {
             return;
         };
-        if slot.retiring || slot.sent < max || !slot.in_flight.is_empty() {
+        if slot.retiring {
+            return;
+        }
+        if let Some(limit) = self.max_memory_per_child {
+            let rss = process.region.header().rss_bytes.load(Ordering::Relaxed);
+            if rss > limit && slot.answered > 0 {
+                // Billiard's rule: checked after a job; the worker gets no more work.
+                slot.over_memory = true;
+            }
+        }
+        let quota_done = self.max_tasks_per_child.is_some_and(|max| slot.sent >= max);
+        if !(quota_done || slot.over_memory) || !slot.in_flight.is_empty() {
             return;
         }
         slot.retiring = true;

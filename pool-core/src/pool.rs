@@ -33,6 +33,7 @@ pub struct PoolBuilder {
     processes: Option<usize>,
     task_timeout: Option<Duration>,
     max_tasks_per_child: Option<u64>,
+    max_memory_per_child: Option<u64>,
     initializer: Option<Initializer>,
 }
 
@@ -154,6 +155,38 @@ impl PoolBuilder {
         self
     }
 
+    /// Replaces a worker whose resident memory, read after a job, is above `bytes` (the rule of
+    /// Python's `billiard`): the worker gets no more jobs, finishes those it has, exits and is
+    /// replaced. Memory is sampled at most every 10 ms, so a burst of tiny jobs may run a few
+    /// more before the check. Default: no limit.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Pool};
+    ///
+    /// #[task]
+    /// fn leak(mib: usize) -> u32 {
+    ///     let v = vec![1u8; mib << 20];
+    ///     std::mem::forget(v); // a leaky library
+    ///     std::process::id()
+    /// }
+    ///
+    /// let pool = Pool::builder()
+    ///     .processes(1)
+    ///     .max_memory_per_child(64 << 20)
+    ///     .build()?;
+    /// let first = pool.apply(leak, 100)?;
+    /// std::thread::sleep(std::time::Duration::from_millis(20));
+    /// let second = pool.apply(leak, 1)?;
+    /// assert_ne!(first, second); // the worker that grew past 64 MiB was replaced
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
+    pub fn max_memory_per_child(mut self, bytes: u64) -> Self {
+        self.max_memory_per_child = Some(bytes);
+        self
+    }
+
     /// Checks the task registry, forks the workers, and returns the running pool.
     ///
     /// Fails with [`Error::DuplicateTask`] if two tasks share a name, [`Error::Config`] for a
@@ -187,6 +220,7 @@ impl PoolBuilder {
         let bell = sys::eventfd().map_err(Error::spawn)?;
         let shared = Arc::new(Shared::new(sender, processes, bell, self.task_timeout));
         let max_tasks_per_child = self.max_tasks_per_child;
+        let max_memory_per_child = self.max_memory_per_child;
         let initializer = self.initializer.clone();
         let pool = Pool {
             shared: Arc::clone(&shared),
@@ -199,7 +233,13 @@ impl PoolBuilder {
         let handle = std::thread::Builder::new()
             .name("pool-core-collector".into())
             .spawn(move || {
-                match Collector::start(shared, queue, max_tasks_per_child, initializer) {
+                match Collector::start(
+                    shared,
+                    queue,
+                    max_tasks_per_child,
+                    max_memory_per_child,
+                    initializer,
+                ) {
                     Ok(collector) => {
                         let _ = ready_tx.send(Ok(()));
                         collector.run();

@@ -29,6 +29,9 @@ pub(crate) struct Header {
     /// When the worker began its current job (`sys::monotonic_ns`); written only by the worker,
     /// before it counts the job in `jobs_started`.
     pub(crate) job_started_ns: AtomicU64,
+    /// The worker's resident memory in bytes, sampled after jobs (at most every 10 ms);
+    /// written only by the worker.
+    pub(crate) rss_bytes: AtomicU64,
     /// Raised by the parent before it sleeps; the worker rings the pool's bell when it sees it.
     parent_waiting: Padded<AtomicU32>,
 }

@@ -28,6 +28,8 @@ pub(crate) fn run(region: &Region, bell: i32) -> i32 {
     let mut output = Vec::new();
     // The last task run: jobs mostly repeat it, and comparing a name is cheaper than hashing.
     let mut last: Option<&'static crate::task::TaskEntry> = None;
+    let mut rss_sampled = Instant::now();
+    header.rss_bytes.store(resident_bytes(), Ordering::Relaxed);
     loop {
         let mut len = [0u8; 8];
         read_exact(region, bell, &mut len);
@@ -62,6 +64,11 @@ pub(crate) fn run(region: &Region, bell: i32) -> i32 {
         }
         let busy = started.elapsed().as_nanos() as u64;
         header.busy_ns.fetch_add(busy, Ordering::Relaxed);
+        // Before the result is published, so the parent sees the memory this job left behind.
+        if rss_sampled.elapsed() >= RSS_SAMPLE {
+            header.rss_bytes.store(resident_bytes(), Ordering::Relaxed);
+            rss_sampled = Instant::now();
+        }
 
         let mut head = [0u8; 16];
         head[..8].copy_from_slice(&(output.len() as u64).to_le_bytes());
@@ -77,6 +84,24 @@ pub(crate) fn run(region: &Region, bell: i32) -> i32 {
             }
         }
     }
+}
+
+/// How often a worker reads its resident memory (a read of `/proc/self/statm`).
+const RSS_SAMPLE: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// This process's resident memory in bytes (0 if `/proc` cannot be read).
+fn resident_bytes() -> u64 {
+    let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf only reads a system setting.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    pages * page
 }
 
 /// Reads exactly `dst.len()` bytes from the job ring, sleeping while it is empty.

@@ -202,3 +202,30 @@ fn a_failing_initializer_trips_the_restart_guard_instead_of_fork_looping() {
         assert!(pool_tests::eventually(5, || pool.worker_pids().is_empty()));
     });
 }
+
+#[test]
+fn workers_growing_past_the_memory_limit_are_replaced() {
+    deadline(60, "memory recycling", || {
+        let pool = Pool::builder()
+            .processes(1)
+            .max_memory_per_child(64 << 20)
+            .build()
+            .unwrap();
+        // Small leaks stay under the limit: same worker.
+        let a = pool.apply(leak_mib, 1).unwrap();
+        std::thread::sleep(Duration::from_millis(15));
+        let b = pool.apply(leak_mib, 1).unwrap();
+        assert_eq!(a, b);
+        // A big one takes it over: the next job runs in a fresh worker.
+        std::thread::sleep(Duration::from_millis(15));
+        let c = pool.apply(leak_mib, 100).unwrap();
+        assert_eq!(c, a);
+        let d = pool.apply(leak_mib, 0).unwrap();
+        assert_ne!(d, c, "the worker over the limit was not replaced");
+        assert!(!pool_tests::is_alive(c));
+        let stats = pool.stats();
+        assert_eq!(stats.workers_replaced, 0, "recycling is not a death");
+        assert_eq!(stats.tasks_failed, 0);
+        assert_eq!(pool.map(square, 0..1000).unwrap().len(), 1000);
+    });
+}

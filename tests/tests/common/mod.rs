@@ -183,3 +183,11 @@ pub fn set_scale(factor: u64) {
 pub fn scaled(x: u64) -> u64 {
     x * SCALE.load(std::sync::atomic::Ordering::Relaxed)
 }
+
+/// Leaks `mib` MiB (touched, so it is resident) and returns the worker's pid.
+#[task]
+pub fn leak_mib(mib: usize) -> i32 {
+    let v = vec![1u8; mib << 20];
+    std::mem::forget(std::hint::black_box(v));
+    std::process::id() as i32
+}
