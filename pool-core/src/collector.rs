@@ -70,6 +70,8 @@ pub(crate) struct Collector {
     max_tasks_per_child: Option<u64>,
     /// Replace a worker whose resident memory after a job exceeds this many bytes.
     max_memory_per_child: Option<u64>,
+    /// How much more address space each worker may map than it starts with.
+    memory_cap: Option<u64>,
     /// The job every new worker runs first, and where its outcome goes.
     initializer: Option<(Initializer, Arc<InitSink>)>,
     /// When workers failed outside any task (initializer failures, deaths while idle).
@@ -268,11 +270,13 @@ impl Collector {
         queue: Receiver<Job>,
         max_tasks_per_child: Option<u64>,
         max_memory_per_child: Option<u64>,
+        memory_cap: Option<u64>,
         initializer: Option<Initializer>,
     ) -> Result<Self, Error> {
         let mut collector = Collector {
             max_tasks_per_child,
             max_memory_per_child,
+            memory_cap,
             initializer: initializer.map(|init| (init, Arc::new(InitSink::default()))),
             recent_failures: VecDeque::new(),
             broken: None,
@@ -291,7 +295,8 @@ impl Collector {
     }
 
     fn spawn(&mut self, i: usize) -> Result<(), Error> {
-        let process = spawn::fork_worker(self.shared.bell()).map_err(Error::spawn)?;
+        let process =
+            spawn::fork_worker(self.shared.bell(), self.memory_cap).map_err(Error::spawn)?;
         self.shared.set_worker(i, process.pid());
         trace::worker_started(i, process.pid().as_raw());
         let slot = &mut self.slots[i];

@@ -86,7 +86,8 @@
 //! - [`PoolBuilder::task_timeout`] and [`Pool::apply_timeout`]: a task past its time limit has
 //!   its worker killed and replaced, and resolves to [`Error::Timeout`].
 //! - [`PoolBuilder::max_tasks_per_child`] and [`PoolBuilder::max_memory_per_child`]: a worker
-//!   is replaced after so many jobs, or once its resident memory after a job is too large.
+//!   is replaced after so many jobs, or once its resident memory after a job is too large;
+//!   [`PoolBuilder::memory_cap`] bounds what a task can allocate at all.
 //! - [`PoolBuilder::initializer`]: a task each new worker runs first. A restart guard stops the
 //!   pool from fork-looping when initializers (or workers on their own) keep failing, with
 //!   [`Error::PoolBroken`].

@@ -34,6 +34,7 @@ pub struct PoolBuilder {
     task_timeout: Option<Duration>,
     max_tasks_per_child: Option<u64>,
     max_memory_per_child: Option<u64>,
+    memory_cap: Option<u64>,
     initializer: Option<Initializer>,
 }
 
@@ -187,6 +188,34 @@ impl PoolBuilder {
         self
     }
 
+    /// A hard cap: each worker may map at most `bytes` more address space than it starts with
+    /// (`RLIMIT_AS`). A task that allocates past it cannot take the machine down: the
+    /// allocation fails, Rust aborts the worker, the task fails with [`Error::WorkerDied`]
+    /// (`SIGABRT`), and a new worker takes over. Default: no cap.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Error, ExitCause, Pool};
+    ///
+    /// #[task]
+    /// fn hog(gib: usize) -> usize {
+    ///     let v = vec![1u8; gib << 30];
+    ///     v.len()
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(1).memory_cap(256 << 20).build()?;
+    /// match pool.apply(hog, 4) {
+    ///     Err(Error::WorkerDied { cause, .. }) => assert_eq!(cause, ExitCause::Signal(6)),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
+    pub fn memory_cap(mut self, bytes: u64) -> Self {
+        self.memory_cap = Some(bytes);
+        self
+    }
+
     /// Checks the task registry, forks the workers, and returns the running pool.
     ///
     /// Fails with [`Error::DuplicateTask`] if two tasks share a name, [`Error::Config`] for a
@@ -221,6 +250,7 @@ impl PoolBuilder {
         let shared = Arc::new(Shared::new(sender, processes, bell, self.task_timeout));
         let max_tasks_per_child = self.max_tasks_per_child;
         let max_memory_per_child = self.max_memory_per_child;
+        let memory_cap = self.memory_cap;
         let initializer = self.initializer.clone();
         let pool = Pool {
             shared: Arc::clone(&shared),
@@ -238,6 +268,7 @@ impl PoolBuilder {
                     queue,
                     max_tasks_per_child,
                     max_memory_per_child,
+                    memory_cap,
                     initializer,
                 ) {
                     Ok(collector) => {

@@ -152,7 +152,7 @@ impl WorkerProcess {
 /// the parent sleeps. Returns in the parent only.
 ///
 /// The calling thread must stay alive until the worker is reaped (see the module docs).
-pub(crate) fn fork_worker(bell: RawFd) -> io::Result<WorkerProcess> {
+pub(crate) fn fork_worker(bell: RawFd, memory_cap: Option<u64>) -> io::Result<WorkerProcess> {
     let region = Region::new()?;
     let lock = FORK_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
     let slot = RegionSlot::register(region.span());
@@ -165,7 +165,7 @@ pub(crate) fn fork_worker(bell: RawFd) -> io::Result<WorkerProcess> {
     // handler of the parent runs twice.
     let forked = unsafe { nix::unistd::fork() };
     match forked.map_err(io::Error::from)? {
-        ForkResult::Child => child_after_fork(parent_pid, &region, bell),
+        ForkResult::Child => child_after_fork(parent_pid, &region, bell, memory_cap),
         ForkResult::Parent { child } => {
             drop(lock);
             // The child is ours and unreaped, so its pid cannot be reused before this call.
@@ -186,7 +186,7 @@ pub(crate) fn fork_worker(bell: RawFd) -> io::Result<WorkerProcess> {
     }
 }
 
-fn child_after_fork(parent_pid: Pid, region: &Region, bell: RawFd) -> ! {
+fn child_after_fork(parent_pid: Pid, region: &Region, bell: RawFd, memory_cap: Option<u64>) -> ! {
     // Die with the parent. If it died before this line, getppid no longer names it.
     if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()
         || nix::unistd::getppid() != parent_pid
@@ -202,6 +202,9 @@ fn child_after_fork(parent_pid: Pid, region: &Region, bell: RawFd) -> ! {
         let _ = signal::signal(Signal::SIGTERM, SigHandler::SigDfl);
     }
     release_inherited(region.span().0, bell);
+    if let Some(cap) = memory_cap {
+        cap_address_space(cap);
+    }
     panic_capture::enter_worker();
     let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker::run(region, bell)))
         .unwrap_or(70);
@@ -226,6 +229,24 @@ fn release_inherited(own_region: usize, own_bell: RawFd) {
             unsafe { libc::munmap(addr as *mut libc::c_void, len) };
         }
     }
+}
+
+/// Lets this worker map at most `cap` more bytes than it holds now (RLIMIT_AS): an allocation
+/// past it fails, and Rust aborts the worker, instead of the task taking the machine down.
+fn cap_address_space(cap: u64) {
+    let pages: u64 = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf only reads a system setting.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    let limit = (pages * page).saturating_add(cap);
+    let rlimit = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: setrlimit reads one rlimit struct from a live local.
+    unsafe { libc::setrlimit(libc::RLIMIT_AS, &rlimit) };
 }
 
 /// Ends the worker process without running the parent's destructors or `atexit` handlers.

@@ -163,6 +163,27 @@ fn stuck_tasks_under_limits(tally: &Tally, rng: &mut Rng) {
     assert_serves(&pool);
 }
 
+/// Tasks that allocate without bound under a memory cap: the worker dies (Rust aborts on the
+/// failed allocation), the machine does not run out of memory, the pool goes on.
+fn unbounded_allocation_under_a_cap(tally: &Tally, _rng: &mut Rng) {
+    let pool = Pool::builder()
+        .processes(2)
+        .memory_cap(256 << 20)
+        .build()
+        .unwrap();
+    for _ in 0..20 {
+        match pool.apply(allocate_forever, ()) {
+            Err(Error::WorkerDied { cause, .. }) => {
+                assert_eq!(cause, pool_core::ExitCause::Signal(libc::SIGABRT))
+            }
+            other => panic!("expected WorkerDied, got {other:?}"),
+        }
+        assert_eq!(pool.apply(square, 3).unwrap(), 9);
+        tally.run(2);
+    }
+    assert_serves(&pool);
+}
+
 /// Results dropped before completion, and pools terminated or dropped mid-map.
 fn abandoned_work(tally: &Tally, rng: &mut Rng) {
     for _ in 0..100 {
@@ -194,8 +215,9 @@ fn fault_injection_suite() {
         random_sigkills(&t, &mut rng);
         crashes_in_maps(&t, &mut rng);
         stuck_tasks_under_limits(&t, &mut rng);
+        unbounded_allocation_under_a_cap(&t, &mut rng);
         abandoned_work(&t, &mut rng);
-        4
+        5
     });
     assert!(
         eventually(10, || children().iter().all(|c| c.state != 'Z')

@@ -191,3 +191,13 @@ pub fn leak_mib(mib: usize) -> i32 {
     std::mem::forget(std::hint::black_box(v));
     std::process::id() as i32
 }
+
+/// Allocates (and touches) 16 MiB at a time without bound.
+#[task]
+pub fn allocate_forever() -> usize {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        hoard.push(vec![1u8; 16 << 20]);
+        std::hint::black_box(&hoard);
+    }
+}
