@@ -47,13 +47,31 @@ pub(crate) struct Initializer {
 }
 
 impl PoolBuilder {
-    /// A builder with the defaults: one worker per CPU.
+    /// A builder with the defaults: one worker per CPU, no limits.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = pool_core::PoolBuilder::new().processes(2).build()?;
+    /// assert_eq!(pool.processes(), 2);
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
     pub fn new() -> Self {
         PoolBuilder::default()
     }
 
     /// The number of worker processes (default: the number of CPUs, from `num_cpus`). Must be at
     /// least 1.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{Error, Pool};
+    ///
+    /// assert_eq!(Pool::builder().processes(3).build()?.worker_pids().len(), 3);
+    /// assert!(matches!(Pool::builder().processes(0).build(), Err(Error::Config(_))));
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
     pub fn processes(mut self, n: usize) -> Self {
         self.processes = Some(n);
         self
@@ -220,6 +238,21 @@ impl PoolBuilder {
     ///
     /// Fails with [`Error::DuplicateTask`] if two tasks share a name, [`Error::Config`] for a
     /// worker count of 0, and [`Error::Spawn`] if a worker or thread cannot be started.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Pool};
+    ///
+    /// #[task]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(1).build()?;
+    /// assert_eq!(pool.apply(square, 4)?, 16);
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
     pub fn build(self) -> Result<Pool, Error> {
         let processes = self.processes.unwrap_or_else(num_cpus::get);
         if processes == 0 {
@@ -358,11 +391,32 @@ impl Pool {
     }
 
     /// A [`PoolBuilder`] to configure a pool.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let pool = pool_core::Pool::builder()
+    ///     .processes(2)
+    ///     .task_timeout(Duration::from_secs(60))
+    ///     .build()?;
+    /// assert_eq!(pool.processes(), 2);
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
     pub fn builder() -> PoolBuilder {
         PoolBuilder::new()
     }
 
     /// The number of worker processes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = pool_core::Pool::builder().processes(2).build()?;
+    /// assert_eq!(pool.processes(), 2);
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
     pub fn processes(&self) -> usize {
         self.processes
     }
@@ -487,6 +541,22 @@ impl Pool {
 
     /// [`apply_async`](Self::apply_async) with a time limit for this call; see
     /// [`apply_timeout`](Self::apply_timeout).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Pool};
+    ///
+    /// #[task]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(1).build()?;
+    /// let r = pool.apply_async_timeout(square, 5, std::time::Duration::from_secs(10));
+    /// assert_eq!(r.get()?, 25);
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
     pub fn apply_async_timeout<T: Task>(
         &self,
         _task: T,

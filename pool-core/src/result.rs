@@ -401,6 +401,23 @@ impl<T> AsyncResult<T> {
     ///
     /// The value is decoded from the worker's reply on each call, so `get` may be called more
     /// than once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Pool};
+    ///
+    /// #[task]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(1).build()?;
+    /// let r = pool.apply_async(square, 6);
+    /// assert_eq!(r.get()?, 36);
+    /// assert_eq!(r.get()?, 36);
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
     pub fn get(&self) -> Result<T, Error> {
         let state = self.slot.wait_until(None);
         self.slot.get_from(&state)
@@ -408,6 +425,25 @@ impl<T> AsyncResult<T> {
 
     /// Like [`get`](Self::get), but gives up after `timeout` with [`Error::WaitTimeout`]; the
     /// task goes on and can be waited for again.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Error, Pool};
+    /// use std::time::Duration;
+    ///
+    /// #[task]
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(1).build()?;
+    /// let r = pool.apply_async(nap, 200);
+    /// assert!(matches!(r.get_timeout(Duration::from_millis(1)), Err(Error::WaitTimeout(_))));
+    /// assert_eq!(r.get_timeout(Duration::from_secs(10))?, 200);
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
     pub fn get_timeout(&self, timeout: Duration) -> Result<T, Error> {
         let state = self.slot.wait_until(Some(Instant::now() + timeout));
         if !state.done {
@@ -417,22 +453,89 @@ impl<T> AsyncResult<T> {
     }
 
     /// Blocks until the result is ready.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Pool};
+    ///
+    /// #[task]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(1).build()?;
+    /// let r = pool.apply_async(square, 2);
+    /// r.wait();
+    /// assert!(r.ready());
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
     pub fn wait(&self) {
         drop(self.slot.wait_until(None));
     }
 
     /// Blocks until the result is ready or `timeout` has passed; returns whether it is ready.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Pool};
+    ///
+    /// #[task]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(1).build()?;
+    /// let r = pool.apply_async(square, 2);
+    /// assert!(r.wait_timeout(std::time::Duration::from_secs(10)));
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         self.slot.wait_until(Some(Instant::now() + timeout)).done
     }
 
     /// Whether the result is ready (successful or not).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Pool};
+    ///
+    /// #[task]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(1).build()?;
+    /// let r = pool.apply_async(square, 2);
+    /// r.wait();
+    /// assert!(r.ready());
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
     pub fn ready(&self) -> bool {
         self.slot.lock().done
     }
 
     /// `Some(true)` if the work finished without error, `Some(false)` if it failed, `None` while
     /// it is not ready. (Python raises `ValueError` for the last case.)
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Pool};
+    ///
+    /// #[task]
+    /// fn fail() -> u8 {
+    ///     panic!("no")
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(1).build()?;
+    /// let r = pool.apply_async(fail, ());
+    /// r.wait();
+    /// assert_eq!(r.successful(), Some(false));
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
     pub fn successful(&self) -> Option<bool> {
         let state = self.slot.lock();
         if !state.done {
@@ -482,6 +585,25 @@ impl<T> AsyncResult<T> {
     }
 
     /// Runs `f` with the error when the work fails. Runs like [`on_success`](Self::on_success).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Error, Pool};
+    /// use std::sync::mpsc;
+    ///
+    /// #[task]
+    /// fn fail() -> u8 {
+    ///     panic!("no")
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(1).build()?;
+    /// let (tx, rx) = mpsc::channel();
+    /// let r = pool.apply_async(fail, ()).on_error(move |e| tx.send(e).unwrap());
+    /// assert!(matches!(rx.recv().unwrap(), Error::Panicked { .. }));
+    /// assert!(r.get().is_err());
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
     pub fn on_error(self, f: impl FnOnce(Error) + Send + 'static) -> Self {
         let mut state = self.slot.lock();
         if state.outcome.is_none() {
