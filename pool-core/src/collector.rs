@@ -33,7 +33,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{self, Signal};
 
 use crate::job::{Job, Sink};
-use crate::pool::Initializer;
+use crate::pool::{Initializer, StartMethod};
 use crate::shared::Shared;
 use crate::spawn::{self, WorkerProcess};
 use crate::worker::MAX_FRAME;
@@ -72,6 +72,7 @@ pub(crate) struct Collector {
     max_memory_per_child: Option<u64>,
     /// How much more address space each worker may map than it starts with.
     memory_cap: Option<u64>,
+    start_method: StartMethod,
     /// The job every new worker runs first, and where its outcome goes.
     initializer: Option<(Initializer, Arc<InitSink>)>,
     /// When workers failed outside any task (initializer failures, deaths while idle).
@@ -271,9 +272,11 @@ impl Collector {
         max_tasks_per_child: Option<u64>,
         max_memory_per_child: Option<u64>,
         memory_cap: Option<u64>,
+        start_method: StartMethod,
         initializer: Option<Initializer>,
     ) -> Result<Self, Error> {
         let mut collector = Collector {
+            start_method,
             max_tasks_per_child,
             max_memory_per_child,
             memory_cap,
@@ -295,8 +298,11 @@ impl Collector {
     }
 
     fn spawn(&mut self, i: usize) -> Result<(), Error> {
-        let process =
-            spawn::fork_worker(self.shared.bell(), self.memory_cap).map_err(Error::spawn)?;
+        let process = match self.start_method {
+            StartMethod::Fork => spawn::fork_worker(self.shared.bell(), self.memory_cap),
+            StartMethod::Spawn => spawn::spawn_worker(self.shared.bell(), self.memory_cap),
+        }
+        .map_err(Error::spawn)?;
         self.shared.set_worker(i, process.pid());
         trace::worker_started(i, process.pid().as_raw());
         let slot = &mut self.slots[i];

@@ -145,10 +145,42 @@ mod worker;
 
 pub use error::{Error, ExitCause};
 pub use imap::Imap;
-pub use pool::{Pool, PoolBuilder};
+pub use pool::{Pool, PoolBuilder, StartMethod};
 pub use result::AsyncResult;
 pub use stats::PoolStats;
 pub use task::Task;
+
+/// Serves as a pool worker when this process was started as one; returns at once otherwise.
+///
+/// Call it first in `main` (or put [`#[pool_core::main]`](main) on `main`) in programs that use
+/// [`StartMethod::Spawn`]: a spawned worker runs the program's binary again, and this call is
+/// where it attaches to its pool and serves tasks, then exits, never running the rest of `main`.
+/// In any other process it does nothing, so it is harmless to call always.
+///
+/// # Examples
+///
+/// ```
+/// fn main() {
+///     pool_core::init(); // a spawned worker never returns from here
+///     // … the program …
+/// }
+/// ```
+#[allow(clippy::needless_doctest_main)] // where the call goes is the point of the example
+pub fn init() {
+    if let Ok(spec) = std::env::var(spawn::WORKER_ENV) {
+        spawn::run_spawned_worker(&spec);
+    }
+}
+
+/// Puts [`init()`] first in `main`.
+///
+/// ```
+/// #[pool_core::main]
+/// fn main() {
+///     // pool_core::init() has run: in a spawned worker, this body never runs.
+/// }
+/// ```
+pub use pool_macros::main;
 
 /// Makes a function a task that pool workers can run by name.
 ///

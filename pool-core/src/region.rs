@@ -15,6 +15,8 @@ use crate::sys::{self, SharedMapping};
 const RING_CAPACITY: usize = 4 << 20;
 /// Where the rings' data starts; the header fits before it.
 const DATA_OFFSET: usize = 4096;
+/// The size of a region.
+const LEN: usize = DATA_OFFSET + 2 * RING_CAPACITY;
 
 /// The region's control block, at its start.
 #[repr(C)]
@@ -34,6 +36,9 @@ pub(crate) struct Header {
     pub(crate) rss_bytes: AtomicU64,
     /// Raised by the parent before it sleeps; the worker rings the pool's bell when it sees it.
     parent_waiting: Padded<AtomicU32>,
+    /// Set by a spawned worker once it has attached: the sign that its binary called
+    /// `pool_core::init()`.
+    pub(crate) attached: AtomicU32,
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= DATA_OFFSET);
@@ -49,11 +54,28 @@ pub(crate) struct Region {
 
 impl Region {
     pub(crate) fn new() -> io::Result<Self> {
-        let map = SharedMapping::new(DATA_OFFSET + 2 * RING_CAPACITY)?;
+        Ok(Self::over(SharedMapping::new(LEN)?))
+    }
+
+    /// A region in a new memfd, for a worker that is spawned rather than forked.
+    pub(crate) fn in_memfd() -> io::Result<(Self, std::os::fd::OwnedFd)> {
+        use std::os::fd::AsRawFd;
+        let fd = sys::memfd(LEN)?;
+        let region = Self::over(SharedMapping::from_fd(fd.as_raw_fd(), LEN)?);
+        Ok((region, fd))
+    }
+
+    /// The region in the memfd `fd`, in the spawned worker.
+    pub(crate) fn attach(fd: i32) -> io::Result<Self> {
+        Ok(Self::over(SharedMapping::from_fd(fd, LEN)?))
+    }
+
+    fn over(map: SharedMapping) -> Self {
         let base = map.as_ptr();
         let header = base.cast::<Header>();
-        // SAFETY: a fresh mapping is zero-filled, which is a valid `Header` (atomics and
-        // integers), and page-aligned, which satisfies its alignment. The rings point to their
+        // SAFETY: the mapping is `LEN` bytes, zero-filled when new (a valid `Header`: atomics
+        // and integers) or a live region another process set up the same way, and
+        // page-aligned, which satisfies the header's alignment. The rings point to their
         // control blocks in the header and to disjoint data areas after it, all inside the
         // mapping, which lives as long as the rings (field order above).
         unsafe {
@@ -67,7 +89,7 @@ impl Region {
                 base.add(DATA_OFFSET + RING_CAPACITY),
                 RING_CAPACITY,
             );
-            Ok(Region { job, result, map })
+            Region { job, result, map }
         }
     }
 

@@ -99,7 +99,46 @@ unsafe impl Send for SharedMapping {}
 // SAFETY: as above.
 unsafe impl Sync for SharedMapping {}
 
+/// A close-on-exec memfd of `len` zeroed bytes: shared memory that can be handed to a process
+/// that is not forked from this one (the spawn start method).
+pub(crate) fn memfd(len: usize) -> io::Result<OwnedFd> {
+    // SAFETY: memfd_create takes a NUL-terminated name and flags and returns a new descriptor
+    // or -1.
+    let fd = unsafe { libc::memfd_create(c"pool-core-region".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by the kernel and is owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ftruncate on a descriptor we own.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
 impl SharedMapping {
+    /// Maps `len` bytes of the shared-memory file `fd`.
+    pub(crate) fn from_fd(fd: RawFd, len: usize) -> io::Result<Self> {
+        // SAFETY: a shared mapping of a file at an address of the kernel's choosing aliases no
+        // memory of ours; the file is at least `len` bytes long (the caller made it so).
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(ptr.cast()).ok_or_else(io::Error::last_os_error)?;
+        Ok(SharedMapping { ptr, len })
+    }
+
     /// Maps `len` zeroed bytes, shared with children forked later.
     pub(crate) fn new(len: usize) -> io::Result<Self> {
         // SAFETY: an anonymous mapping at an address of the kernel's choosing aliases nothing.

@@ -38,6 +38,29 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
+/// Puts `pool_core::init()` first in the function (meant for `main`), so that a process started
+/// as a spawned pool worker serves its pool instead of running the program.
+#[proc_macro_attribute]
+pub fn main(attr: TokenStream, item: TokenStream) -> TokenStream {
+    if !attr.is_empty() {
+        let attr: TokenStream2 = attr.into();
+        return syn::Error::new_spanned(attr, "#[pool_core::main] takes no arguments")
+            .to_compile_error()
+            .into();
+    }
+    let mut func = match syn::parse::<ItemFn>(item) {
+        Ok(func) => func,
+        Err(err) => {
+            return syn::Error::new(err.span(), "#[pool_core::main] goes on `fn main`")
+                .to_compile_error()
+                .into()
+        }
+    };
+    let init: syn::Stmt = syn::parse_quote!(::pool_core::init(););
+    func.block.stmts.insert(0, init);
+    quote!(#func).into()
+}
+
 /// The attribute's own arguments: nothing, or `name = "…"`.
 struct TaskArgs {
     name: Option<LitStr>,

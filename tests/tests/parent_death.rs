@@ -11,6 +11,7 @@ fn kill_parent_and_watch_workers(mode: &str) {
     let label = mode;
     let ctrl_c = mode == "ctrl-c";
     let mode = if ctrl_c { "busy" } else { mode };
+    let busy = mode.ends_with("busy");
     let mut parent = Command::new(env!("CARGO_BIN_EXE_pool-helper"))
         .arg(mode)
         .stdout(Stdio::piped())
@@ -27,7 +28,7 @@ fn kill_parent_and_watch_workers(mode: &str) {
         .map(|p| p.parse().unwrap())
         .collect();
     assert_eq!(workers.len(), 3, "{line:?}");
-    if mode == "busy" {
+    if busy {
         std::thread::sleep(Duration::from_millis(100)); // let the tasks start
     }
     for &pid in &workers {
@@ -81,4 +82,11 @@ fn busy_workers_die_with_a_sigkilled_parent() {
 #[test]
 fn ctrl_c_stops_the_parent_and_its_workers() {
     deadline(30, "ctrl-c", || kill_parent_and_watch_workers("ctrl-c"));
+}
+
+#[test]
+fn spawned_workers_die_with_a_sigkilled_parent() {
+    deadline(30, "spawn parent death", || {
+        kill_parent_and_watch_workers("spawn-busy")
+    });
 }
