@@ -45,7 +45,7 @@ pub struct PoolBuilder {
 /// |---|---|---|
 /// | how | `fork()` of the program | the program's binary run again |
 /// | needs | nothing | `pool_core::init()` first in `main` (or `#[pool_core::main]`) |
-/// | start-up, 2 workers to the first result (measured) | 0.9–2.5 ms | 6.5–10 ms (an `exec` and the program's start-up per worker) |
+/// | start-up, 2 workers to the first result (measured) | 0.8–2.5 ms | 5–10 ms (an `exec` and the program's start-up per worker) |
 /// | memory | shared copy-on-write with the parent | a fresh process |
 /// | threads in the parent | a task must not take a lock another thread held at the fork | safe: nothing is inherited but the pool's own channels |
 ///
