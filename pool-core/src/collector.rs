@@ -32,8 +32,8 @@ use crossbeam_channel::{Receiver, TryRecvError};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{self, Signal};
 
+use crate::builder::{Initializer, StartMethod, WorkerSettings};
 use crate::job::{Job, Sink};
-use crate::pool::{Initializer, StartMethod};
 use crate::shared::Shared;
 use crate::spawn::{self, WorkerProcess};
 use crate::worker::MAX_FRAME;
@@ -66,13 +66,8 @@ pub(crate) struct Collector {
     retry: VecDeque<Job>,
     slots: Vec<Slot>,
     last_death_check: Instant,
-    /// Replace a worker after this many jobs.
-    max_tasks_per_child: Option<u64>,
-    /// Replace a worker whose resident memory after a job exceeds this many bytes.
-    max_memory_per_child: Option<u64>,
-    /// How much more address space each worker may map than it starts with.
-    memory_cap: Option<u64>,
-    start_method: StartMethod,
+    /// Limits, recycling and the start method.
+    settings: WorkerSettings,
     /// The job every new worker runs first, and where its outcome goes.
     initializer: Option<(Initializer, Arc<InitSink>)>,
     /// When workers failed outside any task (initializer failures, deaths while idle).
@@ -269,18 +264,14 @@ impl Collector {
     pub(crate) fn start(
         shared: Arc<Shared>,
         queue: Receiver<Job>,
-        max_tasks_per_child: Option<u64>,
-        max_memory_per_child: Option<u64>,
-        memory_cap: Option<u64>,
-        start_method: StartMethod,
-        initializer: Option<Initializer>,
+        mut settings: WorkerSettings,
     ) -> Result<Self, Error> {
         let mut collector = Collector {
-            start_method,
-            max_tasks_per_child,
-            max_memory_per_child,
-            memory_cap,
-            initializer: initializer.map(|init| (init, Arc::new(InitSink::default()))),
+            initializer: settings
+                .initializer
+                .take()
+                .map(|init| (init, Arc::new(InitSink::default()))),
+            settings,
             recent_failures: VecDeque::new(),
             broken: None,
             slots: (0..shared.processes()).map(|_| Slot::new()).collect(),
@@ -298,9 +289,9 @@ impl Collector {
     }
 
     fn spawn(&mut self, i: usize) -> Result<(), Error> {
-        let process = match self.start_method {
-            StartMethod::Fork => spawn::fork_worker(self.shared.bell(), self.memory_cap),
-            StartMethod::Spawn => spawn::spawn_worker(self.shared.bell(), self.memory_cap),
+        let process = match self.settings.start_method {
+            StartMethod::Fork => spawn::fork_worker(self.shared.bell(), self.settings.memory_cap),
+            StartMethod::Spawn => spawn::spawn_worker(self.shared.bell(), self.settings.memory_cap),
         }
         .map_err(Error::spawn)?;
         self.shared.set_worker(i, process.pid());
@@ -508,7 +499,7 @@ impl Collector {
                 .slots
                 .iter()
                 .enumerate()
-                .filter(|(_, s)| s.can_take(expected, self.max_tasks_per_child))
+                .filter(|(_, s)| s.can_take(expected, self.settings.max_tasks_per_child))
                 .min_by_key(|(_, s)| s.load())
                 .map(|(i, _)| i);
             let Some(i) = best else {
@@ -583,7 +574,7 @@ impl Collector {
             if self
                 .slots
                 .iter()
-                .any(|s| s.can_take(expected, self.max_tasks_per_child))
+                .any(|s| s.can_take(expected, self.settings.max_tasks_per_child))
             {
                 return true;
             }
@@ -591,7 +582,7 @@ impl Collector {
             && self
                 .slots
                 .iter()
-                .any(|s| s.can_take(Some(0), self.max_tasks_per_child))
+                .any(|s| s.can_take(Some(0), self.settings.max_tasks_per_child))
         {
             return true;
         }
@@ -637,7 +628,9 @@ impl Collector {
     /// A worker that has answered its quota of jobs (`max_tasks_per_child`) is asked to exit;
     /// its death is then handled like any other, and a fresh worker takes its slot.
     fn retire_if_done(&mut self, i: usize) {
-        if self.max_tasks_per_child.is_none() && self.max_memory_per_child.is_none() {
+        if self.settings.max_tasks_per_child.is_none()
+            && self.settings.max_memory_per_child.is_none()
+        {
             return;
         }
         let slot = &mut self.slots[i];
@@ -647,14 +640,17 @@ impl Collector {
         if slot.retiring {
             return;
         }
-        if let Some(limit) = self.max_memory_per_child {
+        if let Some(limit) = self.settings.max_memory_per_child {
             let rss = process.region.header().rss_bytes.load(Ordering::Relaxed);
             if rss > limit && slot.answered > 0 {
                 // Billiard's rule: checked after a job; the worker gets no more work.
                 slot.over_memory = true;
             }
         }
-        let quota_done = self.max_tasks_per_child.is_some_and(|max| slot.sent >= max);
+        let quota_done = self
+            .settings
+            .max_tasks_per_child
+            .is_some_and(|max| slot.sent >= max);
         if !(quota_done || slot.over_memory) || !slot.in_flight.is_empty() {
             return;
         }

@@ -123,6 +123,7 @@
 #![deny(missing_docs)]
 #![warn(rustdoc::broken_intra_doc_links)]
 
+mod builder;
 mod codec;
 mod collector;
 mod error;
@@ -143,9 +144,10 @@ mod task;
 mod trace;
 mod worker;
 
+pub use builder::{PoolBuilder, StartMethod};
 pub use error::{Error, ExitCause};
 pub use imap::Imap;
-pub use pool::{Pool, PoolBuilder, StartMethod};
+pub use pool::Pool;
 pub use result::AsyncResult;
 pub use stats::PoolStats;
 pub use task::Task;

@@ -1,4 +1,4 @@
-//! [`Pool`], the parent's handle to a set of worker processes, and its [`PoolBuilder`].
+//! [`Pool`], the parent's handle to a set of worker processes.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -8,378 +8,14 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::builder::{PoolBuilder, WorkerSettings};
 use crate::collector::Collector;
 use crate::frame::JobBuilder;
 use crate::imap::Imap;
 use crate::job::{Job, Sink, TaskName};
 use crate::result::{decode_all, decode_one, Counts, Slot};
 use crate::shared::Shared;
-use crate::{panic_capture, registry, sys, AsyncResult, Error, PoolStats, Task};
-
-/// Configures and starts a [`Pool`].
-///
-/// # Examples
-///
-/// ```
-/// use pool_core::Pool;
-///
-/// let pool = Pool::builder().processes(3).build()?;
-/// assert_eq!(pool.processes(), 3);
-/// # Ok::<(), pool_core::Error>(())
-/// ```
-#[derive(Debug, Clone, Default)]
-#[must_use]
-pub struct PoolBuilder {
-    processes: Option<usize>,
-    task_timeout: Option<Duration>,
-    max_tasks_per_child: Option<u64>,
-    max_memory_per_child: Option<u64>,
-    memory_cap: Option<u64>,
-    initializer: Option<Initializer>,
-    start_method: StartMethod,
-}
-
-/// How a pool starts its workers.
-///
-/// | | `Fork` (default) | `Spawn` |
-/// |---|---|---|
-/// | how | `fork()` of the program | the program's binary run again |
-/// | needs | nothing | `pool_core::init()` first in `main` (or `#[pool_core::main]`) |
-/// | start-up, 2 workers to the first result (measured) | 0.8–2.5 ms | 5–10 ms (an `exec` and the program's start-up per worker) |
-/// | memory | shared copy-on-write with the parent | a fresh process |
-/// | threads in the parent | a task must not take a lock another thread held at the fork | safe: nothing is inherited but the pool's own channels |
-///
-/// A fork server (forking from a small single-threaded process started by `init()`) is planned.
-///
-/// # Examples
-///
-/// ```no_run
-/// use pool_core::{task, Pool, StartMethod};
-///
-/// #[task]
-/// fn square(x: u64) -> u64 {
-///     x * x
-/// }
-///
-/// #[pool_core::main] // calls pool_core::init() first, which serves spawned workers
-/// fn main() -> Result<(), pool_core::Error> {
-///     let pool = Pool::builder().start_method(StartMethod::Spawn).build()?;
-///     assert_eq!(pool.apply(square, 3)?, 9);
-///     Ok(())
-/// }
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[non_exhaustive]
-pub enum StartMethod {
-    /// Fork the program that builds the pool.
-    #[default]
-    Fork,
-    /// Run the program's binary again, which must call `pool_core::init()` first.
-    Spawn,
-}
-
-/// A task every new worker runs once before any other, as built by
-/// [`PoolBuilder::initializer`].
-#[derive(Debug, Clone)]
-pub(crate) struct Initializer {
-    pub(crate) task: &'static str,
-    pub(crate) frame: Result<Vec<u8>, String>,
-}
-
-impl PoolBuilder {
-    /// A builder with the defaults: one worker per CPU, no limits.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let pool = pool_core::PoolBuilder::new().processes(2).build()?;
-    /// assert_eq!(pool.processes(), 2);
-    /// # Ok::<(), pool_core::Error>(())
-    /// ```
-    pub fn new() -> Self {
-        PoolBuilder::default()
-    }
-
-    /// The number of worker processes (default: the number of CPUs, from `num_cpus`). Must be at
-    /// least 1.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use pool_core::{Error, Pool};
-    ///
-    /// assert_eq!(Pool::builder().processes(3).build()?.worker_pids().len(), 3);
-    /// assert!(matches!(Pool::builder().processes(0).build(), Err(Error::Config(_))));
-    /// # Ok::<(), pool_core::Error>(())
-    /// ```
-    pub fn processes(mut self, n: usize) -> Self {
-        self.processes = Some(n);
-        self
-    }
-
-    /// A time limit for every task of the pool (default: none). A task still running after it
-    /// has its worker killed (SIGTERM, then SIGKILL after 100 ms), resolves to
-    /// [`Error::Timeout`], and a new worker takes its place. For a chunk of a `map` the limit
-    /// is per item: a chunk of 10 items may run 10 times as long. Measured from when the worker
-    /// begins the task (time spent queued does not count), on the monotonic clock.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use pool_core::{task, Error, Pool};
-    /// use std::time::Duration;
-    ///
-    /// #[task]
-    /// fn nap(ms: u64) -> u64 {
-    ///     std::thread::sleep(Duration::from_millis(ms));
-    ///     ms
-    /// }
-    ///
-    /// let pool = Pool::builder()
-    ///     .processes(1)
-    ///     .task_timeout(Duration::from_millis(200))
-    ///     .build()?;
-    /// assert_eq!(pool.apply(nap, 10)?, 10);
-    /// assert!(matches!(pool.apply(nap, 10_000), Err(Error::Timeout { .. })));
-    /// assert_eq!(pool.apply(nap, 10)?, 10); // a fresh worker took over
-    /// # Ok::<(), pool_core::Error>(())
-    /// ```
-    pub fn task_timeout(mut self, limit: Duration) -> Self {
-        self.task_timeout = Some(limit);
-        self
-    }
-
-    /// Replaces each worker after it has run `n` jobs (a call, or a chunk of a `map`), as
-    /// Python's `maxtasksperchild` does: a way to bound what a leaky library can accumulate.
-    /// Default: never. Must be at least 1.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use pool_core::{task, Pool};
-    ///
-    /// #[task]
-    /// fn pid() -> u32 {
-    ///     std::process::id()
-    /// }
-    ///
-    /// let pool = Pool::builder().processes(1).max_tasks_per_child(2).build()?;
-    /// let pids: Vec<u32> = (0..6).map(|_| pool.apply(pid, ())).collect::<Result<_, _>>()?;
-    /// assert_eq!(pids[0], pids[1]);
-    /// assert_ne!(pids[1], pids[2]); // recycled after two jobs
-    /// # Ok::<(), pool_core::Error>(())
-    /// ```
-    pub fn max_tasks_per_child(mut self, n: u64) -> Self {
-        self.max_tasks_per_child = Some(n);
-        self
-    }
-
-    /// A task each new worker runs once, with `args`, before it serves any other (Python's
-    /// `initializer` / `initargs`): to open a connection, load a model, set up a library. If it
-    /// fails (panics, or kills its worker), the worker is replaced; if that keeps happening (more
-    /// than 10 times in 10 s, counting also workers that end on their own outside any task), the
-    /// pool stops replacing workers and reports
-    /// [`Error::PoolBroken`] instead of fork-looping.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use pool_core::{task, Pool};
-    /// use std::sync::atomic::{AtomicU64, Ordering};
-    ///
-    /// static SCALE: AtomicU64 = AtomicU64::new(1);
-    ///
-    /// #[task]
-    /// fn set_scale(factor: u64) {
-    ///     SCALE.store(factor, Ordering::Relaxed); // in the worker's memory
-    /// }
-    ///
-    /// #[task]
-    /// fn scaled(x: u64) -> u64 {
-    ///     x * SCALE.load(Ordering::Relaxed)
-    /// }
-    ///
-    /// let pool = Pool::builder().processes(2).initializer(set_scale, 10).build()?;
-    /// assert_eq!(pool.map(scaled, 1..=3)?, [10, 20, 30]);
-    /// assert_eq!(scaled(3), 3); // the parent was not initialized
-    /// # Ok::<(), pool_core::Error>(())
-    /// ```
-    pub fn initializer<T: Task>(mut self, _task: T, args: T::Args) -> Self {
-        let mut builder = JobBuilder::new(T::NAME);
-        let frame = builder.push(&args).map(|()| builder.finish());
-        self.initializer = Some(Initializer {
-            task: T::NAME,
-            frame,
-        });
-        self
-    }
-
-    /// Replaces a worker whose resident memory, read after a job, is above `bytes` (the rule of
-    /// Python's `billiard`): the worker gets no more jobs, finishes those it has, exits and is
-    /// replaced. Memory is sampled at most every 10 ms, so a burst of tiny jobs may run a few
-    /// more before the check. Default: no limit.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use pool_core::{task, Pool};
-    ///
-    /// #[task]
-    /// fn leak(mib: usize) -> u32 {
-    ///     let v = vec![1u8; mib << 20];
-    ///     std::mem::forget(v); // a leaky library
-    ///     std::process::id()
-    /// }
-    ///
-    /// let pool = Pool::builder()
-    ///     .processes(1)
-    ///     .max_memory_per_child(64 << 20)
-    ///     .build()?;
-    /// let first = pool.apply(leak, 100)?;
-    /// std::thread::sleep(std::time::Duration::from_millis(20));
-    /// let second = pool.apply(leak, 1)?;
-    /// assert_ne!(first, second); // the worker that grew past 64 MiB was replaced
-    /// # Ok::<(), pool_core::Error>(())
-    /// ```
-    pub fn max_memory_per_child(mut self, bytes: u64) -> Self {
-        self.max_memory_per_child = Some(bytes);
-        self
-    }
-
-    /// A hard cap: each worker may map at most `bytes` more address space than it starts with
-    /// (`RLIMIT_AS`). A task that allocates past it cannot take the machine down: the
-    /// allocation fails, Rust aborts the worker, the task fails with [`Error::WorkerDied`]
-    /// (`SIGABRT`), and a new worker takes over. Default: no cap.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use pool_core::{task, Error, ExitCause, Pool};
-    ///
-    /// #[task]
-    /// fn hog(gib: usize) -> usize {
-    ///     let v = vec![1u8; gib << 30];
-    ///     v.len()
-    /// }
-    ///
-    /// let pool = Pool::builder().processes(1).memory_cap(256 << 20).build()?;
-    /// match pool.apply(hog, 4) {
-    ///     Err(Error::WorkerDied { cause, .. }) => assert_eq!(cause, ExitCause::Signal(6)),
-    ///     other => panic!("{other:?}"),
-    /// }
-    /// # Ok::<(), pool_core::Error>(())
-    /// ```
-    pub fn memory_cap(mut self, bytes: u64) -> Self {
-        self.memory_cap = Some(bytes);
-        self
-    }
-
-    /// How workers are started (default [`StartMethod::Fork`]). See [`StartMethod`].
-    pub fn start_method(mut self, method: StartMethod) -> Self {
-        self.start_method = method;
-        self
-    }
-
-    /// Checks the task registry, forks the workers, and returns the running pool.
-    ///
-    /// Fails with [`Error::DuplicateTask`] if two tasks share a name, [`Error::Config`] for a
-    /// worker count of 0, and [`Error::Spawn`] if a worker or thread cannot be started.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use pool_core::{task, Pool};
-    ///
-    /// #[task]
-    /// fn square(x: u64) -> u64 {
-    ///     x * x
-    /// }
-    ///
-    /// let pool = Pool::builder().processes(1).build()?;
-    /// assert_eq!(pool.apply(square, 4)?, 16);
-    /// # Ok::<(), pool_core::Error>(())
-    /// ```
-    pub fn build(self) -> Result<Pool, Error> {
-        let processes = self.processes.unwrap_or_else(num_cpus::get);
-        if processes == 0 {
-            return Err(Error::Config(
-                "the number of processes must be at least 1".into(),
-            ));
-        }
-        if let Some(Initializer {
-            task,
-            frame: Err(message),
-        }) = &self.initializer
-        {
-            return Err(Error::ArgsEncode {
-                task: task.to_string(),
-                message: message.clone(),
-            });
-        }
-        if self.max_tasks_per_child == Some(0) {
-            return Err(Error::Config(
-                "max_tasks_per_child must be at least 1".into(),
-            ));
-        }
-        if std::env::var_os(crate::spawn::WORKER_ENV).is_some() {
-            return Err(Error::Config(
-                "this process was started as a pool worker (start method Spawn), but its `main` \
-                 did not call pool_core::init() first"
-                    .into(),
-            ));
-        }
-        registry::check()?;
-        panic_capture::install();
-
-        let (sender, queue) = crossbeam_channel::unbounded();
-        let bell = sys::eventfd().map_err(Error::spawn)?;
-        let shared = Arc::new(Shared::new(sender, processes, bell, self.task_timeout));
-        let max_tasks_per_child = self.max_tasks_per_child;
-        let max_memory_per_child = self.max_memory_per_child;
-        let memory_cap = self.memory_cap;
-        let start_method = self.start_method;
-        let initializer = self.initializer.clone();
-        let pool = Pool {
-            shared: Arc::clone(&shared),
-            collector: Mutex::new(None),
-            processes,
-        };
-        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
-        // The collector forks the workers itself: a worker's parent-death signal is tied to the
-        // thread that forked it, and the collector lives until every worker is reaped.
-        let handle = std::thread::Builder::new()
-            .name("pool-core-collector".into())
-            .spawn(move || {
-                match Collector::start(
-                    shared,
-                    queue,
-                    max_tasks_per_child,
-                    max_memory_per_child,
-                    memory_cap,
-                    start_method,
-                    initializer,
-                ) {
-                    Ok(collector) => {
-                        let _ = ready_tx.send(Ok(()));
-                        collector.run();
-                    }
-                    Err(err) => {
-                        let _ = ready_tx.send(Err(err));
-                    }
-                }
-            })
-            .map_err(Error::spawn)?;
-        *pool.lock_collector() = Some(handle);
-        match ready_rx.recv() {
-            Ok(Ok(())) => Ok(pool),
-            // Dropping the pool terminates and reaps whatever did start.
-            Ok(Err(err)) => Err(err),
-            Err(_) => Err(Error::spawn(std::io::Error::other(
-                "the collector thread ended before starting the workers",
-            ))),
-        }
-    }
-}
+use crate::{panic_capture, sys, AsyncResult, Error, PoolStats, Task};
 
 /// A pool of worker processes that run [`#[task]`](crate::task) functions.
 ///
@@ -432,6 +68,47 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// Starts the collector thread, which forks the workers; returns once they run.
+    pub(crate) fn start(
+        processes: usize,
+        task_timeout: Option<Duration>,
+        workers: WorkerSettings,
+    ) -> Result<Pool, Error> {
+        panic_capture::install();
+        let (sender, queue) = crossbeam_channel::unbounded();
+        let bell = sys::eventfd().map_err(Error::spawn)?;
+        let shared = Arc::new(Shared::new(sender, processes, bell, task_timeout));
+        let pool = Pool {
+            shared: Arc::clone(&shared),
+            collector: Mutex::new(None),
+            processes,
+        };
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+        // The collector forks the workers itself: a worker's parent-death signal is tied to the
+        // thread that forked it, and the collector lives until every worker is reaped.
+        let handle = std::thread::Builder::new()
+            .name("pool-core-collector".into())
+            .spawn(move || match Collector::start(shared, queue, workers) {
+                Ok(collector) => {
+                    let _ = ready_tx.send(Ok(()));
+                    collector.run();
+                }
+                Err(err) => {
+                    let _ = ready_tx.send(Err(err));
+                }
+            })
+            .map_err(Error::spawn)?;
+        *pool.lock_collector() = Some(handle);
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(pool),
+            // Dropping the pool terminates and reaps whatever did start.
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(Error::spawn(std::io::Error::other(
+                "the collector thread ended before starting the workers",
+            ))),
+        }
+    }
+
     /// Starts a pool with one worker per CPU. Same as `Pool::builder().build()`.
     ///
     /// # Examples
