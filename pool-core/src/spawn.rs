@@ -375,9 +375,12 @@ pub(crate) fn run_spawned_worker(spec: &str) -> ! {
 }
 
 /// Ends the worker process without running the parent's destructors or `atexit` handlers.
+///
+/// It does not flush `std::io::stdout()`: in a forked worker, the stdout lock may still be held
+/// by a parent thread that was printing at the moment of the fork, and taking it would hang the
+/// exit. `println!` output is already written (stdout flushes at each newline); only text a
+/// task printed without a newline is lost.
 fn exit_now(code: i32) -> ! {
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
     // SAFETY: `_exit` is always safe to call; it does not return.
     unsafe { libc::_exit(code) }
 }
