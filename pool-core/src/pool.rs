@@ -388,19 +388,8 @@ impl Pool {
         T: Task,
         I: IntoIterator<Item = T::Args>,
     {
-        let iter = items.into_iter();
-        match iter.size_hint() {
-            (lo, Some(hi)) if lo == hi => {
-                let chunksize = self.default_chunksize(lo);
-                self.map_now::<T, _>(iter, lo, chunksize)
-            }
-            _ => {
-                let items: Vec<T::Args> = iter.collect();
-                let n = items.len();
-                let chunksize = self.default_chunksize(n);
-                self.map_now::<T, _>(items.into_iter(), n, chunksize)
-            }
-        }
+        let (iter, n) = counted(items);
+        self.map_now::<T, _>(iter, n, self.default_chunksize(n))
     }
 
     /// [`map`](Self::map) with `chunksize` items per frame (at least 1). Larger chunks cost
@@ -430,16 +419,8 @@ impl Pool {
         T: Task,
         I: IntoIterator<Item = T::Args>,
     {
-        let chunksize = chunksize.clamp(1, u32::MAX as usize);
-        let iter = items.into_iter();
-        match iter.size_hint() {
-            (lo, Some(hi)) if lo == hi => self.map_now::<T, _>(iter, lo, chunksize),
-            _ => {
-                let items: Vec<T::Args> = iter.collect();
-                let n = items.len();
-                self.map_now::<T, _>(items.into_iter(), n, chunksize)
-            }
-        }
+        let (iter, n) = counted(items);
+        self.map_now::<T, _>(iter, n, chunksize.clamp(1, u32::MAX as usize))
     }
 
     /// The blocking `map`: submits chunks as they are encoded and decodes each result as it
@@ -451,41 +432,26 @@ impl Pool {
         n: usize,
         chunksize: usize,
     ) -> Result<Vec<T::Output>, Error> {
-        let chunks = n.div_ceil(chunksize);
-        let count = |c: usize| chunksize.min(n - c * chunksize) as u32;
+        let counts = chunk_counts(n, chunksize);
         let (sink, rx) = crate::imap::ChannelSink::new();
-        let mut decoded: Vec<Option<Vec<T::Output>>> = (0..chunks).map(|_| None).collect();
+        let mut decoded: Vec<Option<Vec<T::Output>>> = counts.iter().map(|_| None).collect();
         let mut pending = 0usize;
         let decode = |(index, result): crate::imap::Delivery,
                       decoded: &mut Vec<Option<Vec<T::Output>>>|
          -> Result<(), Error> {
             let index = index as usize;
             let frame = result?;
-            crate::result::check_frame(&frame, T::NAME, count(index))?;
+            crate::result::check_frame(&frame, T::NAME, counts[index])?;
             decoded[index] = Some(decode_all::<T::Output>(
                 std::slice::from_ref(&frame),
                 T::NAME,
             )?);
             Ok(())
         };
-        for c in 0..chunks {
-            let mut builder = JobBuilder::new(T::NAME);
-            while builder.count() < count(c) {
-                let Some(args) = iter.next() else {
-                    return Err(Error::Config(format!(
-                        "the input iterator promised {n} items (size_hint) and ended early"
-                    )));
-                };
-                builder.push(&args).map_err(|message| Error::ArgsEncode {
-                    task: T::NAME.to_owned(),
-                    message,
-                })?;
-                if builder.count() == 1 && count(c) > 64 {
-                    builder.reserve_like(count(c) as usize - 1);
-                }
-            }
+        for (c, &count) in counts.iter().enumerate() {
+            let frame = encode_chunk::<T>(&mut iter, count, n)?;
             let sink: Arc<dyn Sink> = sink.clone();
-            self.submit_frame(builder.finish(), T::NAME.into(), sink, c);
+            self.submit_frame(frame, T::NAME.into(), sink, c);
             pending += 1;
             while let Ok(delivery) = rx.try_recv() {
                 pending -= 1;
@@ -523,23 +489,13 @@ impl Pool {
     /// assert_eq!(r.get()?, vec![1, 4, 9]);
     /// # Ok::<(), pool_core::Error>(())
     /// ```
-    pub fn map_async<T, I>(&self, task: T, items: I) -> AsyncResult<Vec<T::Output>>
+    pub fn map_async<T, I>(&self, _task: T, items: I) -> AsyncResult<Vec<T::Output>>
     where
         T: Task,
         I: IntoIterator<Item = T::Args>,
     {
-        let iter = items.into_iter();
-        match iter.size_hint() {
-            (lo, Some(hi)) if lo == hi => {
-                let chunksize = self.default_chunksize(lo);
-                self.map_async_chunked(task, iter, chunksize)
-            }
-            _ => {
-                let items: Vec<T::Args> = iter.collect();
-                let chunksize = self.default_chunksize(items.len());
-                self.map_async_chunked(task, items, chunksize)
-            }
-        }
+        let (iter, n) = counted(items);
+        self.map_exact::<T, _>(iter, n, self.default_chunksize(n))
     }
 
     /// Python's default: `ceil(n / (4 × processes))`.
@@ -574,16 +530,8 @@ impl Pool {
         T: Task,
         I: IntoIterator<Item = T::Args>,
     {
-        let chunksize = chunksize.clamp(1, u32::MAX as usize);
-        let iter = items.into_iter();
-        match iter.size_hint() {
-            (lo, Some(hi)) if lo == hi => self.map_exact::<T, _>(iter, lo, chunksize),
-            _ => {
-                let items: Vec<T::Args> = iter.collect();
-                let n = items.len();
-                self.map_exact::<T, _>(items.into_iter(), n, chunksize)
-            }
-        }
+        let (iter, n) = counted(items);
+        self.map_exact::<T, _>(iter, n, chunksize.clamp(1, u32::MAX as usize))
     }
 
     /// Submits `n` items in chunks as they are encoded, so workers start on the first chunk
@@ -594,40 +542,21 @@ impl Pool {
         n: usize,
         chunksize: usize,
     ) -> AsyncResult<Vec<T::Output>> {
-        let chunks = n.div_ceil(chunksize);
-        let counts: Vec<u32> = (0..chunks)
-            .map(|c| chunksize.min(n - c * chunksize) as u32)
-            .collect();
+        let counts = chunk_counts(n, chunksize);
         let slot = Slot::new(
             T::NAME.into(),
             Counts::Many(counts.clone()),
             decode_all::<T::Output>,
         );
         for (index, &count) in counts.iter().enumerate() {
-            let mut builder = JobBuilder::new(T::NAME);
-            let mut failure = None;
-            while builder.count() < count {
-                let Some(args) = iter.next() else {
-                    failure = Some(Error::Config(format!(
-                        "the input iterator promised {n} items (size_hint) and ended early"
-                    )));
-                    break;
-                };
-                if let Err(message) = builder.push(&args) {
-                    let task = T::NAME.to_owned();
-                    failure = Some(Error::ArgsEncode { task, message });
+            match encode_chunk::<T>(&mut iter, count, n) {
+                Ok(frame) => self.submit_frame(frame, T::NAME.into(), slot.clone(), index),
+                Err(err) => {
+                    // The whole map fails with this error; nothing more is submitted.
+                    slot.complete_part(index, Err(err));
                     break;
                 }
-                if builder.count() == 1 && count > 64 {
-                    builder.reserve_like(count as usize - 1);
-                }
             }
-            if let Some(err) = failure {
-                // The whole map fails with this error; nothing more is submitted.
-                slot.complete_part(index, Err(err));
-                break;
-            }
-            self.submit_frame(builder.finish(), T::NAME.into(), slot.clone(), index);
         }
         AsyncResult::new(slot)
     }
@@ -875,6 +804,68 @@ impl Pool {
         }
         Ok(())
     }
+}
+
+/// An input whose length is known: the iterator itself when its size hint is exact, otherwise
+/// its items collected first (as Python's `map` does).
+enum Counted<I: Iterator> {
+    Exact(I),
+    Collected(std::vec::IntoIter<I::Item>),
+}
+
+impl<I: Iterator> Iterator for Counted<I> {
+    type Item = I::Item;
+
+    fn next(&mut self) -> Option<I::Item> {
+        match self {
+            Counted::Exact(iter) => iter.next(),
+            Counted::Collected(iter) => iter.next(),
+        }
+    }
+}
+
+fn counted<I: IntoIterator>(items: I) -> (Counted<I::IntoIter>, usize) {
+    let iter = items.into_iter();
+    match iter.size_hint() {
+        (lo, Some(hi)) if lo == hi => (Counted::Exact(iter), lo),
+        _ => {
+            let items: Vec<I::Item> = iter.collect();
+            let n = items.len();
+            (Counted::Collected(items.into_iter()), n)
+        }
+    }
+}
+
+/// How many items each chunk of a map of `n` items holds.
+fn chunk_counts(n: usize, chunksize: usize) -> Vec<u32> {
+    (0..n.div_ceil(chunksize))
+        .map(|c| chunksize.min(n - c * chunksize) as u32)
+        .collect()
+}
+
+/// Encodes the next `count` items of a map of `n` into one job frame.
+fn encode_chunk<T: Task>(
+    iter: &mut impl Iterator<Item = T::Args>,
+    count: u32,
+    n: usize,
+) -> Result<Vec<u8>, Error> {
+    let mut builder = JobBuilder::new(T::NAME);
+    while builder.count() < count {
+        let Some(args) = iter.next() else {
+            return Err(Error::Config(format!(
+                "the input iterator promised {n} items (size_hint) and ended early"
+            )));
+        };
+        builder.push(&args).map_err(|message| Error::ArgsEncode {
+            task: T::NAME.to_owned(),
+            message,
+        })?;
+        if builder.count() == 1 && count > 64 {
+            // One allocation for a big chunk, instead of a dozen that copy and fault in pages.
+            builder.reserve_like(count as usize - 1);
+        }
+    }
+    Ok(builder.finish())
 }
 
 impl Drop for Pool {

@@ -13,10 +13,6 @@ use pool_tests::deadline;
 
 const N: u64 = 10_000;
 
-fn pool(n: usize) -> Pool {
-    Pool::builder().processes(n).build().expect("pool starts")
-}
-
 #[test]
 fn apply_one_and_several_and_no_parameters() {
     deadline(120, "apply", || {

@@ -11,10 +11,6 @@ use nix::unistd::Pid;
 use pool_core::{Error, ExitCause, Pool, Task};
 use pool_tests::{deadline, eventually, is_alive};
 
-fn pool(n: usize) -> Pool {
-    Pool::builder().processes(n).build().expect("pool starts")
-}
-
 /// The pool serves a normal map of 10,000 items with the full number of workers.
 fn assert_healthy(pool: &Pool) {
     let v = pool

@@ -5,12 +5,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use pool_core::{Error, Pool};
+use pool_core::Error;
 use pool_tests::{deadline, is_alive};
-
-fn pool(n: usize) -> Pool {
-    Pool::builder().processes(n).build().expect("pool starts")
-}
 
 #[test]
 fn close_lets_queued_work_finish_and_refuses_new_work() {

@@ -3,7 +3,12 @@
 
 use std::time::Duration;
 
-use pool_core::task;
+use pool_core::{task, Pool};
+
+/// A pool of `n` workers, for tests.
+pub fn pool(n: usize) -> Pool {
+    Pool::builder().processes(n).build().expect("pool starts")
+}
 use serde::{Deserialize, Serialize};
 
 #[task]
