@@ -20,6 +20,7 @@ use crate::{registry, Error, Pool, Task};
 #[must_use]
 pub struct PoolBuilder {
     processes: Option<usize>,
+    start_method: Option<StartMethod>,
     task_timeout: Option<Duration>,
     workers: WorkerSettings,
 }
@@ -36,15 +37,17 @@ pub(crate) struct WorkerSettings {
 
 /// How a pool starts its workers.
 ///
-/// | | `Fork` (default) | `Spawn` |
-/// |---|---|---|
-/// | how | `fork()` of the program | the program's binary run again |
-/// | needs | nothing | `pool_core::init()` first in `main` (or `#[pool_core::main]`) |
-/// | start-up, 2 workers to the first result (measured) | 0.8–2.5 ms | 5–10 ms (an `exec` and the program's start-up per worker) |
-/// | memory | shared copy-on-write with the parent | a fresh process |
-/// | threads in the parent | a task must not take a lock another thread held at the fork | safe: nothing is inherited but the pool's own channels |
+/// The default is `ForkServer` when [`pool_core::init()`](crate::init) has run (put
+/// `#[pool_core::main]` on `main`), and `Fork` otherwise.
 ///
-/// A fork server (forking from a small single-threaded process started by `init()`) is planned.
+/// | | `Fork` | `ForkServer` | `Spawn` |
+/// |---|---|---|---|
+/// | how | `fork()` of the program | `fork()` of a small server that `init()` forked from the program at the top of `main` | the program's binary run again |
+/// | needs | nothing | `pool_core::init()` first in `main` | `pool_core::init()` first in `main` |
+/// | start-up, 2 workers to the first result (measured, median) | 0.7–0.9 ms | 0.8–0.9 ms | 4–5 ms (an `exec` and the program's start-up per worker) |
+/// | memory | the parent's, shared copy-on-write | the program's as it was when `main` began, shared copy-on-write | a fresh process |
+/// | what a worker sees of the parent | everything, as at the fork | only what existed before `init()`: statics must be set up by an [initializer](PoolBuilder::initializer) | only what existed before `init()` |
+/// | threads in the parent | a task must not take a lock another thread held at the fork | safe: the server has one thread | safe: nothing is inherited but the pool's own channels |
 ///
 /// # Examples
 ///
@@ -63,14 +66,28 @@ pub(crate) struct WorkerSettings {
 ///     Ok(())
 /// }
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum StartMethod {
     /// Fork the program that builds the pool.
-    #[default]
     Fork,
+    /// Ask the fork server, started by `pool_core::init()` while the program was still
+    /// single-threaded, to fork each worker.
+    ForkServer,
     /// Run the program's binary again, which must call `pool_core::init()` first.
     Spawn,
+}
+
+impl Default for StartMethod {
+    /// `ForkServer` when [`pool_core::init()`](crate::init) has started the fork server in this
+    /// process, `Fork` otherwise.
+    fn default() -> Self {
+        if crate::forkserver::running() {
+            StartMethod::ForkServer
+        } else {
+            StartMethod::Fork
+        }
+    }
 }
 
 /// A task every new worker runs once before any other, as built by
@@ -269,9 +286,11 @@ impl PoolBuilder {
         self
     }
 
-    /// How workers are started (default [`StartMethod::Fork`]). See [`StartMethod`].
+    /// How workers are started. The default is [`StartMethod::ForkServer`] when
+    /// [`pool_core::init()`](crate::init) has run, and [`StartMethod::Fork`] otherwise. See
+    /// [`StartMethod`].
     pub fn start_method(mut self, method: StartMethod) -> Self {
-        self.workers.start_method = method;
+        self.start_method = Some(method);
         self
     }
 
@@ -294,7 +313,7 @@ impl PoolBuilder {
     /// assert_eq!(pool.apply(square, 4)?, 16);
     /// # Ok::<(), pool_core::Error>(())
     /// ```
-    pub fn build(self) -> Result<Pool, Error> {
+    pub fn build(mut self) -> Result<Pool, Error> {
         let processes = self.processes.unwrap_or_else(num_cpus::get);
         if processes == 0 {
             return Err(Error::Config(
@@ -324,6 +343,14 @@ impl PoolBuilder {
             ));
         }
         registry::check()?;
+        self.workers.start_method = self.start_method.unwrap_or_default();
+        if self.workers.start_method == StartMethod::ForkServer && !crate::forkserver::running() {
+            return Err(Error::Config(
+                "StartMethod::ForkServer needs pool_core::init() (or #[pool_core::main]) first in \
+                 `main`, which starts the fork server"
+                    .into(),
+            ));
+        }
         Pool::start(processes, self.task_timeout, self.workers)
     }
 }

@@ -292,6 +292,9 @@ impl Collector {
         let process = match self.settings.start_method {
             StartMethod::Fork => spawn::fork_worker(self.shared.bell(), self.settings.memory_cap),
             StartMethod::Spawn => spawn::spawn_worker(self.shared.bell(), self.settings.memory_cap),
+            StartMethod::ForkServer => {
+                spawn::forkserver_worker(self.shared.bell(), self.settings.memory_cap)
+            }
         }
         .map_err(Error::spawn)?;
         self.shared.set_worker(i, process.pid());

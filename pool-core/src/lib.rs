@@ -127,6 +127,7 @@ mod builder;
 mod codec;
 mod collector;
 mod error;
+mod forkserver;
 mod frame;
 mod imap;
 mod job;
@@ -152,12 +153,19 @@ pub use result::AsyncResult;
 pub use stats::PoolStats;
 pub use task::Task;
 
-/// Serves as a pool worker when this process was started as one; returns at once otherwise.
+/// Call first in `main` (or put [`#[pool_core::main]`](main) on `main`): serves as a pool worker
+/// when this process was started as one, and otherwise starts the fork server.
 ///
-/// Call it first in `main` (or put [`#[pool_core::main]`](main) on `main`) in programs that use
-/// [`StartMethod::Spawn`]: a spawned worker runs the program's binary again, and this call is
-/// where it attaches to its pool and serves tasks, then exits, never running the rest of `main`.
-/// In any other process it does nothing, so it is harmless to call always.
+/// - In a worker started by [`StartMethod::Spawn`] (the program's binary run again), this is
+///   where the worker attaches to its pool and serves tasks, then exits, never running the rest
+///   of `main`.
+/// - In any other process it forks, once, a small single-threaded fork server and returns. Pools
+///   then default to [`StartMethod::ForkServer`]: their workers are forked from that server
+///   rather than from the program, which by then may run threads (tokio, rayon, a logger) whose
+///   locks a forked worker would inherit. Call it before starting any thread: what the
+///   server's workers see of the program is what existed when `init()` ran.
+///
+/// The server costs one process (its memory shared copy-on-write) and exits with the program.
 ///
 /// # Examples
 ///
@@ -172,6 +180,7 @@ pub fn init() {
     if let Ok(spec) = std::env::var(spawn::WORKER_ENV) {
         spawn::run_spawned_worker(&spec);
     }
+    forkserver::start();
 }
 
 /// Puts [`init()`] first in `main`.

@@ -28,7 +28,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{ForkResult, Pid};
 
 use crate::region::Region;
-use crate::{panic_capture, sys, worker, ExitCause};
+use crate::{forkserver, panic_capture, sys, worker, ExitCause};
 
 /// Held from the creation of a worker's resources until its fork is done.
 static FORK_LOCK: Mutex<()> = Mutex::new(());
@@ -113,6 +113,8 @@ impl Drop for RegionSlot {
 #[derive(Debug)]
 pub(crate) struct WorkerProcess {
     pid: Pid,
+    /// Whether the fork server, rather than this process, is the worker's parent.
+    by_server: bool,
     // Field order matters: slots unregister before what they name is closed or unmapped.
     pidfd: ParentFd,
     // Held for its `Drop`, which unregisters the region before it is unmapped.
@@ -142,7 +144,11 @@ impl WorkerProcess {
             let _ = poll(&mut fds, timeout);
         }
         // Exited by now, or about to be killed by `reap` after a last short grace.
-        let cause = reap(self.pid, Duration::from_millis(1));
+        let cause = if self.by_server {
+            reap_by_server(self.pid, self.pidfd.fd())
+        } else {
+            reap(self.pid, Duration::from_millis(1))
+        };
         drop(self);
         cause
     }
@@ -172,6 +178,7 @@ pub(crate) fn fork_worker(bell: RawFd, memory_cap: Option<u64>) -> io::Result<Wo
             match sys::pidfd_open(child.as_raw()) {
                 Ok(pidfd) => Ok(WorkerProcess {
                     pid: child,
+                    by_server: false,
                     pidfd: ParentFd::new(pidfd),
                     _slot: slot,
                     region,
@@ -249,6 +256,60 @@ fn cap_address_space(cap: u64) {
     unsafe { libc::setrlimit(libc::RLIMIT_AS, &rlimit) };
 }
 
+/// Has the fork server fork a worker (the fork-server start method): a fork of the small
+/// process `pool_core::init()` started, not of this one, attached to a new region (a memfd)
+/// and to the pool's bell.
+pub(crate) fn forkserver_worker(bell: RawFd, memory_cap: Option<u64>) -> io::Result<WorkerProcess> {
+    let (region, memfd) = Region::in_memfd()?;
+    let slot = {
+        let _lock = FORK_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+        RegionSlot::register(region.span())
+    };
+    // Registered, so that workers this process forks meanwhile close it.
+    let memfd = ParentFd::new(memfd);
+    let pid = forkserver::fork_worker(memfd.raw(), bell, memory_cap)?;
+    drop(memfd); // the worker has its own copy now
+                 // The server reaps the worker only when asked (below), so `pid` names it until then.
+    let pidfd = match sys::pidfd_open(pid.as_raw()) {
+        Ok(fd) => ParentFd::new(fd),
+        Err(err) => {
+            let _ = signal::kill(pid, Signal::SIGKILL);
+            forkserver::reap(pid);
+            return Err(err);
+        }
+    };
+    Ok(WorkerProcess {
+        pid,
+        by_server: true,
+        pidfd,
+        _slot: slot,
+        region,
+    })
+}
+
+/// Kills the fork server's worker `pid` if it still runs, waits on its pidfd until it has
+/// exited, and has the server reap it. The pid stays valid throughout: only that request lets
+/// the server reap it.
+fn reap_by_server(pid: Pid, pidfd: &OwnedFd) -> ExitCause {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let exited = |timeout: PollTimeout| {
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        loop {
+            match poll(&mut fds, timeout) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Ok(n) => return n > 0,
+                Err(_) => return true, // cannot tell: let the server's waitpid decide
+            }
+        }
+    };
+    if !exited(PollTimeout::from(1u8)) {
+        let _ = signal::kill(pid, Signal::SIGKILL);
+        exited(PollTimeout::NONE);
+    }
+    forkserver::reap(pid)
+}
+
 /// The environment variable that marks a spawned worker: `memfd:bell:parent_pid:cap`.
 pub(crate) const WORKER_ENV: &str = "POOL_CORE_SPAWNED_WORKER";
 
@@ -315,6 +376,7 @@ pub(crate) fn spawn_worker(bell: RawFd, memory_cap: Option<u64>) -> io::Result<W
     };
     let worker = WorkerProcess {
         pid,
+        by_server: false,
         pidfd,
         _slot: slot,
         region,
@@ -358,16 +420,23 @@ pub(crate) fn run_spawned_worker(spec: &str) -> ! {
     };
     // SAFETY: the memfd stays mapped; its descriptor is no longer needed.
     unsafe { libc::close(memfd as i32) };
-    if let Some(cap) = fields.get(3).and_then(|f| f.parse::<u64>().ok()) {
-        cap_address_space(cap);
-    }
+    let cap = fields.get(3).and_then(|f| f.parse::<u64>().ok());
     if crate::registry::check().is_err() {
         exit_now(2);
     }
     panic_capture::install();
+    serve_attached(region, bell as RawFd, cap)
+}
+
+/// In a worker that did not inherit its region by `fork` from the pool's process (spawned, or
+/// forked by the fork server): applies the memory cap, tells the pool it has attached, serves
+/// jobs until told to stop, and exits. The panic hook must be installed already.
+pub(crate) fn serve_attached(region: Region, bell: RawFd, memory_cap: Option<u64>) -> ! {
+    if let Some(cap) = memory_cap {
+        cap_address_space(cap);
+    }
     panic_capture::enter_worker();
     region.header().attached.store(1, Ordering::SeqCst);
-    let bell = bell as RawFd;
     let code =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker::run(&region, bell)))
             .unwrap_or(70);
@@ -380,7 +449,7 @@ pub(crate) fn run_spawned_worker(spec: &str) -> ! {
 /// by a parent thread that was printing at the moment of the fork, and taking it would hang the
 /// exit. `println!` output is already written (stdout flushes at each newline); only text a
 /// task printed without a newline is lost.
-fn exit_now(code: i32) -> ! {
+pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: `_exit` is always safe to call; it does not return.
     unsafe { libc::_exit(code) }
 }

@@ -4,13 +4,15 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pool_tests::{deadline, is_alive};
+use pool_tests::{deadline, is_alive, stat};
 
 fn kill_parent_and_watch_workers(mode: &str) {
     use std::os::unix::process::CommandExt;
     let label = mode;
-    let ctrl_c = mode == "ctrl-c";
-    let mode = if ctrl_c { "busy" } else { mode };
+    let (ctrl_c, mode) = match mode.strip_prefix("ctrl-c:") {
+        Some(mode) => (true, mode),
+        None => (false, mode),
+    };
     let busy = mode.ends_with("busy");
     let mut parent = Command::new(env!("CARGO_BIN_EXE_pool-helper"))
         .arg(mode)
@@ -31,8 +33,14 @@ fn kill_parent_and_watch_workers(mode: &str) {
     if busy {
         std::thread::sleep(Duration::from_millis(100)); // let the tasks start
     }
+    let mut watched = workers.clone();
     for &pid in &workers {
         assert!(is_alive(pid), "worker {pid} should be running");
+        // A fork server's workers are its children: it must go too.
+        let ppid = stat(pid).expect("worker's stat").ppid;
+        if ppid != parent.id() as i32 && !watched.contains(&ppid) {
+            watched.push(ppid);
+        }
     }
     let killed = Instant::now();
     if ctrl_c {
@@ -48,13 +56,13 @@ fn kill_parent_and_watch_workers(mode: &str) {
         parent.wait().unwrap();
     }
     loop {
-        let alive: Vec<_> = workers.iter().filter(|&&p| is_alive(p)).collect();
+        let alive: Vec<_> = watched.iter().filter(|&&p| is_alive(p)).collect();
         if alive.is_empty() {
             break;
         }
         assert!(
             killed.elapsed() < Duration::from_secs(5),
-            "workers {alive:?} still alive {:?} after their parent was SIGKILLed",
+            "workers (or their fork server) {alive:?} still alive {:?} after their parent was SIGKILLed",
             killed.elapsed()
         );
         std::thread::sleep(Duration::from_millis(5));
@@ -68,25 +76,48 @@ fn kill_parent_and_watch_workers(mode: &str) {
 #[test]
 fn idle_workers_die_with_a_sigkilled_parent() {
     deadline(30, "idle parent death", || {
-        kill_parent_and_watch_workers("idle")
+        kill_parent_and_watch_workers("fork-idle")
     });
 }
 
 #[test]
 fn busy_workers_die_with_a_sigkilled_parent() {
     deadline(30, "busy parent death", || {
-        kill_parent_and_watch_workers("busy")
+        kill_parent_and_watch_workers("fork-busy")
     });
 }
 
 #[test]
 fn ctrl_c_stops_the_parent_and_its_workers() {
-    deadline(30, "ctrl-c", || kill_parent_and_watch_workers("ctrl-c"));
+    deadline(30, "ctrl-c", || {
+        kill_parent_and_watch_workers("ctrl-c:fork-busy")
+    });
 }
 
 #[test]
 fn spawned_workers_die_with_a_sigkilled_parent() {
     deadline(30, "spawn parent death", || {
         kill_parent_and_watch_workers("spawn-busy")
+    });
+}
+
+#[test]
+fn fork_server_workers_die_with_a_sigkilled_parent() {
+    deadline(30, "fork server parent death", || {
+        kill_parent_and_watch_workers("forkserver-busy")
+    });
+}
+
+#[test]
+fn idle_fork_server_workers_die_with_a_sigkilled_parent() {
+    deadline(30, "fork server parent death, idle", || {
+        kill_parent_and_watch_workers("forkserver-idle")
+    });
+}
+
+#[test]
+fn ctrl_c_stops_the_parent_its_fork_server_and_workers() {
+    deadline(30, "ctrl-c, fork server", || {
+        kill_parent_and_watch_workers("ctrl-c:forkserver-busy")
     });
 }

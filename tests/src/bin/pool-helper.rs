@@ -1,12 +1,18 @@
-//! A parent process for tests that need a program of their own:
+//! A parent process for tests that need a program of their own (its `main` carries
+//! `#[pool_core::main]`, so the fork server runs and spawned workers attach):
 //!
-//! - `idle` / `busy`: starts a pool, prints its worker pids on one line, then waits forever
-//!   (with every worker busy for `busy`), for tests that kill the parent.
-//! - `spawn-busy`: the same with the spawn start method.
-//! - `spawn`: exercises a pool with the spawn start method and prints what it saw.
+//! - `METHOD-idle` / `METHOD-busy` (METHOD: `fork`, `forkserver`, `spawn`): starts a pool,
+//!   prints its worker pids on one line, then waits forever (with every worker busy for
+//!   `busy`), for tests that kill the parent.
+//! - `checks METHOD`: exercises a pool with that start method and prints what it saw, one
+//!   `key=value` per line.
+//! - `threads METHOD`: creates and drops 200 pools while 8 threads allocate, print and hold
+//!   mutexes; prints `pools=200` and the time taken.
 
 use std::io::Write;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use pool_core::{task, Error, Pool, StartMethod};
 
@@ -23,6 +29,12 @@ fn square(x: u64) -> u64 {
 }
 
 #[task]
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[task]
 fn whoami() -> (u32, u32) {
     (std::process::id(), std::os::unix::process::parent_id())
 }
@@ -35,23 +47,49 @@ fn boom(x: u64) -> u64 {
     std::process::abort()
 }
 
+/// How many threads this worker runs (from `/proc/self/status`).
+#[task]
+fn thread_count() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn method(name: &str) -> StartMethod {
+    match name {
+        "fork" => StartMethod::Fork,
+        "forkserver" => StartMethod::ForkServer,
+        "spawn" => StartMethod::Spawn,
+        other => panic!("unknown start method {other:?}"),
+    }
+}
+
 #[pool_core::main]
 fn main() {
-    let mode = std::env::args().nth(1).unwrap_or_default();
-    if mode == "spawn" {
-        return spawn_checks();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["checks", m] => checks(method(m)),
+        ["threads", m] => busy_threads(method(m)),
+        [mode] => {
+            let (m, state) = mode.split_once('-').expect("METHOD-idle or METHOD-busy");
+            serve_until_killed(method(m), state == "busy")
+        }
+        _ => panic!(
+            "usage: pool-helper (METHOD-idle | METHOD-busy | checks METHOD | threads METHOD)"
+        ),
     }
-    let method = if mode.starts_with("spawn") {
-        StartMethod::Spawn
-    } else {
-        StartMethod::Fork
-    };
+}
+
+fn serve_until_killed(method: StartMethod, busy: bool) {
     let pool = Pool::builder()
         .processes(3)
         .start_method(method)
         .build()
         .expect("pool starts");
-    let _pending: Vec<_> = if mode.ends_with("busy") {
+    let _pending: Vec<_> = if busy {
         (0..3)
             .map(|_| pool.apply_async(sleep_forever, ()))
             .collect()
@@ -68,31 +106,53 @@ fn main() {
     }
 }
 
-/// Prints one `key=value` line per check, for the spawn tests to read.
-fn spawn_checks() {
-    for method in [StartMethod::Fork, StartMethod::Spawn] {
-        let t = std::time::Instant::now();
-        let pool = Pool::builder()
-            .processes(2)
-            .start_method(method)
-            .build()
-            .expect("pool starts");
-        pool.apply(square, 1).expect("first result");
-        println!("start_{method:?}_ms={:.2}", t.elapsed().as_secs_f64() * 1e3);
-    }
+/// The parent of `pid`, from `/proc/PID/stat`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    text[text.rfind(')')? + 2..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Prints one `key=value` line per check, for the tests to read.
+fn checks(method: StartMethod) {
+    println!("default={:?}", StartMethod::default());
+    let t = Instant::now();
     let pool = Pool::builder()
         .processes(2)
-        .start_method(StartMethod::Spawn)
+        .start_method(method)
         .build()
-        .expect("spawn pool starts");
+        .expect("pool starts");
+    pool.apply(square, 1).expect("first result");
+    println!("start_ms={:.2}", t.elapsed().as_secs_f64() * 1e3);
     let v = pool.map(square, 0..10_000).expect("map");
     println!("map_len={} map_last={}", v.len(), v[9_999]);
+    let me = std::process::id();
     let (pid, ppid) = pool.apply(whoami, ()).expect("whoami");
+    let parent = match (ppid == me, parent_of(ppid) == Some(me)) {
+        (true, _) => "me",
+        (false, true) => "my-child",
+        _ => "other",
+    };
+    println!("worker_is_other={} worker_parent={parent}", pid != me);
+    // A thread running in the program: a worker runs one thread, whatever the program runs.
+    let stop = Arc::new(AtomicBool::new(false));
+    let spinner = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
     println!(
-        "worker_is_other={} worker_parent_is_me={}",
-        pid != std::process::id(),
-        ppid == std::process::id()
+        "worker_threads={}",
+        pool.apply(thread_count, ()).expect("threads")
     );
+    stop.store(true, Ordering::Relaxed);
+    spinner.join().unwrap();
     match pool.apply(boom, 7) {
         Err(Error::Panicked { message, .. }) => println!("panic={message}"),
         other => println!("panic=unexpected {other:?}"),
@@ -103,8 +163,72 @@ fn spawn_checks() {
     }
     let after = pool.map(square, 0..100).expect("map after a death");
     println!("after_death={}", after.len());
+    match pool.apply_timeout(nap, 10_000, Duration::from_millis(100)) {
+        Err(Error::Timeout { .. }) => println!("timeout=ok"),
+        other => println!("timeout=unexpected {other:?}"),
+    }
+    println!(
+        "after_timeout={}",
+        pool.apply(square, 12).expect("after timeout")
+    );
     println!("workers={}", pool.worker_pids().len());
     pool.close();
     pool.join().expect("join");
     println!("joined=true");
+    // Every worker reaped: none is left, not even as a zombie, under this process or another.
+    let mine: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| p == pid || parent_of(p) == Some(pid))
+        .map(|p| p.to_string())
+        .collect();
+    println!("left_over=[{}]", mine.join(","));
+}
+
+/// 200 pools created and dropped beside 8 threads that allocate, print and hold mutexes.
+fn busy_threads(method: StartMethod) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let shared = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let noise: Vec<_> = (0..8u64)
+        .map(|t| {
+            let stop = Arc::clone(&stop);
+            let shared = Arc::clone(&shared);
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let v: Vec<u64> = (0..(i % 512)).collect(); // allocate
+                    let mut guard = shared.lock().unwrap(); // hold a mutex
+                    guard.push(v.len() as u64);
+                    if guard.len() > 10_000 {
+                        guard.clear();
+                    }
+                    drop(guard);
+                    if i % 64 == t {
+                        // print, through the real stdout lock, as a logger would
+                        let _ = write!(std::io::stdout().lock(), "");
+                        let _ = writeln!(std::io::sink(), "{t}:{i}");
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    for i in 0..200u64 {
+        let pool = Pool::builder()
+            .processes(2)
+            .start_method(method)
+            .build()
+            .expect("pool starts");
+        assert_eq!(pool.apply(square, i).expect("apply"), i * i);
+        if i % 2 == 0 {
+            pool.close();
+            pool.join().expect("join");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in noise {
+        t.join().unwrap();
+    }
+    println!("pools=200 took_ms={}", started.elapsed().as_millis());
 }

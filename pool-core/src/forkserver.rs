@@ -1,0 +1,283 @@
+//! The fork server: a small single-threaded process, forked by `pool_core::init()` while the
+//! program is still single-threaded, that forks workers on the pools' behalf
+//! ([`StartMethod::ForkServer`](crate::StartMethod::ForkServer)).
+//!
+//! A program that runs threads (tokio, rayon, a logger) then never forks itself: each worker is
+//! a fork of the server, which has one thread and holds no lock, so a worker cannot inherit a
+//! lock that some other thread held at the fork.
+//!
+//! # Who owns what
+//!
+//! - The program and the server talk over a `SOCK_SEQPACKET` socket pair made before the
+//!   server's fork. It has no address: no other process can connect to it. The server still
+//!   checks the peer's credentials (same user) before it serves.
+//! - A pool asks for a worker by sending the worker's region (a memfd) and the pool's bell (an
+//!   eventfd) as `SCM_RIGHTS`. The server forks, closes its copies, and answers with the pid.
+//! - The worker is the server's child, so only the server can reap it. It does so only when a
+//!   pool asks (`reap`), after the pool has seen the worker exit through its pidfd. Until then
+//!   the worker stays a zombie, so its pid names it and nothing else: the pool may signal it by
+//!   pid, exactly as it does a worker it forked itself.
+//! - The server dies with the program (`PR_SET_PDEATHSIG`, tied to the thread that called
+//!   `init()`, the main thread) and when the socket reaches end-of-file; each worker dies with
+//!   the server. So SIGKILL of the program takes the server and then every worker down with it.
+//! - Requests and answers are strictly paired, under one lock in the program, so any pool in any
+//!   thread may use the server.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Mutex, Once, OnceLock, PoisonError};
+
+use nix::errno::Errno;
+use nix::sys::signal::{self, SigHandler, Signal};
+use nix::sys::socket::{
+    self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{ForkResult, Pid};
+
+use crate::region::Region;
+use crate::spawn::{self, ParentFd};
+use crate::{panic_capture, registry, ExitCause};
+
+/// The running server, as the program sees it. Set once, by `init()`.
+static SERVER: OnceLock<Server> = OnceLock::new();
+
+#[derive(Debug)]
+struct Server {
+    /// The program's end of the socket pair. Registered as parent-only, so workers the program
+    /// forks itself close it.
+    channel: Mutex<ParentFd>,
+}
+
+const FORK: u8 = b'F';
+const REAP: u8 = b'R';
+
+/// Whether `init()` started a fork server in this process.
+pub(crate) fn running() -> bool {
+    SERVER.get().is_some()
+}
+
+/// Starts the server, once per process. On failure the program carries on without one (pools
+/// then default to `Fork`).
+pub(crate) fn start() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Workers inherit the task table and the panic hook from the server: set both up now.
+        if registry::check().is_err() {
+            return; // every pool will report the duplicate name
+        }
+        panic_capture::install();
+        let Ok((ours, theirs)) = socket::socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        ) else {
+            return;
+        };
+        let program = nix::unistd::getpid();
+        // SAFETY: `init()` runs first in `main`, while the program has one thread, so the child
+        // inherits no lock held by another thread. Even if it did not, `serve` only makes
+        // system calls and forks; it never returns, and ends with `_exit`, so no destructor or
+        // `atexit` handler of the program runs in it.
+        match unsafe { nix::unistd::fork() } {
+            Ok(ForkResult::Child) => {
+                drop(ours);
+                serve(theirs, program)
+            }
+            Ok(ForkResult::Parent { .. }) => {
+                drop(theirs);
+                let _ = SERVER.set(Server {
+                    channel: Mutex::new(ParentFd::new(ours)),
+                });
+            }
+            Err(_) => {}
+        }
+    });
+}
+
+/// Asks the server for a worker that serves `region` (in `memfd`) and rings `bell`. Returns the
+/// worker's pid; the worker is the server's child and stays unreaped until [`reap`].
+pub(crate) fn fork_worker(memfd: RawFd, bell: RawFd, memory_cap: Option<u64>) -> io::Result<Pid> {
+    let server = SERVER.get().ok_or_else(|| {
+        io::Error::other(
+            "StartMethod::ForkServer needs `pool_core::init()` (or `#[pool_core::main]`) first \
+             in `main`",
+        )
+    })?;
+    let mut request = [0u8; 9];
+    request[0] = FORK;
+    request[1..9].copy_from_slice(&memory_cap.unwrap_or(u64::MAX).to_le_bytes());
+    let answer = server.ask(&request, &[memfd, bell])?;
+    match answer {
+        [0, pid, _] if pid > 0 => Ok(Pid::from_raw(pid)),
+        [1, errno, _] => Err(io::Error::from_raw_os_error(errno)),
+        _ => Err(io::Error::other("the fork server gave a malformed answer")),
+    }
+}
+
+/// Has the server reap its worker `pid`, which must have exited (its pidfd is readable), and
+/// returns how it ended.
+pub(crate) fn reap(pid: Pid) -> ExitCause {
+    let Some(server) = SERVER.get() else {
+        return ExitCause::Unknown;
+    };
+    let mut request = [0u8; 9];
+    request[0] = REAP;
+    request[1..5].copy_from_slice(&pid.as_raw().to_le_bytes());
+    match server.ask(&request, &[]) {
+        Ok([0, code, _]) => ExitCause::Exited(code),
+        Ok([1, signal, _]) => ExitCause::Signal(signal),
+        _ => ExitCause::Unknown,
+    }
+}
+
+impl Server {
+    /// Sends one request and reads its answer: three little-endian `i32`s.
+    fn ask(&self, request: &[u8], fds: &[RawFd]) -> io::Result<[i32; 3]> {
+        let channel = self.channel.lock().unwrap_or_else(PoisonError::into_inner);
+        let cmsgs = [ControlMessage::ScmRights(fds)];
+        let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &cmsgs };
+        retry(|| {
+            socket::sendmsg::<()>(
+                channel.raw(),
+                &[IoSlice::new(request)],
+                cmsgs,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            )
+        })
+        .map_err(gone)?;
+        let mut answer = [0u8; 12];
+        let n =
+            retry(|| socket::recv(channel.raw(), &mut answer, MsgFlags::empty())).map_err(gone)?;
+        if n != answer.len() {
+            return Err(gone(Errno::EPIPE));
+        }
+        let word =
+            |i: usize| i32::from_le_bytes(answer[i * 4..i * 4 + 4].try_into().unwrap_or_default());
+        Ok([word(0), word(1), word(2)])
+    }
+}
+
+fn gone(errno: Errno) -> io::Error {
+    io::Error::other(format!("the fork server is gone ({errno})"))
+}
+
+fn retry<T>(mut f: impl FnMut() -> nix::Result<T>) -> nix::Result<T> {
+    loop {
+        match f() {
+            Err(Errno::EINTR) => continue,
+            other => return other,
+        }
+    }
+}
+
+/// The server's main loop; never returns.
+fn serve(channel: OwnedFd, program: Pid) -> ! {
+    if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() || nix::unistd::getppid() != program
+    {
+        spawn::exit_now(1);
+    }
+    // The socket pair has no address, so only the program holds the other end; check it anyway.
+    match socket::getsockopt(&channel, socket::sockopt::PeerCredentials) {
+        Ok(peer) if peer.uid() == nix::unistd::getuid().as_raw() => {}
+        _ => spawn::exit_now(1),
+    }
+    // Ctrl-C reaches the whole process group; the program decides what happens to its workers.
+    // Workers stay zombies until a pool asks for them, so SIGCHLD must not reap them.
+    // SAFETY: setting a disposition to SIG_IGN / SIG_DFL installs no handler code.
+    unsafe {
+        let _ = signal::signal(Signal::SIGINT, SigHandler::SigIgn);
+        let _ = signal::signal(Signal::SIGCHLD, SigHandler::SigDfl);
+        let _ = signal::signal(Signal::SIGTERM, SigHandler::SigDfl);
+    }
+    let raw = channel.as_raw_fd();
+    loop {
+        let mut request = [0u8; 16];
+        let mut space = nix::cmsg_space!([RawFd; 2]);
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        let received = retry(|| {
+            let mut iov = [IoSliceMut::new(&mut request)];
+            let msg =
+                socket::recvmsg::<()>(raw, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+            for cmsg in msg.cmsgs()? {
+                if let ControlMessageOwned::ScmRights(list) = cmsg {
+                    // SAFETY: the kernel just installed these descriptors in this process;
+                    // nothing else owns them.
+                    fds.extend(
+                        list.into_iter()
+                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                    );
+                }
+            }
+            Ok(msg.bytes)
+        });
+        let n = match received {
+            Ok(n) if n > 0 => n,
+            // End-of-file: the program is gone (or closed its end). So is the reason to serve.
+            _ => spawn::exit_now(0),
+        };
+        let answer = match (request[0], &fds[..]) {
+            (FORK, [memfd, bell]) if n == 9 => {
+                let cap = u64::from_le_bytes(request[1..9].try_into().unwrap_or_default());
+                let cap = (cap != u64::MAX).then_some(cap);
+                fork_one(raw, memfd, bell, cap)
+            }
+            (REAP, []) if n == 9 => {
+                let pid = i32::from_le_bytes(request[1..5].try_into().unwrap_or_default());
+                reap_one(Pid::from_raw(pid))
+            }
+            _ => spawn::exit_now(2), // not the program talking: stop
+        };
+        drop(fds); // the worker has its copies
+        let mut bytes = [0u8; 12];
+        for (chunk, word) in bytes.chunks_exact_mut(4).zip(answer) {
+            chunk.copy_from_slice(&word.to_le_bytes());
+        }
+        if retry(|| socket::send(raw, &bytes, MsgFlags::MSG_NOSIGNAL)).is_err() {
+            spawn::exit_now(0);
+        }
+    }
+}
+
+/// In the server: forks one worker. Answers `[0, pid, 0]` or `[1, errno, 0]`.
+fn fork_one(channel: RawFd, memfd: &OwnedFd, bell: &OwnedFd, cap: Option<u64>) -> [i32; 3] {
+    let server = nix::unistd::getpid();
+    // SAFETY: the server has one thread, so the child inherits no lock held elsewhere. The
+    // child never returns: it serves jobs and ends with `_exit`.
+    match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Child) => {
+            // SAFETY: the server's end of the socket; the worker must not hold it (only the
+            // server reads it) and nothing in the worker uses it.
+            unsafe { libc::close(channel) };
+            if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()
+                || nix::unistd::getppid() != server
+            {
+                spawn::exit_now(1);
+            }
+            let Ok(region) = Region::attach(memfd.as_raw_fd()) else {
+                spawn::exit_now(2);
+            };
+            // SAFETY: the region stays mapped without its descriptor, which nothing else in
+            // this process owns or uses after this.
+            unsafe { libc::close(memfd.as_raw_fd()) };
+            spawn::serve_attached(region, bell.as_raw_fd(), cap)
+        }
+        Ok(ForkResult::Parent { child }) => [0, child.as_raw(), 0],
+        Err(errno) => [1, errno as i32, 0],
+    }
+}
+
+/// In the server: reaps its child `pid`. Answers `[0, code, 0]`, `[1, signal, 0]`, or
+/// `[2, 0, 0]` when unknown.
+fn reap_one(pid: Pid) -> [i32; 3] {
+    if pid.as_raw() <= 0 {
+        return [2, 0, 0];
+    }
+    match retry(|| waitpid(pid, None)) {
+        Ok(WaitStatus::Exited(_, code)) => [0, code, 0],
+        Ok(WaitStatus::Signaled(_, sig, _)) => [1, sig as i32, 0],
+        _ => [2, 0, 0],
+    }
+}
