@@ -100,6 +100,14 @@ impl JobBuilder {
         self.push_with(|buf| crate::codec::encode(buf, args))
     }
 
+    /// Appends one item's arguments, already encoded as MessagePack.
+    pub(crate) fn push_encoded(&mut self, args: &[u8]) -> Result<(), String> {
+        self.push_with(|buf| {
+            buf.extend_from_slice(args);
+            Ok(())
+        })
+    }
+
     /// [`push`](Self::push) for arguments of any type (without the byte-buffer fast path).
     pub(crate) fn push_any<A: Serialize + ?Sized>(&mut self, args: &A) -> Result<(), String> {
         self.push_with(|buf| crate::codec::encode_any(buf, args))

@@ -240,6 +240,37 @@ pub use pool_macros::main;
 /// both functions.
 pub use pool_macros::task;
 
+/// The MessagePack encoding of task arguments and results, for code that moves tasks over
+/// other transports (such as `pool-redis`): what [`Pool::apply_encoded`] takes and returns.
+///
+/// It is `rmp-serde`, except that a value that is a whole `Vec<u8>` travels as MessagePack
+/// `bin` (one copy) instead of a sequence of numbers; decoding accepts both.
+///
+/// # Examples
+///
+/// ```
+/// let bytes = pool_core::wire::encode(&(2u64, "three".to_string()))?;
+/// let back: (u64, String) = pool_core::wire::decode(&bytes)?;
+/// assert_eq!(back, (2, "three".to_string()));
+/// # Ok::<(), String>(())
+/// ```
+pub mod wire {
+    use serde::de::DeserializeOwned;
+    use serde::Serialize;
+
+    /// Encodes `value` as the pool does.
+    pub fn encode<T: Serialize + 'static>(value: &T) -> Result<Vec<u8>, String> {
+        let mut buf = Vec::new();
+        crate::codec::encode(&mut buf, value)?;
+        Ok(buf)
+    }
+
+    /// Decodes one value as the pool does.
+    pub fn decode<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T, String> {
+        crate::codec::decode(bytes)
+    }
+}
+
 /// Entry points for the criterion benches in `pool-core/benches/`. Not a public API.
 #[doc(hidden)]
 pub mod __bench {

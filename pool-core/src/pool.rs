@@ -13,7 +13,7 @@ use crate::collector::Collector;
 use crate::frame::JobBuilder;
 use crate::imap::Imap;
 use crate::job::{Job, Sink, TaskName};
-use crate::result::{decode_all, decode_one, Counts, Slot};
+use crate::result::{decode_all, decode_one, encoded_all, Counts, Slot};
 use crate::shared::Shared;
 use crate::{panic_capture, sys, AsyncResult, Error, PoolStats, Task};
 
@@ -358,6 +358,60 @@ impl Pool {
         let mut job = Job::new(builder.finish(), name, slot.clone(), 0);
         job.limit = limit;
         self.shared.submit(job);
+        AsyncResult::new(slot)
+    }
+
+    /// Runs the task registered as `name` once per item of `items`, as one job (like one chunk
+    /// of a `map`), where each item is the task's arguments already encoded with
+    /// [`wire::encode`](crate::wire::encode); the result holds each item's return value,
+    /// encoded the same way, in order. It fails with the first item's error, as `map` does.
+    ///
+    /// For transports that carry tasks as bytes (such as `pool-redis`), which need no types:
+    /// the worker decodes and encodes as the task's own signature says, so undecodable
+    /// arguments are an [`Error::ArgsDecode`] and an unknown name an [`Error::UnknownTask`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, wire, Pool, Task};
+    ///
+    /// #[task]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(1).build()?;
+    /// let items = [wire::encode(&3u64).unwrap(), wire::encode(&4u64).unwrap()];
+    /// let out = pool.apply_encoded(square::NAME, &items).get()?;
+    /// let out: Vec<u64> = out.iter().map(|b| wire::decode(b).unwrap()).collect();
+    /// assert_eq!(out, [9, 16]);
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
+    pub fn apply_encoded<B: AsRef<[u8]>>(
+        &self,
+        name: &str,
+        items: &[B],
+    ) -> AsyncResult<Vec<Vec<u8>>> {
+        let name: TaskName = TaskName::Owned(name.to_owned());
+        if items.is_empty() {
+            return AsyncResult::new(Slot::new(name, Counts::Many(Vec::new()), encoded_all));
+        }
+        let count = u32::try_from(items.len()).unwrap_or(u32::MAX);
+        let slot = Slot::new(name.clone(), Counts::One(count), encoded_all);
+        if name.len() > usize::from(u16::MAX) {
+            slot.complete_part(0, Err(Error::UnknownTask { name: name.into() }));
+            return AsyncResult::new(slot);
+        }
+        let mut builder = JobBuilder::new(&name);
+        for item in items {
+            if let Err(message) = builder.push_encoded(item.as_ref()) {
+                let task = name.into_owned();
+                slot.complete_part(0, Err(Error::ArgsEncode { task, message }));
+                return AsyncResult::new(slot);
+            }
+        }
+        self.shared
+            .submit(Job::new(builder.finish(), name, slot.clone(), 0));
         AsyncResult::new(slot)
     }
 

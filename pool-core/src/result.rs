@@ -350,6 +350,22 @@ pub(crate) fn decode_all<R: DeserializeOwned + 'static>(
     Ok(out)
 }
 
+/// Every item of every part as its raw MessagePack bytes, in order (the parts are checked).
+pub(crate) fn encoded_all(parts: &[Vec<u8>], task: &str) -> Result<Vec<Vec<u8>>, Error> {
+    let mut out = Vec::new();
+    for part in parts {
+        let results = frame::parse_results(part).map_err(|e| frame_error(e, task))?;
+        out.reserve(results.remaining() as usize);
+        for outcome in results {
+            match outcome? {
+                Outcome::Ok(bytes) => out.push(bytes.to_vec()),
+                other => return Err(other.to_error(task).expect("not Ok")),
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Decodes the single item of a single part.
 pub(crate) fn decode_one<R: DeserializeOwned + 'static>(
     parts: &[Vec<u8>],

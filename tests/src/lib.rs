@@ -1,6 +1,8 @@
 //! Helpers shared by the pool-tests test binaries: deadlines, and views of this process's
 //! children and descriptors from `/proc`.
 
+pub mod redis;
+
 use std::sync::mpsc;
 use std::time::Duration;
 

@@ -1,0 +1,965 @@
+//! The client side: [`RedisPool`], which submits tasks to a queue and collects their results.
+//!
+//! # Threads and ownership
+//!
+//! A `RedisPool` runs two threads, each with its own connection:
+//!
+//! - the *submitter* takes jobs from a channel and sends them as `XADD`s, many per round trip;
+//! - the *collector* reads this client's result stream with `XREAD` (from the last id it has
+//!   seen, so a reply lost in a reconnection is read again) and resolves the waiting jobs.
+//!
+//! Every job is in the `pending` table from its submission until its first result; a result for
+//! a job no longer there (a duplicate, after a redelivery) is dropped. That table is what makes
+//! delivery at-least-once on the wire but exactly-once for the caller.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use pool_core::Task;
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use redis::Value;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::conn::Link;
+use crate::status::{self, QueueStatus};
+use crate::wire::{self, Keys, WireError};
+use crate::Error;
+
+/// How a job's outcome reaches whoever waits for it.
+type Resolve = Box<dyn FnOnce(Result<Vec<Vec<u8>>, Error>) + Send>;
+
+/// Submissions sent in one round trip, at most.
+const SUBMIT_BATCH: usize = 1024;
+/// How long the collector's `XREAD` blocks, so that it notices a drop.
+const READ_BLOCK: Duration = Duration::from_millis(200);
+/// Chunks an `imap` keeps in flight.
+const IMAP_WINDOW: usize = 64;
+/// The largest default chunk of a `map`.
+const MAX_DEFAULT_CHUNK: usize = 4096;
+
+/// A pool whose workers are on other machines (or other processes), fed through a Redis queue.
+///
+/// It has the calls of [`pool_core::Pool`] wherever they make sense: typed [`apply`],
+/// [`apply_async`], [`map`] (in chunks), [`imap`] and [`imap_unordered`], and [`close`] /
+/// [`join`] for the work this client submitted. The results of a call come back to this client
+/// only (each client reads its own result stream).
+///
+/// Delivery is at-least-once: a job whose worker goes silent is handed to another worker, so a
+/// task may *run* more than once (its side effects may happen twice), but the caller receives
+/// exactly one result per call.
+///
+/// [`apply`]: RedisPool::apply
+/// [`apply_async`]: RedisPool::apply_async
+/// [`map`]: RedisPool::map
+/// [`imap`]: RedisPool::imap
+/// [`imap_unordered`]: RedisPool::imap_unordered
+/// [`close`]: RedisPool::close
+/// [`join`]: RedisPool::join
+///
+/// # Examples
+///
+/// ```no_run
+/// use pool_core::task;
+/// use pool_redis::RedisPool;
+///
+/// #[task]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// let pool = RedisPool::connect("redis://127.0.0.1:6379/", "jobs")?;
+/// assert_eq!(pool.apply(square, 7)?, 49);
+/// assert_eq!(pool.map(square, 0..4)?, [0, 1, 4, 9]);
+/// pool.close();
+/// pool.join()?;
+/// # Ok::<(), pool_redis::Error>(())
+/// ```
+pub struct RedisPool {
+    inner: Arc<Inner>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+struct Inner {
+    url: String,
+    client: redis::Client,
+    keys: Keys,
+    client_id: String,
+    next_id: AtomicU64,
+    pending: Mutex<HashMap<u64, Resolve>>,
+    /// Signalled when `pending` becomes empty.
+    idle: Condvar,
+    submit: Mutex<Option<Sender<Submission>>>,
+    stop: AtomicBool,
+}
+
+struct Submission {
+    id: u64,
+    task: String,
+    args: Vec<u8>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A random identifier (128 bits from the kernel), in hex.
+pub(crate) fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the live local buffer.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        // Never expected on Linux; fall back to something still unique enough per host.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        bytes = (t ^ (u128::from(std::process::id()) << 64)).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl RedisPool {
+    /// Connects to the Redis at `url` (`redis://[user:password@]host[:port][/db]`, or
+    /// `rediss://` with the `tls` feature) and to the queue named `queue`. Fails at once if
+    /// Redis cannot be reached; later disconnections are retried.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// // A malformed URL is an error, not a panic.
+    /// assert!(pool_redis::RedisPool::connect("not a url", "jobs").is_err());
+    /// ```
+    pub fn connect(url: &str, queue: &str) -> Result<RedisPool, Error> {
+        let keys = Keys::new(queue)?;
+        let client = redis::Client::open(url)?;
+        let mut first = Link::new(client.clone(), Duration::from_secs(5));
+        first.connect_once()?;
+        status::ensure_group(&mut first, &keys)?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let inner = Arc::new(Inner {
+            url: wire::redact(url),
+            client,
+            keys,
+            client_id: random_id(),
+            next_id: AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
+            idle: Condvar::new(),
+            submit: Mutex::new(Some(tx)),
+            stop: AtomicBool::new(false),
+        });
+        let submitter = {
+            let inner = Arc::clone(&inner);
+            std::thread::Builder::new()
+                .name("pool-redis-submit".into())
+                .spawn(move || inner.run_submitter(first, rx))
+                .map_err(|e| Error::Config(format!("cannot start a thread: {e}")))?
+        };
+        let collector = {
+            let inner = Arc::clone(&inner);
+            std::thread::Builder::new()
+                .name("pool-redis-results".into())
+                .spawn(move || inner.run_collector())
+                .map_err(|e| Error::Config(format!("cannot start a thread: {e}")))?
+        };
+        Ok(RedisPool {
+            inner,
+            threads: Mutex::new(vec![submitter, collector]),
+        })
+    }
+
+    /// The queue's name.
+    pub fn queue(&self) -> &str {
+        &self.inner.keys.queue
+    }
+
+    /// Runs `task(args)` on a worker and waits for the result.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use pool_core::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// let pool = pool_redis::RedisPool::connect("redis://127.0.0.1/", "jobs")?;
+    /// assert_eq!(pool.apply(square, 3)?, 9);
+    /// # Ok::<(), pool_redis::Error>(())
+    /// ```
+    pub fn apply<T: Task>(&self, task: T, args: T::Args) -> Result<T::Output, Error> {
+        self.apply_async(task, args).get()
+    }
+
+    /// Submits `task(args)` and returns at once; the result arrives in the [`AsyncResult`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use pool_core::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// let pool = pool_redis::RedisPool::connect("redis://127.0.0.1/", "jobs")?;
+    /// let pending: Vec<_> = (0..10).map(|i| pool.apply_async(square, i)).collect();
+    /// let total: u64 = pending.into_iter().map(|r| r.get()).sum::<Result<_, _>>()?;
+    /// assert_eq!(total, 285);
+    /// # Ok::<(), pool_redis::Error>(())
+    /// ```
+    pub fn apply_async<T: Task>(&self, _task: T, args: T::Args) -> AsyncResult<T::Output> {
+        let encoded = pool_core::wire::encode(&args);
+        self.submit_one(T::NAME, encoded)
+    }
+
+    /// Runs the task registered as `name`, with arguments of any serializable type, and decodes
+    /// its result as `R`. Arguments that do not match the task's parameters fail with
+    /// `Error::Task(pool_core::Error::ArgsDecode)`, an unknown name with
+    /// `Error::Task(pool_core::Error::UnknownTask)`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let pool = pool_redis::RedisPool::connect("redis://127.0.0.1/", "jobs")?;
+    /// let r: Result<u64, _> = pool.apply_named("no::such::task", 1u64);
+    /// assert!(r.is_err());
+    /// # Ok::<(), pool_redis::Error>(())
+    /// ```
+    pub fn apply_named<A: Serialize + 'static, R: DeserializeOwned + 'static>(
+        &self,
+        name: &str,
+        args: A,
+    ) -> Result<R, Error> {
+        let encoded = pool_core::wire::encode(&args);
+        self.submit_one::<R>(name, encoded).get()
+    }
+
+    fn submit_one<R: DeserializeOwned + 'static>(
+        &self,
+        name: &str,
+        encoded: Result<Vec<u8>, String>,
+    ) -> AsyncResult<R> {
+        let result = AsyncResult::new(name, decode_single::<R>);
+        let args = match encoded {
+            Ok(a) => a,
+            Err(message) => {
+                result.cell.set(Err(pool_core::Error::ArgsEncode {
+                    task: name.to_owned(),
+                    message,
+                }
+                .into()));
+                return result;
+            }
+        };
+        let cell = Arc::clone(&result.cell);
+        self.submit(name, &[args], move |outcome| cell.set(outcome));
+        result
+    }
+
+    /// Sends one job (a chunk of encoded items) and arranges for `resolve` to get its outcome.
+    fn submit(
+        &self,
+        task: &str,
+        items: &[Vec<u8>],
+        resolve: impl FnOnce(Result<Vec<Vec<u8>>, Error>) + Send + 'static,
+    ) {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let sender = lock(&self.inner.submit).clone();
+        let Some(sender) = sender else {
+            resolve(Err(Error::Closed));
+            return;
+        };
+        lock(&self.inner.pending).insert(id, Box::new(resolve));
+        let submission = Submission {
+            id,
+            task: task.to_owned(),
+            args: wire::encode_items(items),
+        };
+        if sender.send(submission).is_err() {
+            if let Some(resolve) = lock(&self.inner.pending).remove(&id) {
+                resolve(Err(Error::Closed));
+            }
+        }
+    }
+
+    /// Applies `task` to every item, in chunks, and returns the results in order, failing with
+    /// the first error. The default chunk size is `ceil(n / (4 × worker processes))` over the
+    /// live workers (at most 4,096 items; 1 if no worker is alive yet).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use pool_core::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// let pool = pool_redis::RedisPool::connect("redis://127.0.0.1/", "jobs")?;
+    /// assert_eq!(pool.map(square, 1..=3)?, [1, 4, 9]);
+    /// # Ok::<(), pool_redis::Error>(())
+    /// ```
+    pub fn map<T, I>(&self, task: T, items: I) -> Result<Vec<T::Output>, Error>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        let items: Vec<T::Args> = items.into_iter().collect();
+        let chunksize = self.default_chunksize(items.len());
+        self.map_async_chunked(task, items, chunksize).get()
+    }
+
+    /// [`map`](Self::map) with `chunksize` items per job (at least 1).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use pool_core::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// let pool = pool_redis::RedisPool::connect("redis://127.0.0.1/", "jobs")?;
+    /// assert_eq!(pool.map_chunked(square, 0..1000, 100)?.len(), 1000);
+    /// # Ok::<(), pool_redis::Error>(())
+    /// ```
+    pub fn map_chunked<T, I>(
+        &self,
+        task: T,
+        items: I,
+        chunksize: usize,
+    ) -> Result<Vec<T::Output>, Error>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        self.map_async_chunked(task, items, chunksize).get()
+    }
+
+    /// [`map_chunked`](Self::map_chunked) that returns at once.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use pool_core::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// let pool = pool_redis::RedisPool::connect("redis://127.0.0.1/", "jobs")?;
+    /// let r = pool.map_async_chunked(square, 0..10, 5);
+    /// assert_eq!(r.get()?[9], 81);
+    /// # Ok::<(), pool_redis::Error>(())
+    /// ```
+    pub fn map_async_chunked<T, I>(
+        &self,
+        _task: T,
+        items: I,
+        chunksize: usize,
+    ) -> AsyncResult<Vec<T::Output>>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        let chunksize = chunksize.max(1);
+        let result = AsyncResult::new(T::NAME, decode_all::<T::Output>);
+        let mut chunks: Vec<Vec<Vec<u8>>> = Vec::new();
+        for args in items {
+            match pool_core::wire::encode(&args) {
+                Ok(bytes) => match chunks.last_mut() {
+                    Some(c) if c.len() < chunksize => c.push(bytes),
+                    _ => chunks.push(vec![bytes]),
+                },
+                Err(message) => {
+                    result.cell.set(Err(pool_core::Error::ArgsEncode {
+                        task: T::NAME.to_owned(),
+                        message,
+                    }
+                    .into()));
+                    return result;
+                }
+            }
+        }
+        if chunks.is_empty() {
+            result.cell.set(Ok(Vec::new()));
+            return result;
+        }
+        let gather = Arc::new(Mutex::new(Gather {
+            parts: vec![None; chunks.len()],
+            remaining: chunks.len(),
+        }));
+        for (index, chunk) in chunks.iter().enumerate() {
+            let gather = Arc::clone(&gather);
+            let cell = Arc::clone(&result.cell);
+            self.submit(T::NAME, chunk, move |outcome| match outcome {
+                // The first error resolves the whole map; later parts are ignored.
+                Err(err) => cell.set(Err(err)),
+                Ok(items) => {
+                    let mut g = lock(&gather);
+                    g.parts[index] = Some(items);
+                    g.remaining -= 1;
+                    if g.remaining == 0 {
+                        let parts = std::mem::take(&mut g.parts);
+                        drop(g);
+                        cell.set(Ok(parts.into_iter().flatten().flatten().collect()));
+                    }
+                }
+            });
+        }
+        result
+    }
+
+    /// The results of `task` over `items`, in order, as they arrive; items are submitted lazily,
+    /// one per job, with a bounded number of jobs in flight. See
+    /// [`imap_chunked`](Self::imap_chunked).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use pool_core::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// let pool = pool_redis::RedisPool::connect("redis://127.0.0.1/", "jobs")?;
+    /// for (i, r) in pool.imap(square, 0..5u64).enumerate() {
+    ///     assert_eq!(r?, (i * i) as u64);
+    /// }
+    /// # Ok::<(), pool_redis::Error>(())
+    /// ```
+    pub fn imap<T, I>(&self, task: T, items: I) -> Imap<'_, T, I::IntoIter>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        self.imap_chunked(task, items, 1)
+    }
+
+    /// [`imap`](Self::imap) with `chunksize` items per job. A job that fails yields its error
+    /// once, in place of its items, and iteration goes on with the next job.
+    pub fn imap_chunked<T, I>(
+        &self,
+        _task: T,
+        items: I,
+        chunksize: usize,
+    ) -> Imap<'_, T, I::IntoIter>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        Imap::new(self, items.into_iter(), chunksize, true)
+    }
+
+    /// Like [`imap`](Self::imap), in the order results arrive.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use pool_core::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// let pool = pool_redis::RedisPool::connect("redis://127.0.0.1/", "jobs")?;
+    /// let mut all: Vec<u64> = pool.imap_unordered(square, 0..5u64).collect::<Result<_, _>>()?;
+    /// all.sort();
+    /// assert_eq!(all, [0, 1, 4, 9, 16]);
+    /// # Ok::<(), pool_redis::Error>(())
+    /// ```
+    pub fn imap_unordered<T, I>(&self, task: T, items: I) -> Imap<'_, T, I::IntoIter>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        self.imap_unordered_chunked(task, items, 1)
+    }
+
+    /// [`imap_unordered`](Self::imap_unordered) with `chunksize` items per job.
+    pub fn imap_unordered_chunked<T, I>(
+        &self,
+        _task: T,
+        items: I,
+        chunksize: usize,
+    ) -> Imap<'_, T, I::IntoIter>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        Imap::new(self, items.into_iter(), chunksize, false)
+    }
+
+    /// Stops accepting work from this client: later calls fail with [`Error::Closed`]. Work
+    /// already submitted goes on.
+    pub fn close(&self) {
+        lock(&self.inner.submit).take();
+    }
+
+    /// After [`close`](Self::close), waits until every job this client submitted has its
+    /// result.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use pool_core::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// let pool = pool_redis::RedisPool::connect("redis://127.0.0.1/", "jobs")?;
+    /// let r = pool.apply_async(square, 2);
+    /// pool.close();
+    /// pool.join()?;
+    /// assert!(r.ready());
+    /// # Ok::<(), pool_redis::Error>(())
+    /// ```
+    pub fn join(&self) -> Result<(), Error> {
+        if lock(&self.inner.submit).is_some() {
+            return Err(Error::NotClosed);
+        }
+        let mut pending = lock(&self.inner.pending);
+        while !pending.is_empty() {
+            pending = self
+                .inner
+                .idle
+                .wait(pending)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        Ok(())
+    }
+
+    /// Jobs submitted by this client and not answered yet.
+    pub fn outstanding(&self) -> usize {
+        lock(&self.inner.pending).len()
+    }
+
+    /// The queue as Redis sees it: jobs waiting and being worked on, and the workers with
+    /// their last heartbeat. See [`status`](crate::status()).
+    pub fn status(&self) -> Result<QueueStatus, Error> {
+        let mut link = Link::new(self.inner.client.clone(), Duration::from_secs(5));
+        status::read(&mut link, &self.inner.keys)
+    }
+
+    fn default_chunksize(&self, n: usize) -> usize {
+        let processes: usize = self
+            .status()
+            .map(|s| {
+                s.workers
+                    .iter()
+                    .filter(|w| w.alive)
+                    .map(|w| w.processes)
+                    .sum()
+            })
+            .unwrap_or(0);
+        if processes == 0 {
+            return 1;
+        }
+        n.div_ceil(4 * processes).clamp(1, MAX_DEFAULT_CHUNK)
+    }
+}
+
+fn decode<R: DeserializeOwned + 'static>(bytes: &[u8], task: &str) -> Result<R, Error> {
+    pool_core::wire::decode(bytes).map_err(|message| {
+        pool_core::Error::ResultDecode {
+            task: task.to_owned(),
+            message,
+        }
+        .into()
+    })
+}
+
+struct Gather {
+    parts: Vec<Option<Vec<Vec<u8>>>>,
+    remaining: usize,
+}
+
+fn decode_single<R: DeserializeOwned + 'static>(
+    items: Vec<Vec<u8>>,
+    task: &str,
+) -> Result<R, Error> {
+    match &items[..] {
+        [item] => decode(item, task),
+        _ => Err(Error::Protocol(format!(
+            "expected one result, got {}",
+            items.len()
+        ))),
+    }
+}
+
+fn decode_all<R: DeserializeOwned + 'static>(
+    items: Vec<Vec<u8>>,
+    task: &str,
+) -> Result<Vec<R>, Error> {
+    items.iter().map(|item| decode(item, task)).collect()
+}
+
+impl Inner {
+    fn run_submitter(&self, mut link: Link, rx: Receiver<Submission>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < SUBMIT_BATCH {
+                match rx.try_recv() {
+                    Ok(s) => batch.push(s),
+                    Err(_) => break,
+                }
+            }
+            let sent = link.run(&self.stop, |conn| {
+                let mut pipe = redis::pipe();
+                for s in &batch {
+                    pipe.cmd("XADD")
+                        .arg(&self.keys.tasks)
+                        .arg("*")
+                        .arg("task")
+                        .arg(&s.task)
+                        .arg("args")
+                        .arg(&s.args)
+                        .arg("reply")
+                        .arg(&self.client_id)
+                        .arg("id")
+                        .arg(s.id)
+                        .ignore();
+                }
+                pipe.query::<()>(conn)
+            });
+            if let Err(err) = sent {
+                let err = if self.stop.load(Ordering::Relaxed) {
+                    Error::Closed
+                } else {
+                    Error::from(err)
+                };
+                for s in batch {
+                    self.resolve(s.id, Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    fn run_collector(&self) {
+        let key = self.keys.results(&self.client_id);
+        let mut link = Link::new(self.client.clone(), READ_BLOCK + Duration::from_secs(5));
+        let mut last = "0-0".to_string();
+        let options = StreamReadOptions::default()
+            .count(1024)
+            .block(READ_BLOCK.as_millis() as usize);
+        while !self.stop.load(Ordering::Relaxed) {
+            let reply: Result<StreamReadReply, _> = link.run(&self.stop, |conn| {
+                redis::Commands::xread_options(conn, &[&key], &[&last], &options)
+            });
+            let Ok(reply) = reply else {
+                std::thread::sleep(READ_BLOCK);
+                continue;
+            };
+            let mut seen = Vec::new();
+            for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
+                last.clone_from(&entry.id);
+                self.deliver(&entry.map);
+                seen.push(entry.id);
+            }
+            if !seen.is_empty() {
+                // Read results are not needed again; what is left expires with the key.
+                let _ = link.run(&self.stop, |conn| {
+                    redis::cmd("XDEL").arg(&key).arg(&seen).query::<()>(conn)
+                });
+            }
+        }
+    }
+
+    /// Resolves the job a result entry answers, unless it was answered already.
+    fn deliver(&self, map: &HashMap<String, Value>) {
+        let Some(id) = field_u64(map, "id") else {
+            return;
+        };
+        let outcome = if let Some(ok) = field_bytes(map, "ok") {
+            wire::decode_items(&ok).map_err(|e| Error::Protocol(format!("result list: {e}")))
+        } else if let Some(err) = field_bytes(map, "err") {
+            match rmp_serde::from_slice::<WireError>(&err) {
+                Ok(w) => Err(w.into_error()),
+                Err(e) => Err(Error::Protocol(format!("error entry: {e}"))),
+            }
+        } else {
+            Err(Error::Protocol("a result entry without ok or err".into()))
+        };
+        self.resolve(id, outcome);
+    }
+
+    fn resolve(&self, id: u64, outcome: Result<Vec<Vec<u8>>, Error>) {
+        let (resolve, now_idle) = {
+            let mut pending = lock(&self.pending);
+            let r = pending.remove(&id);
+            (r, pending.is_empty())
+        };
+        if let Some(resolve) = resolve {
+            resolve(outcome);
+        }
+        if now_idle {
+            self.idle.notify_all();
+        }
+    }
+}
+
+pub(crate) fn field_bytes(map: &HashMap<String, Value>, name: &str) -> Option<Vec<u8>> {
+    match map.get(name)? {
+        Value::BulkString(b) => Some(b.clone()),
+        Value::SimpleString(s) => Some(s.clone().into_bytes()),
+        _ => None,
+    }
+}
+
+pub(crate) fn field_string(map: &HashMap<String, Value>, name: &str) -> Option<String> {
+    String::from_utf8(field_bytes(map, name)?).ok()
+}
+
+pub(crate) fn field_u64(map: &HashMap<String, Value>, name: &str) -> Option<u64> {
+    field_string(map, name)?.parse().ok()
+}
+
+impl Drop for RedisPool {
+    fn drop(&mut self) {
+        self.close();
+        self.inner.stop.store(true, Ordering::Relaxed);
+        for t in lock(&self.threads).drain(..) {
+            let _ = t.join();
+        }
+        // Whatever is still waiting will never be answered to this client.
+        let pending: Vec<Resolve> = lock(&self.inner.pending).drain().map(|(_, r)| r).collect();
+        for resolve in pending {
+            resolve(Err(Error::Closed));
+        }
+        self.inner.idle.notify_all();
+        // Best effort: this client's result stream is of no use to anyone now.
+        if let Ok(mut conn) = self
+            .inner
+            .client
+            .get_connection_with_timeout(Duration::from_millis(500))
+        {
+            let _: Result<(), _> = redis::cmd("DEL")
+                .arg(self.inner.keys.results(&self.inner.client_id))
+                .query(&mut conn);
+        }
+    }
+}
+
+impl fmt::Debug for RedisPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisPool")
+            .field("url", &self.inner.url)
+            .field("queue", &self.inner.keys.queue)
+            .field("client", &self.inner.client_id)
+            .field("outstanding", &self.outstanding())
+            .finish()
+    }
+}
+
+/// One place a job's raw outcome is written once and waited for. Results are decoded by the
+/// thread that takes them, so result types need not be `Send`.
+struct Cell {
+    value: Mutex<Option<Result<Vec<Vec<u8>>, Error>>>,
+    ready: Condvar,
+}
+
+impl Cell {
+    fn set(&self, outcome: Result<Vec<Vec<u8>>, Error>) {
+        let mut v = lock(&self.value);
+        if v.is_none() {
+            *v = Some(outcome);
+            self.ready.notify_all();
+        }
+    }
+}
+
+/// The result of a call submitted with [`RedisPool::apply_async`] or
+/// [`RedisPool::map_async_chunked`].
+///
+/// # Examples
+///
+/// ```no_run
+/// # use pool_core::task;
+/// # #[task] fn square(x: u64) -> u64 { x * x }
+/// use std::time::Duration;
+///
+/// let pool = pool_redis::RedisPool::connect("redis://127.0.0.1/", "jobs")?;
+/// let r = pool.apply_async(square, 5);
+/// if r.wait_timeout(Duration::from_secs(10)) {
+///     assert_eq!(r.get()?, 25);
+/// }
+/// # Ok::<(), pool_redis::Error>(())
+/// ```
+pub struct AsyncResult<T> {
+    cell: Arc<Cell>,
+    task: String,
+    decode: fn(Vec<Vec<u8>>, &str) -> Result<T, Error>,
+}
+
+impl<T> AsyncResult<T> {
+    fn new(task: &str, decode: fn(Vec<Vec<u8>>, &str) -> Result<T, Error>) -> Self {
+        AsyncResult {
+            cell: Arc::new(Cell {
+                value: Mutex::new(None),
+                ready: Condvar::new(),
+            }),
+            task: task.to_owned(),
+            decode,
+        }
+    }
+
+    /// Waits for the result and returns it.
+    pub fn get(self) -> Result<T, Error> {
+        let mut v = lock(&self.cell.value);
+        loop {
+            if let Some(outcome) = v.take() {
+                drop(v);
+                return outcome.and_then(|items| (self.decode)(items, &self.task));
+            }
+            v = self
+                .cell
+                .ready
+                .wait(v)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Waits at most `timeout` for the result; [`Error::WaitTimeout`] if it is not there by
+    /// then (the call goes on; the result is lost to this handle).
+    pub fn get_timeout(self, timeout: Duration) -> Result<T, Error> {
+        if self.wait_timeout(timeout) {
+            self.get()
+        } else {
+            Err(Error::WaitTimeout(timeout))
+        }
+    }
+
+    /// Waits at most `timeout`; whether the result is ready.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut v = lock(&self.cell.value);
+        while v.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            v = self
+                .cell
+                .ready
+                .wait_timeout(v, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
+    }
+
+    /// Whether the result is ready.
+    pub fn ready(&self) -> bool {
+        lock(&self.cell.value).is_some()
+    }
+}
+
+impl<T> fmt::Debug for AsyncResult<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncResult")
+            .field("ready", &self.ready())
+            .finish()
+    }
+}
+
+type ChunkOutcome = (usize, Result<Vec<Vec<u8>>, Error>);
+
+/// The lazy iterator of [`RedisPool::imap`] and [`RedisPool::imap_unordered`].
+pub struct Imap<'a, T: Task, I> {
+    pool: &'a RedisPool,
+    items: I,
+    chunksize: usize,
+    ordered: bool,
+    tx: Sender<ChunkOutcome>,
+    rx: Receiver<ChunkOutcome>,
+    submitted: usize,
+    in_flight: usize,
+    next_out: usize,
+    exhausted: bool,
+    arrived: BTreeMap<usize, Result<Vec<Vec<u8>>, Error>>,
+    ready: VecDeque<Result<T::Output, Error>>,
+    _task: PhantomData<T>,
+}
+
+impl<'a, T: Task, I: Iterator<Item = T::Args>> Imap<'a, T, I> {
+    fn new(pool: &'a RedisPool, items: I, chunksize: usize, ordered: bool) -> Self {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Imap {
+            pool,
+            items,
+            chunksize: chunksize.max(1),
+            ordered,
+            tx,
+            rx,
+            submitted: 0,
+            in_flight: 0,
+            next_out: 0,
+            exhausted: false,
+            arrived: BTreeMap::new(),
+            ready: VecDeque::new(),
+            _task: PhantomData,
+        }
+    }
+
+    fn fill(&mut self) {
+        while !self.exhausted && self.in_flight < IMAP_WINDOW {
+            let mut chunk = Vec::with_capacity(self.chunksize);
+            let mut error = None;
+            for args in self.items.by_ref().take(self.chunksize) {
+                match pool_core::wire::encode(&args) {
+                    Ok(b) => chunk.push(b),
+                    Err(message) => {
+                        error = Some(Error::from(pool_core::Error::ArgsEncode {
+                            task: T::NAME.to_owned(),
+                            message,
+                        }))
+                    }
+                }
+            }
+            if chunk.is_empty() && error.is_none() {
+                self.exhausted = true;
+                break;
+            }
+            let index = self.submitted;
+            self.submitted += 1;
+            self.in_flight += 1;
+            let tx = self.tx.clone();
+            match error {
+                Some(err) => {
+                    let _ = tx.send((index, Err(err)));
+                }
+                None => self.pool.submit(T::NAME, &chunk, move |outcome| {
+                    let _ = tx.send((index, outcome));
+                }),
+            }
+        }
+    }
+
+    fn unpack(&mut self, outcome: Result<Vec<Vec<u8>>, Error>) {
+        match outcome {
+            Ok(items) => self
+                .ready
+                .extend(items.iter().map(|b| decode::<T::Output>(b, T::NAME))),
+            Err(err) => self.ready.push_back(Err(err)),
+        }
+    }
+}
+
+impl<T: Task, I: Iterator<Item = T::Args>> Iterator for Imap<'_, T, I> {
+    type Item = Result<T::Output, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(item) = self.ready.pop_front() {
+                return Some(item);
+            }
+            self.fill();
+            if self.ordered {
+                if let Some(outcome) = self.arrived.remove(&self.next_out) {
+                    self.next_out += 1;
+                    self.unpack(outcome);
+                    continue;
+                }
+            }
+            if self.in_flight == 0 {
+                return None;
+            }
+            let (index, outcome) = self.rx.recv().ok()?;
+            self.in_flight -= 1;
+            if self.ordered {
+                self.arrived.insert(index, outcome);
+            } else {
+                self.unpack(outcome);
+            }
+        }
+    }
+}
+
+impl<T: Task, I> fmt::Debug for Imap<'_, T, I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Imap")
+            .field("task", &T::NAME)
+            .field("ordered", &self.ordered)
+            .field("in_flight", &self.in_flight)
+            .finish_non_exhaustive()
+    }
+}

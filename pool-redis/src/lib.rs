@@ -1,0 +1,80 @@
+//! The same `#[task]` functions on workers on many machines, fed through Redis Streams.
+//!
+//! A [`RedisPool`] submits tasks to a named queue; [`Worker`]s — processes on any machine
+//! that can reach the Redis server, built from a binary that links the same tasks — take them,
+//! run them in a local [`pool_core::Pool`] (so a task that crashes is isolated on the worker
+//! machine too), and send each result back to the client that asked. Redis is the engine: this
+//! crate writes no cluster protocol of its own.
+//!
+//! ```no_run
+//! use pool_core::task;
+//! use pool_redis::{RedisPool, Worker};
+//!
+//! #[task]
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! #[pool_core::main]
+//! fn main() -> Result<(), pool_redis::Error> {
+//!     let url = "redis://127.0.0.1:6379/";
+//!     if std::env::args().nth(1).as_deref() == Some("worker") {
+//!         return Worker::new(url, "jobs")?.processes(4).run();
+//!     }
+//!     let pool = RedisPool::connect(url, "jobs")?;
+//!     let squares = pool.map(square, 0..1000)?;
+//!     assert_eq!(squares[999], 998_001);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # How jobs travel
+//!
+//! - A job (one call, or one chunk of a `map`) is an entry in the queue's stream,
+//!   `pool:{QUEUE}:tasks`, with the task's name, its MessagePack arguments, and where to answer.
+//! - Workers read through one consumer group (`XREADGROUP`). A worker answers a job in one
+//!   transaction (`MULTI`): the result goes to the caller's own result stream, the job is
+//!   acknowledged (`XACK`) and removed.
+//! - A worker refreshes the jobs it holds with every heartbeat; a job left idle longer than
+//!   [`Worker::claim_idle`] (its worker died or lost Redis) is taken over by another worker
+//!   (`XAUTOCLAIM`). A job delivered more than [`Worker::max_deliveries`] times is answered with
+//!   [`Error::GaveUp`] instead of being run again.
+//! - Clients and workers reconnect by themselves when Redis restarts, and resend what may not
+//!   have arrived.
+//!
+//! # At-least-once
+//!
+//! Delivery is at-least-once: a job whose worker vanished is run again elsewhere, and a job
+//! whose answer was lost in a reconnection may be run twice. The caller still gets exactly one
+//! result per call (a client ignores answers to jobs it has already resolved). Tasks with side
+//! effects should therefore be idempotent — keyed writes, upserts, checks before acting — or
+//! accept being repeated.
+//!
+//! # Security
+//!
+//! A worker runs only tasks registered in its own binary, with arguments decoded as their typed
+//! parameters: no code travels through Redis, so unlike pickle-based queues a compromised
+//! broker cannot make a worker run arbitrary code (it can still call your tasks with arguments
+//! of the right types). Use a password (`redis://:password@host/`) and, with the `tls` feature,
+//! `rediss://` URLs, as the `redis` crate supports them. URLs are shown with the password
+//! hidden in `Debug` output and messages.
+//!
+//! # Operations
+//!
+//! [`status`] (or [`RedisPool::status`]) reports the jobs waiting and in progress and the live
+//! workers with their last heartbeat. Results expire after [`Worker::result_ttl`], and answered
+//! jobs are deleted from the stream, so Redis does not grow without bound.
+
+#![deny(missing_docs)]
+
+mod client;
+mod conn;
+mod error;
+mod status;
+mod wire;
+mod worker;
+
+pub use client::{AsyncResult, Imap, RedisPool};
+pub use error::Error;
+pub use status::{status, QueueStatus, WorkerInfo};
+pub use worker::{ShutdownHandle, Worker};

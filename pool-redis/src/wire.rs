@@ -1,0 +1,257 @@
+//! What travels through Redis: the keys of a queue, a task entry's fields, and a result entry's
+//! fields.
+//!
+//! ```text
+//! pool:{Q}:tasks            stream     one entry per job: task, args, reply, id
+//!                                      consumer group "workers"
+//! pool:{Q}:results:{CLIENT} stream     one entry per answered job: id, then ok or err
+//!                                      (expires after the result TTL)
+//! pool:{Q}:workers          sorted set worker name -> last heartbeat (unix ms)
+//! pool:{Q}:worker:{NAME}    hash       host, pid, processes, heartbeat_ms (expires)
+//! ```
+//!
+//! `args` is a MessagePack array of `bin`, one per item, each the item's arguments encoded by
+//! [`pool_core::wire::encode`]; `ok` is the same for the results. `err` is a MessagePack
+//! [`WireError`]. The queue name sits in braces, a Redis Cluster hash tag, so every key of one
+//! queue lives in one slot.
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::Error;
+
+/// The consumer group every worker of a queue reads through.
+pub(crate) const GROUP: &str = "workers";
+
+/// The keys of one queue.
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    pub(crate) queue: String,
+    pub(crate) tasks: String,
+    pub(crate) heartbeats: String,
+}
+
+impl Keys {
+    pub(crate) fn new(queue: &str) -> Result<Self, Error> {
+        if queue.is_empty() || queue.contains(['{', '}']) || queue.chars().any(char::is_whitespace)
+        {
+            return Err(Error::Config(format!(
+                "queue names must be non-empty, without spaces or braces: {queue:?}"
+            )));
+        }
+        Ok(Keys {
+            queue: queue.to_owned(),
+            tasks: format!("pool:{{{queue}}}:tasks"),
+            heartbeats: format!("pool:{{{queue}}}:workers"),
+        })
+    }
+
+    pub(crate) fn results(&self, client: &str) -> String {
+        format!("pool:{{{}}}:results:{client}", self.queue)
+    }
+
+    pub(crate) fn worker(&self, name: &str) -> String {
+        format!("pool:{{{}}}:worker:{name}", self.queue)
+    }
+}
+
+/// Encodes a list of encoded items (arguments or results) as a MessagePack array of `bin`.
+pub(crate) fn encode_items(items: &[Vec<u8>]) -> Vec<u8> {
+    let list: Vec<&serde_bytes::Bytes> = items.iter().map(|i| serde_bytes::Bytes::new(i)).collect();
+    rmp_serde::to_vec(&list).expect("a list of byte strings always encodes")
+}
+
+/// Decodes what [`encode_items`] wrote.
+pub(crate) fn decode_items(bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    let list: Vec<ByteBuf> = rmp_serde::from_slice(bytes).map_err(|e| e.to_string())?;
+    Ok(list.into_iter().map(ByteBuf::into_vec).collect())
+}
+
+/// A task's failure as it travels back to the caller.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum WireError {
+    Panicked {
+        task: String,
+        message: String,
+        location: Option<String>,
+    },
+    WorkerDied {
+        task: String,
+        pid: i32,
+        signal: Option<i32>,
+        code: Option<i32>,
+    },
+    Timeout {
+        task: String,
+        limit_ms: u64,
+        pid: i32,
+    },
+    UnknownTask {
+        name: String,
+    },
+    ArgsDecode {
+        task: String,
+        message: String,
+    },
+    ResultEncode {
+        task: String,
+        message: String,
+    },
+    GaveUp {
+        task: String,
+        deliveries: u64,
+    },
+    Other(String),
+}
+
+impl WireError {
+    pub(crate) fn from_pool(err: &pool_core::Error) -> Self {
+        use pool_core::{Error as E, ExitCause};
+        match err {
+            E::Panicked {
+                task,
+                message,
+                location,
+            } => WireError::Panicked {
+                task: task.clone(),
+                message: message.clone(),
+                location: location.clone(),
+            },
+            E::WorkerDied { task, pid, cause } => {
+                let (signal, code) = match cause {
+                    ExitCause::Signal(s) => (Some(*s), None),
+                    ExitCause::Exited(c) => (None, Some(*c)),
+                    _ => (None, None),
+                };
+                WireError::WorkerDied {
+                    task: task.clone(),
+                    pid: *pid,
+                    signal,
+                    code,
+                }
+            }
+            E::Timeout { task, limit, pid } => WireError::Timeout {
+                task: task.clone(),
+                limit_ms: limit.as_millis() as u64,
+                pid: *pid,
+            },
+            E::UnknownTask { name } => WireError::UnknownTask { name: name.clone() },
+            E::ArgsDecode { task, message } => WireError::ArgsDecode {
+                task: task.clone(),
+                message: message.clone(),
+            },
+            E::ResultEncode { task, message } => WireError::ResultEncode {
+                task: task.clone(),
+                message: message.clone(),
+            },
+            other => WireError::Other(other.to_string()),
+        }
+    }
+
+    pub(crate) fn into_error(self) -> Error {
+        use pool_core::{Error as E, ExitCause};
+        match self {
+            WireError::Panicked {
+                task,
+                message,
+                location,
+            } => E::Panicked {
+                task,
+                message,
+                location,
+            }
+            .into(),
+            WireError::WorkerDied {
+                task,
+                pid,
+                signal,
+                code,
+            } => E::WorkerDied {
+                task,
+                pid,
+                cause: match (signal, code) {
+                    (Some(s), _) => ExitCause::Signal(s),
+                    (None, Some(c)) => ExitCause::Exited(c),
+                    _ => ExitCause::Unknown,
+                },
+            }
+            .into(),
+            WireError::Timeout {
+                task,
+                limit_ms,
+                pid,
+            } => E::Timeout {
+                task,
+                limit: std::time::Duration::from_millis(limit_ms),
+                pid,
+            }
+            .into(),
+            WireError::UnknownTask { name } => E::UnknownTask { name }.into(),
+            WireError::ArgsDecode { task, message } => E::ArgsDecode { task, message }.into(),
+            WireError::ResultEncode { task, message } => E::ResultEncode { task, message }.into(),
+            WireError::GaveUp { task, deliveries } => Error::GaveUp { task, deliveries },
+            WireError::Other(message) => Error::Remote(message),
+        }
+    }
+}
+
+/// Hides the password of a Redis URL (`redis://user:secret@host` → `redis://user:***@host`),
+/// for messages and `Debug` output.
+pub(crate) fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let Some(at) = rest.rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &rest[..at];
+    let user = userinfo.split(':').next().unwrap_or("");
+    let hidden = if userinfo.contains(':') {
+        format!("{user}:***")
+    } else {
+        "***".to_owned()
+    };
+    format!("{}{hidden}{}", &url[..scheme_end], &rest[at..])
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(
+            redact("redis://user:s3cret@host:6379/0"),
+            "redis://user:***@host:6379/0"
+        );
+        assert_eq!(redact("rediss://:s3cret@host/"), "rediss://:***@host/");
+        assert_eq!(redact("redis://s3cret@host/"), "redis://***@host/");
+        assert_eq!(redact("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
+    }
+
+    #[test]
+    fn items_and_errors_round_trip() {
+        let items = vec![vec![1u8, 2], vec![], vec![0xc4; 300]];
+        assert_eq!(decode_items(&encode_items(&items)).unwrap(), items);
+        assert!(decode_items(b"\x93garbage").is_err());
+        let err = pool_core::Error::WorkerDied {
+            task: "t".into(),
+            pid: 7,
+            cause: pool_core::ExitCause::Signal(9),
+        };
+        let wire = WireError::from_pool(&err);
+        let bytes = rmp_serde::to_vec(&wire).unwrap();
+        let back: WireError = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(back.into_error().to_string(), err.to_string());
+    }
+
+    #[test]
+    fn keys_share_a_hash_tag() {
+        let k = Keys::new("jobs").unwrap();
+        assert_eq!(k.tasks, "pool:{jobs}:tasks");
+        assert_eq!(k.results("c1"), "pool:{jobs}:results:c1");
+        assert!(Keys::new("").is_err());
+        assert!(Keys::new("a b").is_err());
+    }
+}

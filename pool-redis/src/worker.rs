@@ -1,0 +1,688 @@
+//! The worker side: [`Worker`] serves a queue's jobs with the tasks registered in its own
+//! binary, running them in a local [`pool_core::Pool`].
+//!
+//! # Threads and the life of a job
+//!
+//! - The *reader* (the thread that called [`Worker::run`]) takes up to `prefetch` jobs at a time
+//!   with `XREADGROUP` and hands each to the local pool.
+//! - The *writer* answers finished jobs, many per round trip, each in a transaction: the result
+//!   goes to the caller's result stream, the job is acknowledged (`XACK`) and deleted from the
+//!   queue (`XDEL`). A job is thus answered and removed together, or not at all.
+//! - The *keeper* sends heartbeats, keeps the jobs this worker holds fresh (`XCLAIM … JUSTID`
+//!   resets their idle time, so a long task is not taken for abandoned), and reclaims jobs that
+//!   another worker left idle for longer than `claim_idle` (`XAUTOCLAIM`) — a worker that died
+//!   or lost Redis. A job delivered more than `max_deliveries` times is answered with
+//!   [`Error::GaveUp`] instead of being run again.
+//!
+//! A task that crashes its process is contained by the local pool (the job is answered with
+//! `WorkerDied`); only the death of the whole worker leaves jobs for the others to reclaim.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use pool_core::{Pool, PoolBuilder};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
+use redis::Value;
+
+use crate::client::{field_bytes, field_string, field_u64};
+use crate::conn::Link;
+use crate::status::{self, now_ms};
+use crate::wire::{self, Keys, WireError, GROUP};
+use crate::Error;
+
+/// How long the reader's `XREADGROUP` blocks, so that it notices a shutdown.
+const READ_BLOCK: Duration = Duration::from_millis(500);
+/// Answers written in one round trip, at most.
+const WRITE_BATCH: usize = 512;
+
+/// Serves a queue: takes jobs from Redis, runs them in a local process pool, answers them.
+///
+/// Start it from the binary whose `#[task]` functions it should serve — the same binary the
+/// clients are built from, or any binary linking the same tasks — typically behind a `worker`
+/// subcommand (see `examples/src/bin/redis_cluster.rs`). It only ever runs tasks registered in
+/// its own binary, with arguments decoded as their typed parameters: no code travels through
+/// Redis.
+///
+/// Put `#[pool_core::main]` on the binary's `main`: the local pool then starts its workers from
+/// the fork server, and this worker's own threads are never forked.
+///
+/// # Examples
+///
+/// ```no_run
+/// use pool_core::task;
+///
+/// #[task]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// #[pool_core::main]
+/// fn main() -> Result<(), pool_redis::Error> {
+///     pool_redis::Worker::new("redis://127.0.0.1:6379/", "jobs")?
+///         .processes(4)
+///         .run() // until the process is stopped, or a ShutdownHandle says so
+/// }
+/// ```
+pub struct Worker {
+    url: String,
+    client: redis::Client,
+    keys: Keys,
+    pool: PoolBuilder,
+    processes: usize,
+    prefetch: Option<usize>,
+    claim_idle: Duration,
+    heartbeat: Duration,
+    max_deliveries: u64,
+    result_ttl: Duration,
+    shutdown: Arc<AtomicBool>,
+}
+
+/// Asks a running [`Worker`] to stop: it takes no new jobs, answers those it holds, and returns
+/// from [`Worker::run`].
+///
+/// # Examples
+///
+/// ```no_run
+/// let worker = pool_redis::Worker::new("redis://127.0.0.1/", "jobs")?;
+/// let stop = worker.shutdown_handle();
+/// let thread = std::thread::spawn(move || worker.run());
+/// stop.shutdown();
+/// thread.join().unwrap()?;
+/// # Ok::<(), pool_redis::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle(Arc<AtomicBool>);
+
+impl ShutdownHandle {
+    /// Asks the worker to stop.
+    pub fn shutdown(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Worker {
+    /// A worker for `queue` on the Redis at `url`, with the defaults: one process per CPU, 8
+    /// jobs prefetched per process, heartbeats every second, jobs reclaimed after 30 s of
+    /// silence, at most 3 deliveries per job, results kept for an hour.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let worker = pool_redis::Worker::new("redis://127.0.0.1/", "jobs")?
+    ///     .processes(2)
+    ///     .claim_idle(Duration::from_secs(10))
+    ///     .max_deliveries(5);
+    /// # drop(worker);
+    /// # Ok::<(), pool_redis::Error>(())
+    /// ```
+    pub fn new(url: &str, queue: &str) -> Result<Worker, Error> {
+        Ok(Worker {
+            url: wire::redact(url),
+            client: redis::Client::open(url)?,
+            keys: Keys::new(queue)?,
+            pool: Pool::builder(),
+            processes: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            prefetch: None,
+            claim_idle: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(1),
+            max_deliveries: 3,
+            result_ttl: Duration::from_secs(3600),
+            shutdown: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// How many processes the local pool runs (default: one per CPU).
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = n;
+        self
+    }
+
+    /// The local pool's other settings (time limits, recycling, memory caps, start method);
+    /// its process count is set by [`processes`](Self::processes).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let worker = pool_redis::Worker::new("redis://127.0.0.1/", "jobs")?
+    ///     .pool(pool_core::Pool::builder().task_timeout(Duration::from_secs(60)));
+    /// # drop(worker);
+    /// # Ok::<(), pool_redis::Error>(())
+    /// ```
+    pub fn pool(mut self, builder: PoolBuilder) -> Self {
+        self.pool = builder;
+        self
+    }
+
+    /// How many jobs the worker holds at once (default: 8 per process). More keeps tiny tasks
+    /// flowing; fewer leaves long tasks to other workers.
+    pub fn prefetch(mut self, jobs: usize) -> Self {
+        self.prefetch = Some(jobs);
+        self
+    }
+
+    /// After how long without news a job held by another worker is taken over (default 30 s).
+    /// Jobs this worker holds are refreshed every heartbeat, so this is not a limit on how long
+    /// a task may run. Must be at least three heartbeats.
+    pub fn claim_idle(mut self, idle: Duration) -> Self {
+        self.claim_idle = idle;
+        self
+    }
+
+    /// How often the worker reports that it is alive and refreshes its jobs (default 1 s).
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = every;
+        self
+    }
+
+    /// How many times a job may be delivered before it is answered with [`Error::GaveUp`]
+    /// (default 3): a job whose worker keeps dying is run at most this many times.
+    pub fn max_deliveries(mut self, n: u64) -> Self {
+        self.max_deliveries = n;
+        self
+    }
+
+    /// How long an answer waits in Redis for its caller (default 1 h). A client that went away
+    /// leaves nothing behind for longer.
+    pub fn result_ttl(mut self, ttl: Duration) -> Self {
+        self.result_ttl = ttl;
+        self
+    }
+
+    /// A handle that stops [`run`](Self::run) from another thread.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(Arc::clone(&self.shutdown))
+    }
+
+    /// Serves the queue until a [`ShutdownHandle`] asks it to stop. Fails at once if the local
+    /// pool cannot start or Redis cannot be reached at start; later disconnections are retried.
+    pub fn run(self) -> Result<(), Error> {
+        if self.processes == 0 {
+            return Err(Error::Config("a worker needs at least 1 process".into()));
+        }
+        if self.claim_idle < 3 * self.heartbeat {
+            return Err(Error::Config(format!(
+                "claim_idle ({:?}) must be at least three heartbeats ({:?})",
+                self.claim_idle, self.heartbeat
+            )));
+        }
+        // The pool first, while this process has one thread (for the Fork start method).
+        let pool = self.pool.clone().processes(self.processes).build()?;
+        let mut link = Link::new(self.client.clone(), READ_BLOCK + Duration::from_secs(5));
+        link.connect_once()?;
+        status::ensure_group(&mut link, &self.keys)?;
+        let name = format!(
+            "{}-{}-{}",
+            hostname(),
+            std::process::id(),
+            &crate::client::random_id()[..8]
+        );
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared {
+            pool,
+            keys: self.keys.clone(),
+            name,
+            held: Mutex::new(HashSet::new()),
+            released: Condvar::new(),
+            done: Mutex::new(Some(done_tx)),
+            stop_writing: AtomicBool::new(false),
+        });
+        let capacity = self.prefetch.unwrap_or(8 * self.processes).max(1);
+        let writer = {
+            let shared = Arc::clone(&shared);
+            let link = Link::new(self.client.clone(), Duration::from_secs(10));
+            let ttl = self.result_ttl;
+            spawn("pool-redis-answer", move || {
+                shared.write_answers(link, done_rx, ttl)
+            })?
+        };
+        let keeper = {
+            let shared = Arc::clone(&shared);
+            let link = Link::new(self.client.clone(), Duration::from_secs(10));
+            let settings = KeeperSettings {
+                heartbeat: self.heartbeat,
+                claim_idle: self.claim_idle,
+                max_deliveries: self.max_deliveries,
+                processes: self.processes,
+            };
+            let stop = Arc::clone(&self.shutdown);
+            spawn("pool-redis-keeper", move || {
+                shared.keep(link, settings, &stop)
+            })?
+        };
+        shared.read_jobs(link, capacity, &self.shutdown);
+        // Stopping: answer what we hold, then let the writer drain and the keeper say goodbye.
+        {
+            let mut held = lock(&shared.held);
+            while !held.is_empty() {
+                held = shared
+                    .released
+                    .wait(held)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+        }
+        lock(&shared.done).take();
+        let _ = writer.join();
+        let _ = keeper.join();
+        shared.pool.close();
+        shared.pool.join()?;
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Worker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker")
+            .field("url", &self.url)
+            .field("queue", &self.keys.queue)
+            .field("processes", &self.processes)
+            .field("claim_idle", &self.claim_idle)
+            .field("heartbeat", &self.heartbeat)
+            .field("max_deliveries", &self.max_deliveries)
+            .finish_non_exhaustive()
+    }
+}
+
+fn spawn(
+    name: &str,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>, Error> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|e| Error::Config(format!("cannot start a thread: {e}")))
+}
+
+fn hostname() -> String {
+    nix_hostname().unwrap_or_else(|| "host".to_owned())
+}
+
+fn nix_hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into the live local buffer.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name: String = String::from_utf8_lossy(&buf[..end])
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    (!name.is_empty()).then_some(name)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+struct KeeperSettings {
+    heartbeat: Duration,
+    claim_idle: Duration,
+    max_deliveries: u64,
+    processes: usize,
+}
+
+/// An answered job, on its way to Redis.
+struct Answer {
+    entry: String,
+    /// Where the answer goes: the caller's id and its job id (absent for an entry too
+    /// malformed to answer, which is only removed).
+    reply: Option<(String, u64)>,
+    outcome: Result<Vec<Vec<u8>>, WireError>,
+}
+
+struct Shared {
+    pool: Pool,
+    keys: Keys,
+    name: String,
+    /// The entries this worker has taken and not answered yet.
+    held: Mutex<HashSet<String>>,
+    /// Signalled when an entry leaves `held`.
+    released: Condvar,
+    done: Mutex<Option<Sender<Answer>>>,
+    stop_writing: AtomicBool,
+}
+
+impl Shared {
+    fn read_jobs(&self, mut link: Link, capacity: usize, stop: &AtomicBool) {
+        while !stop.load(Ordering::SeqCst) {
+            let free = {
+                let held = lock(&self.held);
+                let free = capacity.saturating_sub(held.len());
+                if free == 0 {
+                    let _ = self
+                        .released
+                        .wait_timeout(held, Duration::from_millis(100))
+                        .unwrap_or_else(PoisonError::into_inner);
+                    continue;
+                }
+                free
+            };
+            let options = StreamReadOptions::default()
+                .group(GROUP, &self.name)
+                .count(free)
+                .block(READ_BLOCK.as_millis() as usize);
+            let read: Result<StreamReadReply, _> = link.run(stop, |conn| {
+                redis::Commands::xread_options(conn, &[&self.keys.tasks], &[">"], &options)
+            });
+            match read {
+                Ok(reply) => {
+                    for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
+                        self.start(entry);
+                    }
+                }
+                Err(err) if err.code() == Some("NOGROUP") => {
+                    // The stream was deleted, or Redis restarted without persistence.
+                    let _ = status::ensure_group(&mut link, &self.keys);
+                }
+                Err(_) => {
+                    std::thread::sleep(READ_BLOCK);
+                }
+            }
+        }
+    }
+
+    /// Hands one entry to the local pool (or answers it at once if it cannot run).
+    fn start(self: &Shared, entry: StreamId) {
+        let id = entry.id;
+        let reply = match (
+            field_string(&entry.map, "reply"),
+            field_u64(&entry.map, "id"),
+        ) {
+            (Some(client), Some(job)) => Some((client, job)),
+            _ => None,
+        };
+        if !lock(&self.held).insert(id.clone()) {
+            return; // already running here (reclaimed while we hold it)
+        }
+        let task = field_string(&entry.map, "task");
+        let args = field_bytes(&entry.map, "args").map(|a| wire::decode_items(&a));
+        let (Some(_), Some(task), Some(Ok(items))) = (&reply, task, args) else {
+            self.answer(Answer {
+                entry: id,
+                reply,
+                outcome: Err(WireError::Other(
+                    "malformed job entry: it needs task, args (a MessagePack list of bin), \
+                     reply and id"
+                        .into(),
+                )),
+            });
+            return;
+        };
+        let Some(sender) = lock(&self.done).clone() else {
+            return;
+        };
+        let (ok_sender, ok_id, ok_reply) = (sender.clone(), id.clone(), reply.clone());
+        self.pool
+            .apply_encoded(&task, &items)
+            .on_success(move |values| {
+                let _ = ok_sender.send(Answer {
+                    entry: ok_id,
+                    reply: ok_reply,
+                    outcome: Ok(values),
+                });
+            })
+            .on_error(move |err| {
+                let _ = sender.send(Answer {
+                    entry: id,
+                    reply,
+                    outcome: Err(WireError::from_pool(&err)),
+                });
+            });
+    }
+
+    fn answer(&self, answer: Answer) {
+        if let Some(sender) = lock(&self.done).as_ref() {
+            let _ = sender.send(answer);
+        }
+    }
+
+    fn write_answers(&self, mut link: Link, done: Receiver<Answer>, ttl: Duration) {
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        while let Ok(first) = done.recv() {
+            let mut batch = vec![first];
+            while batch.len() < WRITE_BATCH {
+                match done.try_recv() {
+                    Ok(a) => batch.push(a),
+                    Err(_) => break,
+                }
+            }
+            // Retried until it lands: an answer is never dropped while this worker lives.
+            loop {
+                let written = link.run(&self.stop_writing, |conn| {
+                    let mut pipe = redis::pipe();
+                    pipe.atomic();
+                    for a in &batch {
+                        if let Some((client, job)) = &a.reply {
+                            let key = self.keys.results(client);
+                            let cmd = pipe.cmd("XADD").arg(&key).arg("*").arg("id").arg(*job);
+                            match &a.outcome {
+                                Ok(values) => cmd.arg("ok").arg(wire::encode_items(values)),
+                                Err(err) => cmd
+                                    .arg("err")
+                                    .arg(rmp_serde::to_vec(err).unwrap_or_default()),
+                            }
+                            .ignore();
+                            pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).ignore();
+                        }
+                        pipe.cmd("XACK")
+                            .arg(&self.keys.tasks)
+                            .arg(GROUP)
+                            .arg(&a.entry)
+                            .ignore();
+                        pipe.cmd("XDEL")
+                            .arg(&self.keys.tasks)
+                            .arg(&a.entry)
+                            .ignore();
+                    }
+                    pipe.query::<()>(conn)
+                });
+                match written {
+                    Ok(()) => break,
+                    Err(err) => {
+                        eprintln!(
+                            "pool-redis worker {}: could not answer, retrying: {err}",
+                            self.name
+                        );
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                }
+            }
+            let mut held = lock(&self.held);
+            for a in &batch {
+                held.remove(&a.entry);
+            }
+            drop(held);
+            self.released.notify_all();
+        }
+    }
+
+    fn keep(&self, mut link: Link, s: KeeperSettings, stop: &AtomicBool) {
+        let info = self.keys.worker(&self.name);
+        let mut next = Instant::now();
+        while !stop.load(Ordering::SeqCst) {
+            let now = Instant::now();
+            if now < next {
+                std::thread::sleep((next - now).min(Duration::from_millis(50)));
+                continue;
+            }
+            next = now + s.heartbeat;
+            let never = AtomicBool::new(false);
+            let _ = link.run(&never, |conn| {
+                let ms = now_ms();
+                redis::pipe()
+                    .cmd("ZADD")
+                    .arg(&self.keys.heartbeats)
+                    .arg(ms)
+                    .arg(&self.name)
+                    .ignore()
+                    .cmd("ZREMRANGEBYSCORE")
+                    .arg(&self.keys.heartbeats)
+                    .arg("-inf")
+                    .arg(ms.saturating_sub(60_000))
+                    .ignore()
+                    .cmd("HSET")
+                    .arg(&info)
+                    .arg("host")
+                    .arg(hostname())
+                    .arg("pid")
+                    .arg(std::process::id())
+                    .arg("processes")
+                    .arg(s.processes)
+                    .arg("heartbeat_ms")
+                    .arg(s.heartbeat.as_millis() as u64)
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(&info)
+                    .arg(60_000)
+                    .ignore()
+                    .query::<()>(conn)
+            });
+            self.refresh_held(&mut link);
+            self.reclaim(&mut link, &s);
+        }
+        // Goodbye: no heartbeat any more, and no consumer left in the group if it holds nothing.
+        let never = AtomicBool::new(false);
+        let _ = link.run(&never, |conn| {
+            redis::pipe()
+                .cmd("ZREM")
+                .arg(&self.keys.heartbeats)
+                .arg(&self.name)
+                .ignore()
+                .cmd("DEL")
+                .arg(&info)
+                .ignore()
+                .query::<()>(conn)
+        });
+        let mine: Result<Vec<Value>, _> = link.run(&never, |conn| {
+            redis::cmd("XPENDING")
+                .arg(&self.keys.tasks)
+                .arg(GROUP)
+                .arg("-")
+                .arg("+")
+                .arg(1)
+                .arg(&self.name)
+                .query(conn)
+        });
+        if matches!(mine, Ok(ref v) if v.is_empty()) {
+            let _ = link.run(&never, |conn| {
+                redis::cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(&self.keys.tasks)
+                    .arg(GROUP)
+                    .arg(&self.name)
+                    .query::<()>(conn)
+            });
+        }
+    }
+
+    /// Resets the idle time of every entry this worker holds, so no one reclaims them.
+    fn refresh_held(&self, link: &mut Link) {
+        let held: Vec<String> = lock(&self.held).iter().cloned().collect();
+        let never = AtomicBool::new(false);
+        for ids in held.chunks(256) {
+            let _ = link.run(&never, |conn| {
+                redis::cmd("XCLAIM")
+                    .arg(&self.keys.tasks)
+                    .arg(GROUP)
+                    .arg(&self.name)
+                    .arg(0)
+                    .arg(ids)
+                    .arg("JUSTID")
+                    .query::<Value>(conn)
+            });
+        }
+    }
+
+    /// Takes over entries left idle by silent workers; gives up on those delivered too often.
+    fn reclaim(&self, link: &mut Link, s: &KeeperSettings) {
+        let never = AtomicBool::new(false);
+        let min_idle = s.claim_idle.as_millis() as u64;
+        let claimed: Result<StreamAutoClaimReply, _> = link.run(&never, |conn| {
+            redis::cmd("XAUTOCLAIM")
+                .arg(&self.keys.tasks)
+                .arg(GROUP)
+                .arg(&self.name)
+                .arg(min_idle)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(64)
+                .query(conn)
+        });
+        let Ok(claimed) = claimed else {
+            return;
+        };
+        for entry in claimed.claimed {
+            if lock(&self.held).contains(&entry.id) {
+                continue;
+            }
+            let deliveries = self.deliveries(link, &entry.id).unwrap_or(1);
+            if deliveries > s.max_deliveries {
+                let task = field_string(&entry.map, "task").unwrap_or_default();
+                let reply = match (
+                    field_string(&entry.map, "reply"),
+                    field_u64(&entry.map, "id"),
+                ) {
+                    (Some(client), Some(job)) => Some((client, job)),
+                    _ => None,
+                };
+                lock(&self.held).insert(entry.id.clone());
+                self.answer(Answer {
+                    entry: entry.id,
+                    reply,
+                    outcome: Err(WireError::GaveUp {
+                        task,
+                        deliveries: deliveries - 1,
+                    }),
+                });
+            } else {
+                self.start(entry);
+            }
+        }
+    }
+
+    /// How many times `entry` has been delivered (this delivery included).
+    fn deliveries(&self, link: &mut Link, entry: &str) -> Option<u64> {
+        let never = AtomicBool::new(false);
+        let rows: Vec<Value> = link
+            .run(&never, |conn| {
+                redis::cmd("XPENDING")
+                    .arg(&self.keys.tasks)
+                    .arg(GROUP)
+                    .arg(entry)
+                    .arg(entry)
+                    .arg(1)
+                    .query(conn)
+            })
+            .ok()?;
+        let Some(Value::Array(row)) = rows.first() else {
+            return None;
+        };
+        match row.get(3) {
+            Some(Value::Int(n)) => Some(*n as u64),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}

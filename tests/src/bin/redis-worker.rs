@@ -1,0 +1,22 @@
+//! A Redis worker for the pool-redis tests: `redis-worker URL QUEUE PROCESSES CLAIM_IDLE_MS
+//! MAX_DELIVERIES`. It serves the tasks of `pool_tests::redis` until killed.
+
+use std::time::Duration;
+
+#[pool_core::main]
+fn main() -> Result<(), pool_redis::Error> {
+    // Makes sure the tasks the tests submit are linked in (and so registered).
+    std::hint::black_box(pool_tests::redis::square);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [url, queue, processes, claim_idle_ms, max_deliveries] = &args[..] else {
+        panic!("usage: redis-worker URL QUEUE PROCESSES CLAIM_IDLE_MS MAX_DELIVERIES");
+    };
+    pool_redis::Worker::new(url, queue)?
+        .processes(processes.parse().expect("processes"))
+        .heartbeat(Duration::from_millis(200))
+        .claim_idle(Duration::from_millis(
+            claim_idle_ms.parse().expect("claim idle ms"),
+        ))
+        .max_deliveries(max_deliveries.parse().expect("max deliveries"))
+        .run()
+}

@@ -1,0 +1,236 @@
+//! pool-redis end to end: a private `redis-server` per test, `redis-worker` processes (this
+//! package's binary, serving the tasks of `pool_tests::redis`), and a `RedisPool` client here.
+//! These tests need `redis-server` on the PATH and fail (never skip) without it.
+
+use std::time::{Duration, Instant};
+
+use pool_core::Task;
+use pool_redis::{Error, RedisPool};
+use pool_tests::deadline;
+use pool_tests::redis::{
+    kill_my_worker, slow_square, square, worker_tag, RedisServer, WorkerProcess,
+};
+
+const EXE: &str = env!("CARGO_BIN_EXE_redis-worker");
+
+fn worker(server: &RedisServer, queue: &str, processes: usize, tag: &str) -> WorkerProcess {
+    WorkerProcess::start(
+        EXE,
+        &server.url(),
+        queue,
+        processes,
+        Duration::from_millis(1500),
+        3,
+        tag,
+    )
+}
+
+/// Waits until `n` workers of the queue report alive.
+fn wait_for_workers(pool: &RedisPool, n: usize) {
+    let start = Instant::now();
+    loop {
+        let alive = pool
+            .status()
+            .map(|s| s.workers.iter().filter(|w| w.alive).count())
+            .unwrap_or(0);
+        if alive >= n {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{n} workers did not report within 20 s (have {alive})"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_hundred_thousand_tasks_through_two_workers() {
+    deadline(120, "100k tasks through redis", || {
+        let server = RedisServer::start(false);
+        let _a = worker(&server, "jobs", 1, "a");
+        let _b = worker(&server, "jobs", 1, "b");
+        let pool = RedisPool::connect(&server.url(), "jobs").unwrap();
+        wait_for_workers(&pool, 2);
+        let n = 100_000u64;
+        let t = Instant::now();
+        let v = pool.map_chunked(square, 0..n, 1000).unwrap();
+        eprintln!("100k tasks in chunks of 1000: {:?}", t.elapsed());
+        assert_eq!(v.len(), n as usize);
+        assert!(v
+            .iter()
+            .enumerate()
+            .all(|(i, &x)| x == (i as u64) * (i as u64)));
+
+        // The other calls, on the same workers.
+        assert_eq!(pool.apply(square, 12).unwrap(), 144);
+        assert_eq!(pool.map(square, 0..1000).unwrap()[999], 998_001);
+        let ordered: Vec<u64> = pool
+            .imap_chunked(square, 0..2000u64, 7)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(ordered, (0..2000u64).map(|i| i * i).collect::<Vec<_>>());
+        let mut unordered: Vec<u64> = pool
+            .imap_unordered(square, 0..500u64)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        unordered.sort();
+        assert_eq!(unordered, (0..500u64).map(|i| i * i).collect::<Vec<_>>());
+        let pending: Vec<_> = (0..1000).map(|i| pool.apply_async(square, i)).collect();
+        let sum: u64 = pending.into_iter().map(|r| r.get().unwrap()).sum();
+        assert_eq!(sum, (0..1000u64).map(|i| i * i).sum());
+        assert_eq!(
+            pool.map(square, Vec::<u64>::new()).unwrap(),
+            Vec::<u64>::new()
+        );
+
+        pool.close();
+        assert!(matches!(pool.apply(square, 1), Err(Error::Closed)));
+        pool.join().unwrap();
+        assert_eq!(pool.outstanding(), 0);
+        let status = pool.status().unwrap();
+        assert_eq!((status.waiting, status.pending), (0, 0), "{status:?}");
+        assert_eq!(status.workers.len(), 2, "{status:?}");
+        assert!(status.workers.iter().all(|w| w.alive && w.processes == 1));
+    });
+}
+
+#[test]
+fn unknown_tasks_and_bad_arguments_fail_clearly_and_the_worker_goes_on() {
+    deadline(60, "unknown task and bad args", || {
+        let server = RedisServer::start(false);
+        let _w = worker(&server, "jobs", 1, "w");
+        let pool = RedisPool::connect(&server.url(), "jobs").unwrap();
+        match pool.apply_named::<_, u64>("no::such::task", 1u64) {
+            Err(Error::Task(pool_core::Error::UnknownTask { name })) => {
+                assert_eq!(name, "no::such::task")
+            }
+            other => panic!("{other:?}"),
+        }
+        match pool.apply_named::<_, u64>(square::NAME, "not a number") {
+            Err(Error::Task(pool_core::Error::ArgsDecode { task, .. })) => {
+                assert_eq!(task, square::NAME)
+            }
+            other => panic!("{other:?}"),
+        }
+        // A result that does not decode as the caller's type is caught on this side.
+        match pool.apply_named::<_, String>(square::NAME, 3u64) {
+            Err(Error::Task(pool_core::Error::ResultDecode { .. })) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(pool.apply(square, 3).unwrap(), 9);
+        assert_eq!(pool.map(square, 0..100).unwrap().len(), 100);
+    });
+}
+
+#[test]
+fn two_queues_on_one_server_do_not_mix() {
+    deadline(60, "two queues", || {
+        let server = RedisServer::start(false);
+        let _one = worker(&server, "one", 1, "one");
+        let _two = worker(&server, "two", 1, "two");
+        let one = RedisPool::connect(&server.url(), "one").unwrap();
+        let two = RedisPool::connect(&server.url(), "two").unwrap();
+        let a = one.map_async_chunked(worker_tag, vec![(); 300], 1);
+        let b = two.map_async_chunked(worker_tag, vec![(); 300], 1);
+        let (a, b) = (a.get().unwrap(), b.get().unwrap());
+        assert!(a.iter().all(|t| t == "one"), "{a:?}");
+        assert!(b.iter().all(|t| t == "two"), "{b:?}");
+    });
+}
+
+#[test]
+fn a_worker_killed_mid_run_loses_nothing_and_nothing_arrives_twice() {
+    deadline(120, "worker killed mid-run", || {
+        let server = RedisServer::start(false);
+        let mut a = worker(&server, "jobs", 2, "a");
+        let _b = worker(&server, "jobs", 2, "b");
+        let pool = RedisPool::connect(&server.url(), "jobs").unwrap();
+        wait_for_workers(&pool, 2);
+        let n = 2000u64;
+        // 200 jobs of 10 items, 5 ms each: about 2.5 s of work on 4 processes.
+        let result = pool.map_async_chunked(slow_square, (0..n).map(|i| (i, 5)), 10);
+        std::thread::sleep(Duration::from_millis(700));
+        assert!(!result.ready(), "the map should still be running");
+        a.kill();
+        let killed = Instant::now();
+        let v = result.get().unwrap();
+        eprintln!(
+            "map finished {:?} after the worker was killed",
+            killed.elapsed()
+        );
+        assert_eq!(v, (0..n).map(|i| i * i).collect::<Vec<_>>());
+        // Every job was answered exactly once to this client, and nothing is left in Redis.
+        assert_eq!(pool.outstanding(), 0);
+        let status = pool.status().unwrap();
+        assert_eq!((status.waiting, status.pending), (0, 0), "{status:?}");
+    });
+}
+
+#[test]
+fn redis_restarted_mid_run_with_persistence_loses_no_task() {
+    deadline(180, "redis restart", || {
+        let mut server = RedisServer::start(true);
+        let _a = worker(&server, "jobs", 2, "a");
+        let _b = worker(&server, "jobs", 2, "b");
+        let pool = RedisPool::connect(&server.url(), "jobs").unwrap();
+        wait_for_workers(&pool, 2);
+        let n = 3000u64;
+        let result = pool.map_async_chunked(slow_square, (0..n).map(|i| (i, 2)), 10);
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(!result.ready(), "the map should still be running");
+        server.kill_and_restart();
+        let restarted = Instant::now();
+        let v = result.get().unwrap();
+        eprintln!(
+            "map finished {:?} after Redis restarted",
+            restarted.elapsed()
+        );
+        assert_eq!(v, (0..n).map(|i| i * i).collect::<Vec<_>>());
+        // The client and the workers reconnected: new work still flows.
+        assert_eq!(pool.map(square, 0..100).unwrap().len(), 100);
+    });
+}
+
+#[test]
+fn a_task_that_keeps_killing_its_workers_gives_up_after_max_deliveries() {
+    deadline(120, "poison task", || {
+        let server = RedisServer::start(false);
+        let mut workers = [
+            worker(&server, "jobs", 1, "a"),
+            worker(&server, "jobs", 1, "b"),
+        ];
+        let pool = RedisPool::connect(&server.url(), "jobs").unwrap();
+        wait_for_workers(&pool, 2);
+        let poison = pool.apply_async(kill_my_worker, ());
+        let start = Instant::now();
+        // Like a supervisor (systemd, Kubernetes), restart workers that die.
+        while !poison.ready() {
+            assert!(
+                start.elapsed() < Duration::from_secs(90),
+                "no answer after 90 s"
+            );
+            for (i, w) in workers.iter_mut().enumerate() {
+                if w.exited() {
+                    *w = worker(&server, "jobs", 1, &format!("restarted-{i}"));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("poison task answered after {:?}", start.elapsed());
+        match poison.get() {
+            Err(Error::GaveUp { task, deliveries }) => {
+                assert_eq!(task, kill_my_worker::NAME);
+                assert_eq!(deliveries, 3);
+            }
+            other => panic!("{other:?}"),
+        }
+        // The queue still works.
+        for (i, w) in workers.iter_mut().enumerate() {
+            if w.exited() {
+                *w = worker(&server, "jobs", 1, &format!("again-{i}"));
+            }
+        }
+        assert_eq!(pool.map(square, 0..50).unwrap().len(), 50);
+    });
+}
