@@ -137,14 +137,31 @@ impl RedisPool {
     /// assert!(pool_redis::RedisPool::connect("not a url", "jobs").is_err());
     /// ```
     pub fn connect(url: &str, queue: &str) -> Result<RedisPool, Error> {
+        RedisPool::with_client(crate::conn::open(url)?, queue)
+    }
+
+    /// [`connect`](Self::connect) through a `redis::Client` built by the caller: for TLS with a
+    /// private certificate authority or client certificates (see [`tls_client`] with the
+    /// `tls` feature), or any setting a URL cannot carry.
+    ///
+    /// [`tls_client`]: crate::tls_client
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let client = pool_redis::redis::Client::open("redis://127.0.0.1/")?;
+    /// let pool = pool_redis::RedisPool::with_client(client, "jobs")?;
+    /// # Ok::<(), pool_redis::Error>(())
+    /// ```
+    pub fn with_client(client: redis::Client, queue: &str) -> Result<RedisPool, Error> {
         let keys = Keys::new(queue)?;
-        let client = redis::Client::open(url)?;
+        let url = crate::conn::describe(&client);
         let mut first = Link::new(client.clone(), Duration::from_secs(5));
         first.connect_once()?;
         status::ensure_group(&mut first, &keys)?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let inner = Arc::new(Inner {
-            url: wire::redact(url),
+            url,
             client,
             keys,
             client_id: random_id(),

@@ -18,7 +18,26 @@ pub(crate) fn transient(err: &RedisError) -> bool {
         || err.is_connection_dropped()
         || err.is_connection_refusal()
         || err.is_timeout()
-        || matches!(err.code(), Some("LOADING" | "TRYAGAIN" | "MASTERDOWN"))
+        || server_codes(err)
+            .iter()
+            .any(|c| matches!(c.as_str(), "LOADING" | "TRYAGAIN" | "MASTERDOWN"))
+}
+
+/// The server's error codes in `err` (`NOGROUP`, `LOADING`, …), including those of the
+/// commands of a failed pipeline.
+pub(crate) fn server_codes(err: &RedisError) -> Vec<String> {
+    if let Some(code) = err.code() {
+        return vec![code.to_owned()];
+    }
+    err.clone()
+        .into_server_errors()
+        .map(|all| all.iter().map(|(_, e)| e.code().to_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// Whether `err` (or a command of its pipeline) failed with the server error `code`.
+pub(crate) fn has_code(err: &RedisError, code: &str) -> bool {
+    server_codes(err).iter().any(|c| c == code)
 }
 
 /// One thread's connection: connects lazily, and again after a transient error.
@@ -37,6 +56,37 @@ impl std::fmt::Debug for Link {
             .field("connected", &self.conn.is_some())
             .finish_non_exhaustive()
     }
+}
+
+/// Opens a client for `url`. With the `tls` feature, makes sure rustls has its crypto provider
+/// (ring) first, unless the program installed one of its own.
+pub(crate) fn open(url: &str) -> Result<Client, RedisError> {
+    #[cfg(feature = "tls")]
+    {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    Client::open(info(url)?)
+}
+
+/// The connection settings of `url`, with `TCP_NODELAY`: commands are small and pipelined, and
+/// Nagle's algorithm would hold each write back until the previous one is acknowledged
+/// (milliseconds per round trip).
+pub(crate) fn info(url: &str) -> Result<redis::ConnectionInfo, RedisError> {
+    use redis::IntoConnectionInfo;
+    let info = url.into_connection_info()?;
+    let tcp = info.tcp_settings().clone().set_nodelay(true);
+    Ok(info.set_tcp_settings(tcp))
+}
+
+/// Where a client connects, for `Debug` output: address and database, never credentials.
+pub(crate) fn describe(client: &Client) -> String {
+    let info = client.get_connection_info();
+    let scheme = match info.addr() {
+        redis::ConnectionAddr::TcpTls { .. } => "rediss",
+        redis::ConnectionAddr::Unix(_) => "redis+unix",
+        _ => "redis",
+    };
+    format!("{scheme}://{}/{}", info.addr(), info.redis_settings().db())
 }
 
 impl Link {

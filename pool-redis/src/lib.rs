@@ -77,4 +77,36 @@ mod worker;
 pub use client::{AsyncResult, Imap, RedisPool};
 pub use error::Error;
 pub use status::{status, QueueStatus, WorkerInfo};
+pub use wire::redact_url;
 pub use worker::{ShutdownHandle, Worker};
+
+/// The `redis` crate this one is built on, for [`RedisPool::with_client`] and
+/// [`Worker::with_client`].
+pub use redis;
+
+/// A client for a `rediss://` URL that trusts the certificate authority `root_ca_pem` (PEM)
+/// instead of the public roots: for a Redis server with a private certificate. Feature `tls`.
+///
+/// Clients built by hand for [`RedisPool::with_client`] should set `TCP_NODELAY`
+/// (`ConnectionInfo::set_tcp_settings`), as this function and [`RedisPool::connect`] do: without
+/// it each pipelined round trip can wait for a delayed acknowledgement.
+///
+/// # Examples
+///
+/// ```no_run
+/// let ca = std::fs::read("ca.pem").unwrap();
+/// let client = pool_redis::tls_client("rediss://:password@redis.internal:6380/", &ca)?;
+/// let pool = pool_redis::RedisPool::with_client(client, "jobs")?;
+/// # Ok::<(), pool_redis::Error>(())
+/// ```
+#[cfg(feature = "tls")]
+pub fn tls_client(url: &str, root_ca_pem: &[u8]) -> Result<redis::Client, Error> {
+    conn::open(url)?; // installs the crypto provider, and checks the URL
+    Ok(redis::Client::build_with_tls(
+        conn::info(url)?,
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root_ca_pem.to_vec()),
+        },
+    )?)
+}

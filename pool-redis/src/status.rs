@@ -52,7 +52,7 @@ pub struct WorkerInfo {
 /// ```
 pub fn status(url: &str, queue: &str) -> Result<QueueStatus, Error> {
     let keys = Keys::new(queue)?;
-    let mut link = Link::new(redis::Client::open(url)?, Duration::from_secs(5));
+    let mut link = Link::new(crate::conn::open(url)?, Duration::from_secs(5));
     link.connect_once()?;
     read(&mut link, &keys)
 }
@@ -79,7 +79,7 @@ pub(crate) fn ensure_group(link: &mut Link, keys: &Keys) -> Result<(), Error> {
     });
     match created {
         Ok(()) => Ok(()),
-        Err(err) if err.code() == Some("BUSYGROUP") => Ok(()),
+        Err(err) if crate::conn::has_code(&err, "BUSYGROUP") => Ok(()),
         Err(err) => Err(err.into()),
     }
 }
@@ -104,7 +104,7 @@ pub(crate) fn read(link: &mut Link, keys: &Keys) -> Result<QueueStatus, Error> {
         })
         .or_else(|err| {
             // No group yet (nothing was ever submitted or served): an empty queue.
-            if err.code() == Some("NOGROUP") {
+            if crate::conn::has_code(&err, "NOGROUP") {
                 Ok((0, Value::Nil, Vec::new()))
             } else {
                 Err(err)

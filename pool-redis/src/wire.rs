@@ -195,9 +195,17 @@ impl WireError {
     }
 }
 
-/// Hides the password of a Redis URL (`redis://user:secret@host` → `redis://user:***@host`),
-/// for messages and `Debug` output.
-pub(crate) fn redact(url: &str) -> String {
+/// Hides the password of a Redis URL, for logs and messages.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(
+///     pool_redis::redact_url("redis://user:s3cret@host:6379/0"),
+///     "redis://user:***@host:6379/0"
+/// );
+/// ```
+pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return url.to_owned();
     };
@@ -222,12 +230,15 @@ mod test {
     #[test]
     fn passwords_never_show() {
         assert_eq!(
-            redact("redis://user:s3cret@host:6379/0"),
+            redact_url("redis://user:s3cret@host:6379/0"),
             "redis://user:***@host:6379/0"
         );
-        assert_eq!(redact("rediss://:s3cret@host/"), "rediss://:***@host/");
-        assert_eq!(redact("redis://s3cret@host/"), "redis://***@host/");
-        assert_eq!(redact("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
+        assert_eq!(redact_url("rediss://:s3cret@host/"), "rediss://:***@host/");
+        assert_eq!(redact_url("redis://s3cret@host/"), "redis://***@host/");
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379/"),
+            "redis://127.0.0.1:6379/"
+        );
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     persistent: bool,
+    password: Option<String>,
+    tls: bool,
     child: Option<Child>,
 }
 
@@ -53,6 +55,13 @@ impl RedisServer {
     /// acknowledged (`appendfsync always`), so a restart loses nothing. Panics with a message
     /// if `redis-server` cannot be started: a test that needs Redis never passes by skipping.
     pub fn start(persistent: bool) -> RedisServer {
+        Self::start_with(persistent, None, false)
+    }
+
+    /// Starts a server that requires `password` (if any) and, with `tls`, speaks only TLS, with
+    /// a certificate for 127.0.0.1 signed by a test authority ([`ca_pem`](Self::ca_pem)), both
+    /// made with the `openssl` command.
+    pub fn start_with(persistent: bool, password: Option<&str>, tls: bool) -> RedisServer {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -60,10 +69,15 @@ impl RedisServer {
         let dir =
             std::env::temp_dir().join(format!("pool-redis-test-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
+        if tls {
+            make_certificates(&dir);
+        }
         let mut server = RedisServer {
             port,
             dir,
             persistent,
+            password: password.map(str::to_owned),
+            tls,
             child: None,
         };
         server.launch();
@@ -89,6 +103,19 @@ impl RedisServer {
         } else {
             cmd.args(["--appendonly", "no"]);
         }
+        if let Some(password) = &self.password {
+            cmd.arg("--requirepass").arg(password);
+        }
+        if self.tls {
+            cmd.args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(self.dir.join("cert.pem"))
+                .arg("--tls-key-file")
+                .arg(self.dir.join("key.pem"))
+                .arg("--tls-ca-cert-file")
+                .arg(self.dir.join("ca.pem"))
+                .args(["--tls-auth-clients", "no"]);
+        }
         let child = cmd.spawn().unwrap_or_else(|e| {
             panic!(
                 "cannot start redis-server ({e}); install it (Debian: apt-get install \
@@ -98,25 +125,48 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(client) = redis::Client::open(self.url()) {
-                if let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(1)) {
-                    if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
-                        return;
-                    }
-                }
-            }
+            let answer = self.client().map_err(|e| e.to_string()).and_then(|client| {
+                let mut conn = client
+                    .get_connection_with_timeout(Duration::from_secs(1))
+                    .map_err(|e| e.to_string())?;
+                redis::cmd("PING")
+                    .query::<String>(&mut conn)
+                    .map_err(|e| e.to_string())
+            });
+            let Err(last) = answer else {
+                return;
+            };
             assert!(
                 Instant::now() < deadline,
-                "redis-server on port {} did not answer within 20 s",
+                "redis-server on port {} did not answer within 20 s: {last}",
                 self.port
             );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    /// `redis://127.0.0.1:PORT/`.
+    /// `redis://127.0.0.1:PORT/`, or `rediss://` with TLS, with the password if there is one.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        let auth = self
+            .password
+            .as_ref()
+            .map_or(String::new(), |p| format!(":{p}@"));
+        format!("{scheme}://{auth}127.0.0.1:{}/", self.port)
+    }
+
+    /// The authority that signed the server's certificate (PEM), when it speaks TLS.
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.dir.join("ca.pem")).expect("the certificate")
+    }
+
+    /// A client for [`url`](Self::url) that trusts [`ca_pem`](Self::ca_pem) with TLS.
+    pub fn client(&self) -> Result<redis::Client, pool_redis::Error> {
+        if self.tls {
+            pool_redis::tls_client(&self.url(), &self.ca_pem())
+        } else {
+            Ok(redis::Client::open(self.url())?)
+        }
     }
 
     /// Kills the server with SIGKILL (no chance to save anything) and starts it again on the
@@ -141,6 +191,72 @@ impl Drop for RedisServer {
     }
 }
 
+/// Makes, in `dir`, a test certificate authority (`ca.pem`) and a server certificate for
+/// 127.0.0.1 that it signed (`cert.pem`, `key.pem`).
+fn make_certificates(dir: &std::path::Path) {
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("extensions file");
+    let steps: [&[&str]; 3] = [
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=pool-redis test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "server.csr",
+        ],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "cert.pem",
+        ],
+    ];
+    for args in steps {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("the openssl command runs");
+        assert!(status.success(), "openssl {args:?} failed");
+    }
+}
+
 /// A `redis-worker` process (in a process group of its own), killed with its group on drop.
 #[derive(Debug)]
 pub struct WorkerProcess {
@@ -148,11 +264,11 @@ pub struct WorkerProcess {
 }
 
 impl WorkerProcess {
-    /// Starts `redis-worker URL QUEUE PROCESSES CLAIM_IDLE_MS MAX_DELIVERIES` with
-    /// `POOL_TEST_TAG=tag`.
+    /// Starts `redis-worker URL QUEUE PROCESSES CLAIM_IDLE_MS MAX_DELIVERIES` for `server`
+    /// with `POOL_TEST_TAG=tag` (and `POOL_TEST_CA`, the server's certificate, with TLS).
     pub fn start(
         exe: &str,
-        url: &str,
+        server: &RedisServer,
         queue: &str,
         processes: usize,
         claim_idle: Duration,
@@ -160,9 +276,13 @@ impl WorkerProcess {
         tag: &str,
     ) -> WorkerProcess {
         use std::os::unix::process::CommandExt;
-        let child = Command::new(exe)
+        let mut cmd = Command::new(exe);
+        if server.tls {
+            cmd.env("POOL_TEST_CA", server.dir.join("ca.pem"));
+        }
+        let child = cmd
             .args([
-                url,
+                &server.url(),
                 queue,
                 &processes.to_string(),
                 &claim_idle.as_millis().to_string(),

@@ -16,7 +16,7 @@ const EXE: &str = env!("CARGO_BIN_EXE_redis-worker");
 fn worker(server: &RedisServer, queue: &str, processes: usize, tag: &str) -> WorkerProcess {
     WorkerProcess::start(
         EXE,
-        &server.url(),
+        server,
         queue,
         processes,
         Duration::from_millis(1500),
@@ -232,5 +232,47 @@ fn a_task_that_keeps_killing_its_workers_gives_up_after_max_deliveries() {
             }
         }
         assert_eq!(pool.map(square, 0..50).unwrap().len(), 50);
+    });
+}
+
+#[test]
+fn password_and_tls_work_and_the_password_never_shows() {
+    deadline(90, "password and tls", || {
+        let secret = "s3cret-Pa55";
+        // A password over plain TCP: the right one works, a wrong one is refused, and neither
+        // appears in an error or in Debug output.
+        let server = RedisServer::start_with(false, Some(secret), false);
+        let _w = worker(&server, "jobs", 1, "plain");
+        let pool = RedisPool::connect(&server.url(), "jobs").unwrap();
+        assert_eq!(pool.apply(square, 5).unwrap(), 25);
+        assert!(!format!("{pool:?}").contains(secret), "{pool:?}");
+        let wrong = server.url().replace(secret, "wrong-guess");
+        let err = RedisPool::connect(&wrong, "jobs").unwrap_err();
+        assert!(matches!(err, Error::Redis(_)), "{err:?}");
+        for text in [err.to_string(), format!("{err:?}")] {
+            assert!(
+                !text.contains("wrong-guess") && !text.contains(secret),
+                "{text}"
+            );
+        }
+        let no_password = format!("redis://127.0.0.1:{}/", server.port);
+        assert!(RedisPool::connect(&no_password, "jobs").is_err());
+        assert!(!format!(
+            "{:?}",
+            pool_redis::Worker::new(&server.url(), "jobs").unwrap()
+        )
+        .contains(secret));
+
+        // TLS (rediss://), with the server's certificate checked against its own authority.
+        let tls = RedisServer::start_with(false, Some(secret), true);
+        let _tw = worker(&tls, "jobs", 1, "tls");
+        let client = tls.client().unwrap();
+        let pool = RedisPool::with_client(client, "jobs").unwrap();
+        assert_eq!(pool.map(square, 0..100).unwrap()[99], 9801);
+        // Without trusting that authority, the handshake fails.
+        assert!(RedisPool::connect(&tls.url(), "jobs").is_err());
+        // Plain TCP to a TLS port fails too.
+        let plain = tls.url().replace("rediss://", "redis://");
+        assert!(RedisPool::connect(&plain, "jobs").is_err());
     });
 }

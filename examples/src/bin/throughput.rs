@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release -p pool-examples --bin throughput -- [--workers N] [--quick] [--scale X]
 //!                                                          [--json] [--svg PATH] [--no-python]
-//!                                                          [--progress]
+//!                                                          [--no-redis] [--progress]
 //! ```
 //!
 //! Workloads (each system gets the same tasks and the same worker count):
@@ -19,6 +19,11 @@
 //! | `bytes` | `map` over 200 distinct 1 MiB `Vec<u8>`, each returning a checksum | GB/s |
 //! | `startup-first-result` | `Pool::new()` to the first result | ms |
 //! | `startup-join-idle` | `close()` + `join()` of an idle pool | ms |
+//! | `redis-chunk1000` | pool-redis: `map_chunked(square, 0..n, 1000)` through a private `redis-server` to one worker process (this binary, holding up to 64 jobs per process) with the same worker count | tasks/s |
+//! | `redis-chunk1` | the same with chunk size 1: one stream entry per task | tasks/s |
+//!
+//! The Redis rows run when `redis-server` is on the PATH (else they are left out, with a
+//! message); they have no rayon or Python peer.
 //!
 //! rayon runs the per-task workloads as one `spawn` plus a channel send per task (the nearest
 //! thing to a pool task), `map-tiny` as a parallel iterator, and `bytes` on the same buffers
@@ -32,6 +37,9 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use pool_core::{task, Pool};
+
+#[path = "../redis_server.rs"]
+mod redis_server;
 use rayon::prelude::*;
 
 #[task]
@@ -66,6 +74,7 @@ struct Options {
     json: bool,
     svg: Option<String>,
     python: bool,
+    redis: bool,
     progress: bool,
 }
 
@@ -76,6 +85,7 @@ fn parse_options() -> Options {
         json: false,
         svg: Some("target/throughput.svg".into()),
         python: true,
+        redis: true,
         progress: false,
     };
     let mut args = std::env::args().skip(1);
@@ -93,11 +103,12 @@ fn parse_options() -> Options {
             "--svg" => o.svg = args.next(),
             "--no-svg" => o.svg = None,
             "--no-python" => o.python = false,
+            "--no-redis" => o.redis = false,
             "--progress" => o.progress = true,
             "-h" | "--help" => {
                 println!(
                     "usage: throughput [--workers N] [--quick | --scale X] [--json] \
-                     [--svg PATH | --no-svg] [--no-python] [--progress]"
+                     [--svg PATH | --no-svg] [--no-python] [--no-redis] [--progress]"
                 );
                 std::process::exit(0);
             }
@@ -358,6 +369,46 @@ fn bench_rayon(o: &Options, k: u64, rows: &mut Vec<Row>, bar: &ProgressBar) {
 }
 
 /// Runs the project's Python script; returns no rows (with a note) when python3 is missing.
+/// pool-redis end to end: a private `redis-server`, one worker process (this binary with
+/// `--redis-worker`) running `o.workers` processes, and a client here.
+fn bench_redis(o: &Options, rows: &mut Vec<Row>, bar: &ProgressBar) -> Result<(), String> {
+    let server = redis_server::RedisServer::start()?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut worker = Command::new(exe)
+        .args([
+            "--redis-worker",
+            &server.url,
+            "bench",
+            &o.workers.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let result = (|| {
+        let pool =
+            pool_redis::RedisPool::connect(&server.url, "bench").map_err(|e| e.to_string())?;
+        // Warm-up, which also waits for the worker.
+        pool.map_chunked(square, 0..10_000u64, 1000)
+            .map_err(|e| e.to_string())?;
+        let mut push = recorder("pool-core", rows, bar);
+        for (workload, base, chunk) in [
+            ("redis-chunk1000", 4_000_000, 1000),
+            ("redis-chunk1", 60_000, 1),
+        ] {
+            let count = n(base, o.scale);
+            let (v, d) = timed(|| pool.map_chunked(square, 0..count as u64, chunk));
+            let v = v.map_err(|e| e.to_string())?;
+            assert_eq!(v.len(), count);
+            assert_eq!(v[count - 1], (count as u64 - 1) * (count as u64 - 1));
+            push(workload, count as f64 / secs(d), "tasks/s", count);
+        }
+        Ok(())
+    })();
+    let _ = worker.kill();
+    let _ = worker.wait();
+    result
+}
+
 fn bench_python(o: &Options, rows: &mut Vec<Row>, bar: &ProgressBar) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/py/mp_bench.py");
     let child = Command::new("python3")
@@ -400,7 +451,7 @@ fn bench_python(o: &Options, rows: &mut Vec<Row>, bar: &ProgressBar) {
     let _ = child.wait();
 }
 
-const WORKLOADS: [&str; 10] = [
+const WORKLOADS: [&str; 12] = [
     "map-tiny",
     "map-chunk1",
     "apply-async",
@@ -410,6 +461,8 @@ const WORKLOADS: [&str; 10] = [
     "bytes",
     "startup-first-result",
     "startup-join-idle",
+    "redis-chunk1000",
+    "redis-chunk1",
     "",
 ];
 
@@ -486,10 +539,12 @@ fn print_json(rows: &[Row]) {
 
 /// A bar chart of pool-core's ratio to each peer, per workload (log scale, 1× marked).
 fn write_svg(rows: &[Row], path: &str, title: &str) -> std::io::Result<()> {
+    // Only workloads with a peer to compare with (the Redis rows have none).
     let workloads: Vec<&str> = WORKLOADS
         .iter()
         .copied()
         .filter(|w| !w.is_empty())
+        .filter(|w| find(rows, w, "rayon").is_some() || find(rows, w, "python").is_some())
         .collect();
     let (w, row_h, left, top) = (900.0, 34.0, 190.0, 60.0);
     let h = top + row_h * workloads.len() as f64 + 60.0;
@@ -546,6 +601,20 @@ fn write_svg(rows: &[Row], path: &str, title: &str) -> std::io::Result<()> {
 }
 
 fn main() -> Result<(), pool_core::Error> {
+    // The Redis rows' worker: this binary again, serving the queue.
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, url, queue, workers] = &args[..] {
+        if flag == "--redis-worker" {
+            let n = workers.parse().expect("worker count");
+            // Tiny unchunked tasks flow faster when the worker holds many at once.
+            let worker = pool_redis::Worker::new(url, queue);
+            if let Err(e) = worker.and_then(|w| w.processes(n).prefetch(64 * n).run()) {
+                eprintln!("redis worker: {e}");
+                std::process::exit(1);
+            }
+            return Ok(());
+        }
+    }
     let o = parse_options();
     let k = calibrate_busy();
     eprintln!(
@@ -570,6 +639,11 @@ fn main() -> Result<(), pool_core::Error> {
     bench_rayon(&o, k, &mut rows, &bar);
     if o.python {
         bench_python(&o, &mut rows, &bar);
+    }
+    if o.redis {
+        if let Err(e) = bench_redis(&o, &mut rows, &bar) {
+            eprintln!("redis rows left out: {e}");
+        }
     }
     bar.finish_and_clear();
     if o.json {

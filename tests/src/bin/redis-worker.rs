@@ -11,7 +11,12 @@ fn main() -> Result<(), pool_redis::Error> {
     let [url, queue, processes, claim_idle_ms, max_deliveries] = &args[..] else {
         panic!("usage: redis-worker URL QUEUE PROCESSES CLAIM_IDLE_MS MAX_DELIVERIES");
     };
-    pool_redis::Worker::new(url, queue)?
+    // With TLS, trust the test server's own certificate.
+    let client = match std::env::var_os("POOL_TEST_CA") {
+        Some(path) => pool_redis::tls_client(url, &std::fs::read(path).expect("CA file"))?,
+        None => pool_redis::redis::Client::open(url.as_str())?,
+    };
+    pool_redis::Worker::with_client(client, queue)?
         .processes(processes.parse().expect("processes"))
         .heartbeat(Duration::from_millis(200))
         .claim_idle(Duration::from_millis(
