@@ -164,6 +164,11 @@ pub enum Error {
     #[error("could not start a worker process: {0}")]
     Spawn(#[source] Arc<std::io::Error>),
 
+    /// A shared object (queue, lock, value, pipe, shared memory) could not be created or
+    /// opened, or a process could not be started.
+    #[error("shared object: {0}")]
+    Shared(#[source] Arc<std::io::Error>),
+
     /// A frame between the parent and a worker was malformed.
     #[error("malformed frame between pool and worker: {0}")]
     Protocol(String),
@@ -179,6 +184,10 @@ fn location_suffix(location: &Option<String>) -> String {
 impl Error {
     pub(crate) fn spawn(err: impl Into<std::io::Error>) -> Self {
         Error::Spawn(Arc::new(err.into()))
+    }
+
+    pub(crate) fn shared(err: impl Into<std::io::Error>) -> Self {
+        Error::Shared(Arc::new(err.into()))
     }
 }
 

@@ -47,6 +47,15 @@ struct Server {
     /// The program's end of the socket pair. Registered as parent-only, so workers the program
     /// forks itself close it.
     channel: Mutex<ParentFd>,
+    /// The process that started the server. A process forked from it (a worker, a
+    /// `Process`) inherits this static but must not use the channel: requests from two
+    /// processes would interleave.
+    owner: u32,
+}
+
+/// The server, if this process is the one that started it.
+fn server() -> Option<&'static Server> {
+    SERVER.get().filter(|s| s.owner == std::process::id())
 }
 
 const FORK: u8 = b'F';
@@ -54,7 +63,7 @@ const REAP: u8 = b'R';
 
 /// Whether `init()` started a fork server in this process.
 pub(crate) fn running() -> bool {
-    SERVER.get().is_some()
+    server().is_some()
 }
 
 /// Starts the server, once per process. On failure the program carries on without one (pools
@@ -89,6 +98,7 @@ pub(crate) fn start() {
                 drop(theirs);
                 let _ = SERVER.set(Server {
                     channel: Mutex::new(ParentFd::new(ours)),
+                    owner: std::process::id(),
                 });
             }
             Err(_) => {}
@@ -99,7 +109,7 @@ pub(crate) fn start() {
 /// Asks the server for a worker that serves `region` (in `memfd`) and rings `bell`. Returns the
 /// worker's pid; the worker is the server's child and stays unreaped until [`reap`].
 pub(crate) fn fork_worker(memfd: RawFd, bell: RawFd, memory_cap: Option<u64>) -> io::Result<Pid> {
-    let server = SERVER.get().ok_or_else(|| {
+    let server = server().ok_or_else(|| {
         io::Error::other(
             "StartMethod::ForkServer needs `pool_core::init()` (or `#[pool_core::main]`) first \
              in `main`",
@@ -119,7 +129,7 @@ pub(crate) fn fork_worker(memfd: RawFd, bell: RawFd, memory_cap: Option<u64>) ->
 /// Has the server reap its worker `pid`, which must have exited (its pidfd is readable), and
 /// returns how it ended.
 pub(crate) fn reap(pid: Pid) -> ExitCause {
-    let Some(server) = SERVER.get() else {
+    let Some(server) = server() else {
         return ExitCause::Unknown;
     };
     let mut request = [0u8; 9];

@@ -131,6 +131,7 @@ mod forkserver;
 mod frame;
 mod imap;
 mod job;
+pub mod mp;
 mod panic_capture;
 mod pool;
 mod region;
@@ -148,6 +149,11 @@ mod worker;
 pub use builder::{PoolBuilder, StartMethod};
 pub use error::{Error, ExitCause};
 pub use imap::Imap;
+pub use mp::{
+    Array, ArrayGuard, Barrier, BoundedSemaphore, Condition, Connection, Event, GetError,
+    JoinableQueue, Lock, LockGuard, LockResult, OwnerDied, Pipe, Process, ProcessHandle, PutError,
+    Queue, RLock, RLockGuard, Runnable, Semaphore, SharedMemory, Value, ValueGuard,
+};
 pub use pool::Pool;
 pub use result::AsyncResult;
 pub use stats::PoolStats;

@@ -30,8 +30,16 @@ use nix::unistd::{ForkResult, Pid};
 use crate::region::Region;
 use crate::{forkserver, panic_capture, sys, worker, ExitCause};
 
-/// Held from the creation of a worker's resources until its fork is done.
+/// Held from the creation of a worker's resources until its fork is done, and by anything that
+/// must not be half-done in a forked child (the shared-segment registry).
 static FORK_LOCK: Mutex<()> = Mutex::new(());
+
+/// Runs `f` with the fork lock held: no process is forked by this crate meanwhile, so no child
+/// inherits the state `f` changes half-changed.
+pub(crate) fn with_fork_lock<T>(f: impl FnOnce() -> T) -> T {
+    let _lock = FORK_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+    f()
+}
 
 const SLOTS: usize = 4096;
 
@@ -171,7 +179,12 @@ pub(crate) fn fork_worker(bell: RawFd, memory_cap: Option<u64>) -> io::Result<Wo
     // handler of the parent runs twice.
     let forked = unsafe { nix::unistd::fork() };
     match forked.map_err(io::Error::from)? {
-        ForkResult::Child => child_after_fork(parent_pid, &region, bell, memory_cap),
+        ForkResult::Child => {
+            // This thread took the lock before the fork, so releasing the child's copy is
+            // sound; the worker may take it again (to open a shared segment, say).
+            drop(lock);
+            child_after_fork(parent_pid, &region, bell, memory_cap)
+        }
         ForkResult::Parent { child } => {
             drop(lock);
             // The child is ours and unreaped, so its pid cannot be reused before this call.

@@ -23,6 +23,41 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32) {
     }
 }
 
+/// [`futex_wait`] for at most `timeout` (`None`: no limit). Returns early on a wake-up, a
+/// spurious wake-up, a signal, or when the word already differs.
+pub(crate) fn futex_wait_timeout(
+    word: &AtomicU32,
+    expected: u32,
+    timeout: Option<std::time::Duration>,
+) {
+    let ts = timeout.map(|d| libc::timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: as in `futex_wait`; the timeout, when given, points to a live local timespec
+    // (relative time, as FUTEX_WAIT takes it).
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            ts_ptr,
+        );
+    }
+}
+
+/// Wakes at most one process sleeping in [`futex_wait`] on `word`.
+pub(crate) fn futex_wake_one(word: &AtomicU32) {
+    // SAFETY: as in `futex_wake`.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, 1);
+    }
+}
+
 /// Wakes every process sleeping in [`futex_wait`] on `word`.
 pub(crate) fn futex_wake(word: &AtomicU32) {
     // SAFETY: FUTEX_WAKE only uses the address as a key to find waiters; it is valid and aligned.

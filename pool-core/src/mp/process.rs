@@ -1,0 +1,299 @@
+//! [`Process`]: one child process running one task (Python's `multiprocessing.Process`).
+//!
+//! # Who owns what
+//!
+//! The child is forked from the calling thread and is its caller's child: only its
+//! [`ProcessHandle`] waits for it, by pid (never `waitpid(-1)`, which would steal the statuses
+//! of the program's other children). A handle dropped while the child runs hands it to a small
+//! thread that reaps it when it ends, so no zombie is left. A daemon child asks the kernel to
+//! SIGKILL it when the thread that started it exits (`PR_SET_PDEATHSIG`), which includes the
+//! death of the whole program.
+
+use std::fmt;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use nix::sys::signal::{self, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{ForkResult, Pid};
+
+use crate::{Error, Task};
+
+/// A value that runs as a process of its own: the equivalent of subclassing Python's
+/// `Process` and overriding `run`. The child gets the value (as it was at
+/// [`Process::start`]) and calls [`run`](Runnable::run) on it.
+///
+/// # Examples
+///
+/// ```
+/// use pool_core::{Process, Runnable};
+///
+/// struct Greeter {
+///     times: u32,
+/// }
+///
+/// impl Runnable for Greeter {
+///     fn run(&mut self) {
+///         for _ in 0..self.times {
+///             println!("hello from pid {}", std::process::id());
+///         }
+///     }
+/// }
+///
+/// let p = Process::from_runnable(Greeter { times: 2 }).start()?;
+/// p.join();
+/// assert_eq!(p.exitcode(), Some(0));
+/// # Ok::<(), pool_core::Error>(())
+/// ```
+pub trait Runnable {
+    /// The child's work. A panic makes the exit code 1.
+    fn run(&mut self);
+}
+
+/// A process to start: a task and its arguments (or a [`Runnable`]), a name, and whether it
+/// is a daemon.
+///
+/// # Examples
+///
+/// ```
+/// use pool_core::{task, Process, Queue};
+///
+/// #[task]
+/// fn produce(q: Queue<u64>) {
+///     q.put(10 + 20 + 30).unwrap();
+/// }
+///
+/// let q = Queue::new()?;
+/// let p = Process::new(produce, q.clone()).name("producer").start()?;
+/// assert_eq!(q.get().unwrap(), 60);
+/// p.join();
+/// assert_eq!(p.exitcode(), Some(0));
+/// assert_eq!(p.name(), "producer");
+/// # Ok::<(), pool_core::Error>(())
+/// ```
+pub struct Process {
+    target: Box<dyn FnOnce()>,
+    name: Option<String>,
+    daemon: bool,
+}
+
+impl Process {
+    /// A process that will run `task(args)`. Its return value is dropped (as in Python); pass
+    /// a [`Queue`](crate::Queue) or a [`Pipe`](crate::Pipe) end to send results back.
+    pub fn new<T: Task>(_task: T, args: T::Args) -> Process {
+        Process {
+            target: Box::new(move || drop(T::call(args))),
+            name: None,
+            daemon: false,
+        }
+    }
+
+    /// A process that will call `value.run()`.
+    pub fn from_runnable<R: Runnable + 'static>(mut value: R) -> Process {
+        Process {
+            target: Box::new(move || value.run()),
+            name: None,
+            daemon: false,
+        }
+    }
+
+    /// Its name (default `Process-N`, N counting from 1 in this program).
+    pub fn name(mut self, name: impl Into<String>) -> Process {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// A daemon process is killed when the thread that started it (in practice, the program)
+    /// exits; others outlive their parent unless joined. Default: false.
+    pub fn daemon(mut self, daemon: bool) -> Process {
+        self.daemon = daemon;
+        self
+    }
+
+    /// Forks the child and returns its handle.
+    pub fn start(self) -> Result<ProcessHandle, Error> {
+        static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let name = self.name.unwrap_or_else(|| format!("Process-{n}"));
+        let daemon = self.daemon;
+        let parent = nix::unistd::getpid();
+        // Whatever the program wrote must not be written twice (once more by the child).
+        let _ = std::io::stdout().flush();
+        let target = self.target;
+        let forked = crate::spawn::with_fork_lock(|| {
+            // SAFETY: the child runs only the target and then ends with `_exit`, so no
+            // destructor or `atexit` handler of the parent runs twice. As with any fork of a
+            // multi-threaded program, the target must not need a lock another thread of the
+            // parent held at this moment (see the crate docs on start methods).
+            unsafe { nix::unistd::fork() }
+        });
+        match forked.map_err(|e| Error::shared(std::io::Error::from(e)))? {
+            ForkResult::Child => child(target, daemon, parent),
+            ForkResult::Parent { child } => {
+                // Unreaped, so the pid names our child until we wait for it.
+                let pidfd = crate::sys::pidfd_open(child.as_raw()).map_err(Error::shared)?;
+                Ok(ProcessHandle {
+                    pid: child,
+                    name,
+                    daemon,
+                    pidfd,
+                    status: Mutex::new(None),
+                })
+            }
+        }
+    }
+}
+
+fn child(target: Box<dyn FnOnce()>, daemon: bool, parent: Pid) -> ! {
+    if daemon
+        && (nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()
+            || nix::unistd::getppid() != parent)
+    {
+        crate::spawn::exit_now(1);
+    }
+    // A panic is reported by the panic hook (on standard error, like Python's traceback).
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(target));
+    let code = match outcome {
+        Ok(()) => 0,
+        Err(payload) => {
+            // The payload's destructor may panic too; that must not change the exit code.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(payload)));
+            1
+        }
+    };
+    let _ = std::io::stdout().flush();
+    crate::spawn::exit_now(code)
+}
+
+impl fmt::Debug for Process {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Process")
+            .field("name", &self.name)
+            .field("daemon", &self.daemon)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A started [`Process`].
+pub struct ProcessHandle {
+    pid: Pid,
+    name: String,
+    daemon: bool,
+    pidfd: OwnedFd,
+    /// The exit code once reaped.
+    status: Mutex<Option<i32>>,
+}
+
+impl ProcessHandle {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.pid.as_raw() as u32
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether it is a daemon.
+    pub fn is_daemon(&self) -> bool {
+        self.daemon
+    }
+
+    fn reap(&self, block: bool) -> Option<i32> {
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        if status.is_none() {
+            let flags = (!block).then_some(WaitPidFlag::WNOHANG);
+            loop {
+                match waitpid(self.pid, flags) {
+                    Ok(WaitStatus::Exited(_, code)) => *status = Some(code),
+                    Ok(WaitStatus::Signaled(_, sig, _)) => *status = Some(-(sig as i32)),
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Ok(WaitStatus::StillAlive) => {}
+                    Ok(_) => continue,
+                    // Reaped by someone else (a `waitpid(-1)` elsewhere in the program).
+                    Err(_) => *status = Some(i32::MIN),
+                }
+                break;
+            }
+        }
+        *status
+    }
+
+    /// Whether it is still running.
+    pub fn is_alive(&self) -> bool {
+        self.reap(false).is_none()
+    }
+
+    /// Waits for it to end.
+    pub fn join(&self) {
+        self.reap(true);
+    }
+
+    /// Waits at most `timeout` for it to end; whether it has.
+    pub fn join_timeout(&self, timeout: Duration) -> bool {
+        if self.reap(false).is_some() {
+            return true;
+        }
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        let mut fds = [nix::poll::PollFd::new(
+            self.pidfd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let _ = nix::poll::poll(
+            &mut fds,
+            nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX),
+        );
+        self.reap(false).is_some()
+    }
+
+    /// Asks it to stop (SIGTERM).
+    pub fn terminate(&self) {
+        self.signal(Signal::SIGTERM);
+    }
+
+    /// Kills it (SIGKILL).
+    pub fn kill(&self) {
+        self.signal(Signal::SIGKILL);
+    }
+
+    fn signal(&self, sig: Signal) {
+        // Under the status lock: an unreaped child's pid cannot name another process.
+        let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        if status.is_none() {
+            let _ = signal::kill(self.pid, sig);
+        }
+    }
+
+    /// `None` while it runs; then its exit code: `Some(0)` on success, `Some(1)` after a
+    /// panic, the code it passed to `exit`, or `Some(-N)` when killed by signal N (as in
+    /// Python).
+    pub fn exitcode(&self) -> Option<i32> {
+        self.reap(false)
+    }
+}
+
+impl Drop for ProcessHandle {
+    fn drop(&mut self) {
+        if self.reap(false).is_none() {
+            // Still running: reap it when it ends, so it does not stay a zombie.
+            let pid = self.pid;
+            let _ = std::thread::Builder::new()
+                .name("pool-core-reaper".into())
+                .spawn(move || while let Err(nix::errno::Errno::EINTR) = waitpid(pid, None) {});
+        }
+    }
+}
+
+impl fmt::Debug for ProcessHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessHandle")
+            .field("pid", &self.pid.as_raw())
+            .field("name", &self.name)
+            .field("daemon", &self.daemon)
+            .field("exitcode", &self.exitcode())
+            .finish()
+    }
+}

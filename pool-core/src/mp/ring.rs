@@ -1,0 +1,409 @@
+//! The byte queue under [`Queue`](crate::Queue), [`JoinableQueue`](crate::JoinableQueue) and
+//! [`Pipe`](crate::Pipe): many producers and consumers in any processes, items as byte
+//! strings in a ring in one shared segment, guarded by a robust mutex.
+//!
+//! # Surviving a death at any instruction
+//!
+//! Every change happens under the mutex, in this order: the item's bytes are copied, a journal
+//! records the old positions and counters, the positions and counters change, the journal is
+//! cleared. A process that dies holding the mutex leaves it owner-died; the next locker finds
+//! the journal active and restores the old state. So a producer that dies mid-`put` loses only
+//! its own item, and a consumer that dies mid-`get` loses at most the item it was taking (if it
+//! died after taking it); every other item stays, in order.
+//!
+//! Sleepers wait on futex words that the other side bumps under the mutex and wakes after: no
+//! busy-waiting, and no lost wake-up (a sleeper reads the word under the mutex before waiting).
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::raw::{left, RawMutex, Taken};
+use super::segment::Segment;
+use crate::sys::{futex_wait_timeout, futex_wake};
+use crate::Error;
+
+/// Where the ring's bytes start in the payload.
+const DATA: usize = 512;
+/// Bytes of the length prefix of an item.
+const PREFIX: u64 = 4;
+
+#[repr(C)]
+struct State {
+    mutex: RawMutex,
+    head: AtomicU64,
+    tail: AtomicU64,
+    count: AtomicU64,
+    /// Items put and not yet marked done (`JoinableQueue`).
+    unfinished: AtomicU64,
+    capacity: AtomicU64,
+    /// 0: no limit on the number of items.
+    max_items: AtomicU64,
+    closed: AtomicU32,
+    journal_active: AtomicU32,
+    j_head: AtomicU64,
+    j_tail: AtomicU64,
+    j_count: AtomicU64,
+    j_unfinished: AtomicU64,
+    /// Bumped when an item arrives (or the queue closes).
+    not_empty: AtomicU32,
+    /// Bumped when room is made (or the queue closes).
+    not_full: AtomicU32,
+    /// Bumped when `unfinished` reaches zero.
+    all_done: AtomicU32,
+    waiting_get: AtomicU32,
+    waiting_put: AtomicU32,
+    waiting_join: AtomicU32,
+}
+
+const _: () = assert!(std::mem::size_of::<State>() <= DATA);
+
+/// Why a put did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PutFail {
+    Full,
+    Closed,
+    Timeout,
+    TooLarge,
+}
+
+/// Why a get returned nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GetFail {
+    Empty,
+    Closed,
+    Timeout,
+}
+
+/// How long to wait: not at all, until a deadline, or for ever.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Wait {
+    No,
+    Until(Instant),
+    Forever,
+}
+
+impl Wait {
+    fn deadline(self) -> Option<Instant> {
+        match self {
+            Wait::Until(d) => Some(d),
+            _ => None,
+        }
+    }
+}
+
+/// A byte queue in a shared segment. Cheap to clone (the segment is shared).
+#[derive(Clone, Debug)]
+pub(crate) struct ByteRing {
+    pub(crate) seg: Arc<Segment>,
+}
+
+/// The mutex, held; released on drop.
+struct Held<'a> {
+    s: &'a State,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.s.mutex.unlock();
+    }
+}
+
+impl ByteRing {
+    /// A new ring of `capacity` bytes (at least 64), holding at most `max_items` items (0: no
+    /// limit).
+    pub(crate) fn create(capacity: usize, max_items: u64, kind: u64) -> Result<ByteRing, Error> {
+        let capacity = capacity.max(64);
+        let seg = super::handle::create(DATA + capacity, kind)?;
+        // SAFETY: fresh zeroed shared memory, page-aligned, used by nothing yet.
+        unsafe { RawMutex::init(seg.payload().cast()) };
+        let ring = ByteRing { seg };
+        let s = ring.state();
+        s.capacity.store(capacity as u64, Ordering::Relaxed);
+        s.max_items.store(max_items, Ordering::Relaxed);
+        Ok(ring)
+    }
+
+    fn state(&self) -> &State {
+        // SAFETY: the payload starts with a State initialized by `create`; the segment's kind
+        // was checked when this handle was received.
+        unsafe { &*self.seg.payload().cast::<State>() }
+    }
+
+    fn capacity(&self) -> u64 {
+        // Never trust more than the mapping holds.
+        self.state()
+            .capacity
+            .load(Ordering::Relaxed)
+            .min((self.seg.payload_len() - DATA) as u64)
+    }
+
+    fn lock(&self) -> Held<'_> {
+        let s = self.state();
+        if s.mutex.lock() == Taken::OwnerDied {
+            repair(s);
+        }
+        Held { s }
+    }
+
+    fn copy_in(&self, pos: u64, src: &[u8]) {
+        let cap = self.capacity();
+        let at = (pos % cap) as usize;
+        let first = src.len().min(cap as usize - at);
+        // SAFETY: both ranges lie inside the ring's data area (at + first ≤ cap, and the rest
+        // starts at 0); the mutex is held, so no other process touches these bytes.
+        unsafe {
+            let base = self.seg.payload().add(DATA);
+            std::ptr::copy_nonoverlapping(src.as_ptr(), base.add(at), first);
+            std::ptr::copy_nonoverlapping(src.as_ptr().add(first), base, src.len() - first);
+        }
+    }
+
+    fn copy_out(&self, pos: u64, dst: &mut [u8]) {
+        let cap = self.capacity();
+        let at = (pos % cap) as usize;
+        let first = dst.len().min(cap as usize - at);
+        // SAFETY: as in `copy_in`.
+        unsafe {
+            let base = self.seg.payload().add(DATA);
+            std::ptr::copy_nonoverlapping(base.add(at), dst.as_mut_ptr(), first);
+            std::ptr::copy_nonoverlapping(base, dst.as_mut_ptr().add(first), dst.len() - first);
+        }
+    }
+
+    /// Appends one item.
+    pub(crate) fn put(&self, item: &[u8], wait: Wait) -> Result<(), PutFail> {
+        let need = PREFIX + item.len() as u64;
+        if need > self.capacity() || item.len() > u32::MAX as usize {
+            return Err(PutFail::TooLarge);
+        }
+        loop {
+            let held = self.lock();
+            let s = held.s;
+            if s.closed.load(Ordering::Relaxed) != 0 {
+                return Err(PutFail::Closed);
+            }
+            let (head, tail) = (
+                s.head.load(Ordering::Relaxed),
+                s.tail.load(Ordering::Relaxed),
+            );
+            let count = s.count.load(Ordering::Relaxed);
+            let max = s.max_items.load(Ordering::Relaxed);
+            let room = self.capacity() - (tail - head);
+            if room >= need && (max == 0 || count < max) {
+                self.copy_in(tail, &(item.len() as u32).to_le_bytes());
+                self.copy_in(tail + PREFIX, item);
+                journal(s);
+                s.tail.store(tail + need, Ordering::Relaxed);
+                s.count.store(count + 1, Ordering::Relaxed);
+                s.unfinished.fetch_add(1, Ordering::Relaxed);
+                s.journal_active.store(0, Ordering::Release);
+                s.not_empty.fetch_add(1, Ordering::SeqCst);
+                let wake = s.waiting_get.load(Ordering::Relaxed) > 0;
+                drop(held);
+                if wake {
+                    futex_wake(&s.not_empty);
+                }
+                return Ok(());
+            }
+            let seq = s.not_full.load(Ordering::SeqCst);
+            match wait {
+                Wait::No => return Err(PutFail::Full),
+                Wait::Until(d) if Instant::now() >= d => return Err(PutFail::Timeout),
+                _ => {}
+            }
+            s.waiting_put.fetch_add(1, Ordering::Relaxed);
+            drop(held);
+            futex_wait_timeout(&s.not_full, seq, left(wait.deadline()));
+            let _held = self.lock();
+            s.waiting_put.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes the oldest item.
+    pub(crate) fn get(&self, wait: Wait) -> Result<Vec<u8>, GetFail> {
+        loop {
+            let held = self.lock();
+            let s = held.s;
+            let count = s.count.load(Ordering::Relaxed);
+            if count > 0 {
+                let head = s.head.load(Ordering::Relaxed);
+                let tail = s.tail.load(Ordering::Relaxed);
+                let mut len = [0u8; 4];
+                self.copy_out(head, &mut len);
+                let len = u64::from(u32::from_le_bytes(len));
+                if PREFIX + len > tail - head {
+                    // Cannot happen unless the segment was scribbled on: drop everything
+                    // rather than read garbage.
+                    journal(s);
+                    s.head.store(tail, Ordering::Relaxed);
+                    s.count.store(0, Ordering::Relaxed);
+                    s.journal_active.store(0, Ordering::Release);
+                    continue;
+                }
+                let mut item = vec![0u8; len as usize];
+                self.copy_out(head + PREFIX, &mut item);
+                journal(s);
+                if count == 1 {
+                    // Empty now: start again at the beginning, so a queue that keeps up uses
+                    // only its first pages.
+                    s.head.store(0, Ordering::Relaxed);
+                    s.tail.store(0, Ordering::Relaxed);
+                } else {
+                    s.head.store(head + PREFIX + len, Ordering::Relaxed);
+                }
+                s.count.store(count - 1, Ordering::Relaxed);
+                s.journal_active.store(0, Ordering::Release);
+                s.not_full.fetch_add(1, Ordering::SeqCst);
+                let wake = s.waiting_put.load(Ordering::Relaxed) > 0;
+                drop(held);
+                if wake {
+                    futex_wake(&s.not_full);
+                }
+                return Ok(item);
+            }
+            if s.closed.load(Ordering::Relaxed) != 0 {
+                return Err(GetFail::Closed);
+            }
+            let seq = s.not_empty.load(Ordering::SeqCst);
+            match wait {
+                Wait::No => return Err(GetFail::Empty),
+                Wait::Until(d) if Instant::now() >= d => return Err(GetFail::Timeout),
+                _ => {}
+            }
+            s.waiting_get.fetch_add(1, Ordering::Relaxed);
+            drop(held);
+            futex_wait_timeout(&s.not_empty, seq, left(wait.deadline()));
+            let _held = self.lock();
+            s.waiting_get.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits until an item is there (or the ring is closed and empty); whether one is.
+    pub(crate) fn poll(&self, wait: Wait) -> bool {
+        loop {
+            let held = self.lock();
+            let s = held.s;
+            if s.count.load(Ordering::Relaxed) > 0 {
+                return true;
+            }
+            if s.closed.load(Ordering::Relaxed) != 0 {
+                return false;
+            }
+            let seq = s.not_empty.load(Ordering::SeqCst);
+            match wait {
+                Wait::No => return false,
+                Wait::Until(d) if Instant::now() >= d => return false,
+                _ => {}
+            }
+            s.waiting_get.fetch_add(1, Ordering::Relaxed);
+            drop(held);
+            futex_wait_timeout(&s.not_empty, seq, left(wait.deadline()));
+            let _held = self.lock();
+            s.waiting_get.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.lock().s.count.load(Ordering::Relaxed) as usize
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        let held = self.lock();
+        let s = held.s;
+        let max = s.max_items.load(Ordering::Relaxed);
+        let used = s.tail.load(Ordering::Relaxed) - s.head.load(Ordering::Relaxed);
+        (max != 0 && s.count.load(Ordering::Relaxed) >= max) || used + PREFIX >= self.capacity()
+    }
+
+    /// No more puts; gets drain what is left, then report `Closed`.
+    pub(crate) fn close(&self) {
+        let held = self.lock();
+        let s = held.s;
+        s.closed.store(1, Ordering::Relaxed);
+        s.not_empty.fetch_add(1, Ordering::SeqCst);
+        s.not_full.fetch_add(1, Ordering::SeqCst);
+        drop(held);
+        futex_wake(&s.not_empty);
+        futex_wake(&s.not_full);
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().s.closed.load(Ordering::Relaxed) != 0
+    }
+
+    /// Marks one item done; false if more were marked than were put.
+    pub(crate) fn task_done(&self) -> bool {
+        let held = self.lock();
+        let s = held.s;
+        let n = s.unfinished.load(Ordering::Relaxed);
+        if n == 0 {
+            return false;
+        }
+        s.unfinished.store(n - 1, Ordering::Relaxed);
+        if n == 1 {
+            s.all_done.fetch_add(1, Ordering::SeqCst);
+            let wake = s.waiting_join.load(Ordering::Relaxed) > 0;
+            drop(held);
+            if wake {
+                futex_wake(&s.all_done);
+            }
+        }
+        true
+    }
+
+    /// Waits until every item put has been marked done; false on timeout.
+    pub(crate) fn join(&self, wait: Wait) -> bool {
+        loop {
+            let held = self.lock();
+            let s = held.s;
+            if s.unfinished.load(Ordering::Relaxed) == 0 {
+                return true;
+            }
+            let seq = s.all_done.load(Ordering::SeqCst);
+            match wait {
+                Wait::No => return false,
+                Wait::Until(d) if Instant::now() >= d => return false,
+                _ => {}
+            }
+            s.waiting_join.fetch_add(1, Ordering::Relaxed);
+            drop(held);
+            futex_wait_timeout(&s.all_done, seq, left(wait.deadline()));
+            let _held = self.lock();
+            s.waiting_join.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Records the state about to change, so a death before the change completes can be undone.
+fn journal(s: &State) {
+    s.j_head
+        .store(s.head.load(Ordering::Relaxed), Ordering::Relaxed);
+    s.j_tail
+        .store(s.tail.load(Ordering::Relaxed), Ordering::Relaxed);
+    s.j_count
+        .store(s.count.load(Ordering::Relaxed), Ordering::Relaxed);
+    s.j_unfinished
+        .store(s.unfinished.load(Ordering::Relaxed), Ordering::Relaxed);
+    s.journal_active.store(1, Ordering::Release);
+}
+
+/// After an owner died holding the mutex: undoes its unfinished change, if any.
+fn repair(s: &State) {
+    if s.journal_active.load(Ordering::Acquire) != 0 {
+        s.head
+            .store(s.j_head.load(Ordering::Relaxed), Ordering::Relaxed);
+        s.tail
+            .store(s.j_tail.load(Ordering::Relaxed), Ordering::Relaxed);
+        s.count
+            .store(s.j_count.load(Ordering::Relaxed), Ordering::Relaxed);
+        s.unfinished
+            .store(s.j_unfinished.load(Ordering::Relaxed), Ordering::Relaxed);
+        s.journal_active.store(0, Ordering::Release);
+    }
+    // Wake everyone: a sleeper may have been waiting on the dead owner's change.
+    s.not_empty.fetch_add(1, Ordering::SeqCst);
+    s.not_full.fetch_add(1, Ordering::SeqCst);
+    futex_wake(&s.not_empty);
+    futex_wake(&s.not_full);
+}
