@@ -9,7 +9,7 @@ import os
 import statistics
 import sys
 import time
-from multiprocessing import Pool
+from multiprocessing import Pool, Process, Queue
 
 
 def square(x):
@@ -25,6 +25,24 @@ def busy(n):
 
 def checksum(b):
     return sum(b[::4096]) + len(b)
+
+
+def produce(q, n, item):
+    for i in range(n):
+        q.put(item if item is not None else i)
+
+
+def queue_rate(n, item):
+    """Items/s from a producer process to this one through a multiprocessing.Queue."""
+    q = Queue(maxsize=1024)
+    p = Process(target=produce, args=(q, n, item))
+    t = time.perf_counter()
+    p.start()
+    for _ in range(n):
+        q.get()
+    dt = time.perf_counter() - t
+    p.join()
+    return n / dt
 
 
 def emit(workload, value, unit, n):
@@ -94,6 +112,11 @@ def main():
         blobs = [blob[i:] + blob[:i] for i in range(count)]
         dt = timed(lambda: p.map(checksum, blobs))
         emit("bytes", count * (1 << 20) / dt / 1e9, "GB/s", count)
+
+    n = int(200_000 * scale)
+    emit("queue-small", queue_rate(n, None), "items/s", n)
+    n = max(int(2_000 * scale), 100)
+    emit("queue-1mib", queue_rate(n, os.urandom(1 << 20)) * (1 << 20) / 1e9, "GB/s", n)
 
 
 if __name__ == "__main__":

@@ -121,3 +121,42 @@ fn ctrl_c_stops_the_parent_its_fork_server_and_workers() {
         kill_parent_and_watch_workers("ctrl-c:forkserver-busy")
     });
 }
+
+#[test]
+fn a_daemon_process_dies_with_its_parent_and_a_non_daemon_one_does_not() {
+    deadline(30, "daemon process", || {
+        let mut parent = Command::new(env!("CARGO_BIN_EXE_pool-helper"))
+            .arg("daemon")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("helper starts");
+        let mut line = String::new();
+        BufReader::new(parent.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let pids: Vec<i32> = line
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        let (daemon, other) = (pids[0], pids[1]);
+        assert!(is_alive(daemon) && is_alive(other));
+        parent.kill().unwrap();
+        parent.wait().unwrap();
+        let killed = Instant::now();
+        while is_alive(daemon) {
+            assert!(
+                killed.elapsed() < Duration::from_secs(5),
+                "daemon {daemon} outlived its parent"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let survived = is_alive(other);
+        // SAFETY: kill only sends a signal to the orphan this test made.
+        unsafe { libc::kill(other, libc::SIGKILL) };
+        assert!(
+            survived,
+            "a non-daemon process outlives its parent, as in Python"
+        );
+    });
+}

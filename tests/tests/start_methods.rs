@@ -43,6 +43,7 @@ const COMMON: &[&str] = &[
     "after_death=100",
     "timeout=ok",
     "after_timeout=144",
+    "queue_from_workers=285",
     "workers=2",
     "joined=true",
 ];

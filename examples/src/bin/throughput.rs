@@ -19,6 +19,8 @@
 //! | `bytes` | `map` over 200 distinct 1 MiB `Vec<u8>`, each returning a checksum | GB/s |
 //! | `startup-first-result` | `Pool::new()` to the first result | ms |
 //! | `startup-join-idle` | `close()` + `join()` of an idle pool | ms |
+//! | `queue-small` | a `Queue<u64>` (bounded to 1,024 items) from a producer `Process` to the consumer here; rayon's column: a crossbeam channel between two threads | items/s |
+//! | `queue-1mib` | the same with 1 MiB `Vec<u8>` items | GB/s |
 //! | `redis-chunk1000` | pool-redis: `map_chunked(square, 0..n, 1000)` through a private `redis-server` to one worker process (this binary, holding up to 64 jobs per process) with the same worker count | tasks/s |
 //! | `redis-chunk1` | the same with chunk size 1: one stream entry per task | tasks/s |
 //!
@@ -36,7 +38,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use pool_core::{task, Pool};
+use pool_core::{task, Pool, Process, Queue};
 
 #[path = "../redis_server.rs"]
 mod redis_server;
@@ -259,7 +261,54 @@ fn bench_pool(
     assert_eq!(v?, expected);
     push("bytes", (count << 20) as f64 / secs(d) / 1e9, "GB/s", count);
     pool.close();
-    pool.join()
+    pool.join()?;
+
+    // A Queue between two processes: a producer Process, the consumer here.
+    let count = n(2_000_000, o.scale);
+    let q: Queue<u64> = Queue::bounded(1024)?;
+    let (_, d) = timed(|| -> Result<(), pool_core::Error> {
+        let p = Process::new(produce_small, (q.clone(), count as u64)).start()?;
+        for i in 0..count as u64 {
+            assert_eq!(q.get().expect("an item"), i);
+        }
+        p.join();
+        Ok(())
+    });
+    push("queue-small", count as f64 / secs(d), "items/s", count);
+    let count = n(4_000, o.scale).max(100);
+    let q: Queue<Vec<u8>> = Queue::bounded(1024)?;
+    let blob = make_blobs(1)[0].clone();
+    let (_, d) = timed(|| -> Result<(), pool_core::Error> {
+        let p = Process::new(produce_blobs, (q.clone(), count as u64, blob)).start()?;
+        for _ in 0..count {
+            assert_eq!(q.get().expect("an item").len(), 1 << 20);
+        }
+        p.join();
+        Ok(())
+    });
+    push(
+        "queue-1mib",
+        (count << 20) as f64 / secs(d) / 1e9,
+        "GB/s",
+        count,
+    );
+    Ok(())
+}
+
+/// Puts 0..n on `q`.
+#[task]
+fn produce_small(q: Queue<u64>, n: u64) {
+    for i in 0..n {
+        q.put(i).expect("put");
+    }
+}
+
+/// Puts `blob` on `q` `n` times.
+#[task]
+fn produce_blobs(q: Queue<Vec<u8>>, n: u64, blob: Vec<u8>) {
+    for _ in 0..n {
+        q.put(blob.clone()).expect("put");
+    }
 }
 
 fn make_blobs(count: usize) -> Vec<Vec<u8>> {
@@ -366,6 +415,42 @@ fn bench_rayon(o: &Options, k: u64, rows: &mut Vec<Row>, bar: &ProgressBar) {
         timed(|| pool.install(|| blobs.par_iter().map(|b| sample_sum(b)).collect::<Vec<_>>()));
     assert_eq!(v.len(), count);
     push("bytes", (count << 20) as f64 / secs(d) / 1e9, "GB/s", count);
+
+    // The thread equivalent of a Queue between processes: a bounded channel between threads.
+    let count = n(2_000_000, o.scale);
+    let (tx, rx) = crossbeam_channel::bounded::<u64>(1024);
+    let (_, d) = timed(|| {
+        let producer = std::thread::spawn(move || {
+            for i in 0..count as u64 {
+                tx.send(i).unwrap();
+            }
+        });
+        for i in 0..count as u64 {
+            assert_eq!(rx.recv().unwrap(), i);
+        }
+        producer.join().unwrap();
+    });
+    push("queue-small", count as f64 / secs(d), "items/s", count);
+    let count = n(4_000, o.scale).max(100);
+    let blob = make_blobs(1)[0].clone();
+    let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(1024);
+    let (_, d) = timed(|| {
+        let producer = std::thread::spawn(move || {
+            for _ in 0..count {
+                tx.send(blob.clone()).unwrap();
+            }
+        });
+        for _ in 0..count {
+            assert_eq!(rx.recv().unwrap().len(), 1 << 20);
+        }
+        producer.join().unwrap();
+    });
+    push(
+        "queue-1mib",
+        (count << 20) as f64 / secs(d) / 1e9,
+        "GB/s",
+        count,
+    );
 }
 
 /// Runs the project's Python script; returns no rows (with a note) when python3 is missing.
@@ -451,7 +536,7 @@ fn bench_python(o: &Options, rows: &mut Vec<Row>, bar: &ProgressBar) {
     let _ = child.wait();
 }
 
-const WORKLOADS: [&str; 12] = [
+const WORKLOADS: [&str; 14] = [
     "map-tiny",
     "map-chunk1",
     "apply-async",
@@ -461,6 +546,8 @@ const WORKLOADS: [&str; 12] = [
     "bytes",
     "startup-first-result",
     "startup-join-idle",
+    "queue-small",
+    "queue-1mib",
     "redis-chunk1000",
     "redis-chunk1",
     "",
@@ -484,6 +571,8 @@ fn fmt_value(v: f64, unit: &str) -> String {
     match unit {
         "tasks/s" if v >= 1e6 => format!("{:.2} M/s", v / 1e6),
         "tasks/s" => format!("{:.1} k/s", v / 1e3),
+        "items/s" if v >= 1e6 => format!("{:.2} M/s", v / 1e6),
+        "items/s" => format!("{:.1} k/s", v / 1e3),
         "GB/s" => format!("{v:.2} GB/s"),
         "x speed-up" => format!("{v:.2}x"),
         "us" => format!("{v:.1} µs"),
@@ -626,7 +715,7 @@ fn main() -> Result<(), pool_core::Error> {
     let mut rows = Vec::new();
     let systems = if o.python { 3 } else { 2 };
     let bar = if o.progress {
-        let bar = ProgressBar::new(systems * 9);
+        let bar = ProgressBar::new(systems * 11);
         bar.set_style(
             ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
                 .expect("a valid template"),

@@ -6,6 +6,7 @@
 //!   `busy`), for tests that kill the parent.
 //! - `checks METHOD`: exercises a pool with that start method and prints what it saw, one
 //!   `key=value` per line.
+//! - `daemon`: starts a daemon and a non-daemon `Process`, prints their pids, waits.
 //! - `threads METHOD`: creates and drops 200 pools while 8 threads allocate, print and hold
 //!   mutexes; prints `pools=200` and the time taken.
 
@@ -47,6 +48,12 @@ fn boom(x: u64) -> u64 {
     std::process::abort()
 }
 
+/// Puts `x * x` on `q`: a queue handle received as a task argument.
+#[task]
+fn put_square(q: pool_core::Queue<u64>, x: u64) {
+    q.put(x * x).unwrap();
+}
+
 /// How many threads this worker runs (from `/proc/self/status`).
 #[task]
 fn thread_count() -> u64 {
@@ -73,6 +80,7 @@ fn main() {
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["checks", m] => checks(method(m)),
         ["threads", m] => busy_threads(method(m)),
+        ["daemon"] => daemon_and_not(),
         [mode] => {
             let (m, state) = mode.split_once('-').expect("METHOD-idle or METHOD-busy");
             serve_until_killed(method(m), state == "busy")
@@ -80,6 +88,22 @@ fn main() {
         _ => panic!(
             "usage: pool-helper (METHOD-idle | METHOD-busy | checks METHOD | threads METHOD)"
         ),
+    }
+}
+
+/// Starts a daemon and a non-daemon `Process`, prints their pids, and waits to be killed.
+fn daemon_and_not() {
+    let daemon = pool_core::Process::new(sleep_forever, ())
+        .daemon(true)
+        .start()
+        .expect("daemon starts");
+    let other = pool_core::Process::new(sleep_forever, ())
+        .start()
+        .expect("process starts");
+    println!("{} {}", daemon.pid(), other.pid());
+    std::io::stdout().flush().unwrap();
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
     }
 }
 
@@ -171,6 +195,13 @@ fn checks(method: StartMethod) {
         "after_timeout={}",
         pool.apply(square, 12).expect("after timeout")
     );
+    // A queue created here, handed to workers that were not forked from this process (fork
+    // server, spawn): they open it through this process's descriptor.
+    let q = pool_core::Queue::<u64>::new().expect("queue");
+    pool.map(put_square, (0..10u64).map(|x| (q.clone(), x)))
+        .expect("queue through workers");
+    let total: u64 = (0..10).map(|_| q.get().expect("an item")).sum();
+    println!("queue_from_workers={total}");
     println!("workers={}", pool.worker_pids().len());
     pool.close();
     pool.join().expect("join");
