@@ -108,17 +108,44 @@
 //!
 //! # Processes and fork
 //!
-//! Workers are forked from the process that builds the pool, so they inherit its task table and
-//! memory (copy-on-write). As with Python's `fork` start method, forking a program that already
-//! runs other threads is safe for this crate's own code (the worker touches only its own socket,
-//! the inherited task table and `malloc`), but a task that takes a lock another thread of the
-//! parent held at the moment of the fork (a logger's, say) can deadlock in the worker. Build
-//! pools early, before starting other threads, when tasks use such libraries.
+//! How workers start is the pool's [`StartMethod`]. With `Fork` they are forked from the
+//! process that builds the pool, so they inherit its task table and memory (copy-on-write). As
+//! with Python's `fork` start method, forking a program that already runs other threads is safe
+//! for this crate's own code (the worker touches only its own shared region, the inherited task
+//! table and `malloc`), but a task that takes a lock another thread of the parent held at the
+//! moment of the fork (a logger's, say) can deadlock in the worker. Call [`init()`] first in
+//! `main` (or put [`#[pool_core::main]`](main) on it): pools then default to `ForkServer`, and
+//! their workers are forked from a small single-threaded server instead. `Spawn` runs the
+//! program's binary again.
 //!
 //! Workers die with the parent: they ask the kernel for SIGKILL when the parent goes
-//! (`PR_SET_PDEATHSIG`) and also exit when their connection to it closes. Every worker is reaped
-//! by the pool; none is left as a zombie. Workers ignore SIGINT, so Ctrl-C stops the parent,
-//! which takes its workers down with it.
+//! (`PR_SET_PDEATHSIG`). Every worker is reaped by the pool; none is left as a zombie. Workers
+//! ignore SIGINT, so Ctrl-C stops the parent, which takes its workers down with it.
+//!
+//! # Beyond the pool
+//!
+//! The rest of Python's `multiprocessing` is in [`mp`] (and re-exported here): [`Process`],
+//! [`Queue`], [`JoinableQueue`], [`Pipe`], [`Value`], [`Array`], [`Lock`], [`RLock`],
+//! [`Semaphore`], [`BoundedSemaphore`], [`Event`], [`Condition`], [`Barrier`] and
+//! [`SharedMemory`]. Their handles can be passed to a `Process` or to a pool task as
+//! arguments, and they survive the death of any process that uses them.
+//!
+//! ```
+//! use pool_core::{task, Pool, Queue};
+//!
+//! #[task]
+//! fn report(q: Queue<u32>, x: u32) {
+//!     q.put(x * 10).unwrap();
+//! }
+//!
+//! let q = Queue::new()?;
+//! let pool = Pool::builder().processes(2).build()?;
+//! pool.map(report, (1..=3).map(|x| (q.clone(), x)))?;
+//! let mut got: Vec<u32> = (0..3).map(|_| q.get().unwrap()).collect();
+//! got.sort();
+//! assert_eq!(got, [10, 20, 30]);
+//! # Ok::<(), pool_core::Error>(())
+//! ```
 
 #![deny(missing_docs)]
 #![warn(rustdoc::broken_intra_doc_links)]
