@@ -331,10 +331,11 @@ pub(crate) fn decode_value<R: DeserializeOwned + 'static>(
     })
 }
 
-/// Decodes every item of every part, in order (the parts are checked already).
-pub(crate) fn decode_all<R: DeserializeOwned + 'static>(
+/// Every item of every part, in order, through `item` (the parts are checked already).
+fn collect_items<R>(
     parts: &[Vec<u8>],
     task: &str,
+    mut item: impl FnMut(&[u8]) -> Result<R, Error>,
 ) -> Result<Vec<R>, Error> {
     let mut out = Vec::new();
     for part in parts {
@@ -342,7 +343,7 @@ pub(crate) fn decode_all<R: DeserializeOwned + 'static>(
         out.reserve(results.remaining() as usize);
         for outcome in results {
             match outcome? {
-                Outcome::Ok(bytes) => out.push(decode_value(bytes, task)?),
+                Outcome::Ok(bytes) => out.push(item(bytes)?),
                 other => return Err(other.to_error(task).expect("not Ok")),
             }
         }
@@ -350,20 +351,17 @@ pub(crate) fn decode_all<R: DeserializeOwned + 'static>(
     Ok(out)
 }
 
+/// Decodes every item of every part, in order (the parts are checked already).
+pub(crate) fn decode_all<R: DeserializeOwned + 'static>(
+    parts: &[Vec<u8>],
+    task: &str,
+) -> Result<Vec<R>, Error> {
+    collect_items(parts, task, |bytes| decode_value(bytes, task))
+}
+
 /// Every item of every part as its raw MessagePack bytes, in order (the parts are checked).
 pub(crate) fn encoded_all(parts: &[Vec<u8>], task: &str) -> Result<Vec<Vec<u8>>, Error> {
-    let mut out = Vec::new();
-    for part in parts {
-        let results = frame::parse_results(part).map_err(|e| frame_error(e, task))?;
-        out.reserve(results.remaining() as usize);
-        for outcome in results {
-            match outcome? {
-                Outcome::Ok(bytes) => out.push(bytes.to_vec()),
-                other => return Err(other.to_error(task).expect("not Ok")),
-            }
-        }
-    }
-    Ok(out)
+    collect_items(parts, task, |bytes| Ok(bytes.to_vec()))
 }
 
 /// Decodes the single item of a single part.

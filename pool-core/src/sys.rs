@@ -9,18 +9,7 @@ use std::sync::atomic::AtomicU32;
 /// Sleeps while `*word == expected`, until [`futex_wake`] on the same word (from any process
 /// that maps it) or a spurious wake-up. Callers re-check their condition in a loop.
 pub(crate) fn futex_wait(word: &AtomicU32, expected: u32) {
-    // SAFETY: FUTEX_WAIT reads the 32-bit word at a valid, aligned address (a live reference),
-    // compares it with `expected`, and sleeps; it writes nothing. No timeout pointer is passed.
-    // Not FUTEX_PRIVATE: the word lives in memory shared with other processes.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            expected,
-            std::ptr::null::<libc::timespec>(),
-        );
-    }
+    futex_wait_timeout(word, expected, None)
 }
 
 /// [`futex_wait`] for at most `timeout` (`None`: no limit). Returns early on a wake-up, a
@@ -37,8 +26,10 @@ pub(crate) fn futex_wait_timeout(
     let ts_ptr = ts
         .as_ref()
         .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: as in `futex_wait`; the timeout, when given, points to a live local timespec
-    // (relative time, as FUTEX_WAIT takes it).
+    // SAFETY: FUTEX_WAIT reads the 32-bit word at a valid, aligned address (a live reference),
+    // compares it with `expected`, and sleeps; it writes nothing. The timeout, when given,
+    // points to a live local timespec (relative time, as FUTEX_WAIT takes it). Not
+    // FUTEX_PRIVATE: the word lives in memory shared with other processes.
     unsafe {
         libc::syscall(
             libc::SYS_futex,

@@ -55,6 +55,11 @@ const MAX_DEFAULT_CHUNK: usize = 4096;
 /// task may *run* more than once (its side effects may happen twice), but the caller receives
 /// exactly one result per call.
 ///
+/// A job waits in Redis until a worker takes it: with no worker serving the queue, `apply` and
+/// `get` wait too (as with any broker). Bound the wait with
+/// [`AsyncResult::get_timeout`] / [`wait_timeout`](AsyncResult::wait_timeout) where that
+/// matters, and watch [`status`](RedisPool::status) for live workers.
+///
 /// [`apply`]: RedisPool::apply
 /// [`apply_async`]: RedisPool::apply_async
 /// [`map`]: RedisPool::map

@@ -6,14 +6,9 @@ use std::time::{Duration, Instant};
 
 use pool_tests::{deadline, is_alive, stat};
 
-fn kill_parent_and_watch_workers(mode: &str) {
+/// Starts `pool-helper MODE` in a process group of its own and reads the pids it prints.
+fn start_helper(mode: &str) -> (std::process::Child, Vec<i32>) {
     use std::os::unix::process::CommandExt;
-    let label = mode;
-    let (ctrl_c, mode) = match mode.strip_prefix("ctrl-c:") {
-        Some(mode) => (true, mode),
-        None => (false, mode),
-    };
-    let busy = mode.ends_with("busy");
     let mut parent = Command::new(env!("CARGO_BIN_EXE_pool-helper"))
         .arg(mode)
         .stdout(Stdio::piped())
@@ -25,11 +20,22 @@ fn kill_parent_and_watch_workers(mode: &str) {
     BufReader::new(parent.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let workers: Vec<i32> = line
+    let pids = line
         .split_whitespace()
         .map(|p| p.parse().unwrap())
         .collect();
-    assert_eq!(workers.len(), 3, "{line:?}");
+    (parent, pids)
+}
+
+fn kill_parent_and_watch_workers(mode: &str) {
+    let label = mode;
+    let (ctrl_c, mode) = match mode.strip_prefix("ctrl-c:") {
+        Some(mode) => (true, mode),
+        None => (false, mode),
+    };
+    let busy = mode.ends_with("busy");
+    let (mut parent, workers) = start_helper(mode);
+    assert_eq!(workers.len(), 3, "{workers:?}");
     if busy {
         std::thread::sleep(Duration::from_millis(100)); // let the tasks start
     }
@@ -125,19 +131,7 @@ fn ctrl_c_stops_the_parent_its_fork_server_and_workers() {
 #[test]
 fn a_daemon_process_dies_with_its_parent_and_a_non_daemon_one_does_not() {
     deadline(30, "daemon process", || {
-        let mut parent = Command::new(env!("CARGO_BIN_EXE_pool-helper"))
-            .arg("daemon")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("helper starts");
-        let mut line = String::new();
-        BufReader::new(parent.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let pids: Vec<i32> = line
-            .split_whitespace()
-            .map(|p| p.parse().unwrap())
-            .collect();
+        let (mut parent, pids) = start_helper("daemon");
         let (daemon, other) = (pids[0], pids[1]);
         assert!(is_alive(daemon) && is_alive(other));
         parent.kill().unwrap();

@@ -86,9 +86,15 @@ fn forked_workers_in_a_program_that_called_init() {
     );
 }
 
-/// 200 pools created and dropped beside 8 threads that allocate, print and hold mutexes, for
-/// the two start methods that never fork the threaded program (the `Fork` case is in
-/// `threaded_parent.rs`).
+/// 200 pools created and dropped beside 8 threads that allocate, print and hold mutexes, with
+/// each start method: forking a busy multi-threaded program must not hang the pool (the pool's
+/// own code takes no lock those threads could hold), and the other two never fork it.
+#[test]
+fn two_hundred_fork_pools_beside_eight_busy_threads() {
+    let out = helper(&["threads", "fork"], 240);
+    assert!(out.contains("pools=200"), "{out}");
+}
+
 #[test]
 fn two_hundred_fork_server_pools_beside_eight_busy_threads() {
     let out = helper(&["threads", "forkserver"], 240);

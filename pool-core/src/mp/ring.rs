@@ -171,6 +171,24 @@ impl ByteRing {
         }
     }
 
+    /// Sleeps until `word` moves on from its value now (read under the mutex, so no wake-up is
+    /// lost), or until `wait` runs out; the mutex is released meanwhile and on return. False
+    /// when the caller is not to wait (any more).
+    fn sleep_on(&self, held: Held<'_>, word: &AtomicU32, waiting: &AtomicU32, wait: Wait) -> bool {
+        let seq = word.load(Ordering::SeqCst);
+        match wait {
+            Wait::No => return false,
+            Wait::Until(d) if Instant::now() >= d => return false,
+            _ => {}
+        }
+        waiting.fetch_add(1, Ordering::Relaxed);
+        drop(held);
+        futex_wait_timeout(word, seq, left(wait.deadline()));
+        let _held = self.lock();
+        waiting.fetch_sub(1, Ordering::Relaxed);
+        true
+    }
+
     /// Appends one item.
     pub(crate) fn put(&self, item: &[u8], wait: Wait) -> Result<(), PutFail> {
         let need = PREFIX + item.len() as u64;
@@ -206,17 +224,12 @@ impl ByteRing {
                 }
                 return Ok(());
             }
-            let seq = s.not_full.load(Ordering::SeqCst);
-            match wait {
-                Wait::No => return Err(PutFail::Full),
-                Wait::Until(d) if Instant::now() >= d => return Err(PutFail::Timeout),
-                _ => {}
+            if !self.sleep_on(held, &s.not_full, &s.waiting_put, wait) {
+                return Err(match wait {
+                    Wait::No => PutFail::Full,
+                    _ => PutFail::Timeout,
+                });
             }
-            s.waiting_put.fetch_add(1, Ordering::Relaxed);
-            drop(held);
-            futex_wait_timeout(&s.not_full, seq, left(wait.deadline()));
-            let _held = self.lock();
-            s.waiting_put.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -265,17 +278,12 @@ impl ByteRing {
             if s.closed.load(Ordering::Relaxed) != 0 {
                 return Err(GetFail::Closed);
             }
-            let seq = s.not_empty.load(Ordering::SeqCst);
-            match wait {
-                Wait::No => return Err(GetFail::Empty),
-                Wait::Until(d) if Instant::now() >= d => return Err(GetFail::Timeout),
-                _ => {}
+            if !self.sleep_on(held, &s.not_empty, &s.waiting_get, wait) {
+                return Err(match wait {
+                    Wait::No => GetFail::Empty,
+                    _ => GetFail::Timeout,
+                });
             }
-            s.waiting_get.fetch_add(1, Ordering::Relaxed);
-            drop(held);
-            futex_wait_timeout(&s.not_empty, seq, left(wait.deadline()));
-            let _held = self.lock();
-            s.waiting_get.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -290,17 +298,9 @@ impl ByteRing {
             if s.closed.load(Ordering::Relaxed) != 0 {
                 return false;
             }
-            let seq = s.not_empty.load(Ordering::SeqCst);
-            match wait {
-                Wait::No => return false,
-                Wait::Until(d) if Instant::now() >= d => return false,
-                _ => {}
+            if !self.sleep_on(held, &s.not_empty, &s.waiting_get, wait) {
+                return false;
             }
-            s.waiting_get.fetch_add(1, Ordering::Relaxed);
-            drop(held);
-            futex_wait_timeout(&s.not_empty, seq, left(wait.deadline()));
-            let _held = self.lock();
-            s.waiting_get.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -360,17 +360,9 @@ impl ByteRing {
             if s.unfinished.load(Ordering::Relaxed) == 0 {
                 return true;
             }
-            let seq = s.all_done.load(Ordering::SeqCst);
-            match wait {
-                Wait::No => return false,
-                Wait::Until(d) if Instant::now() >= d => return false,
-                _ => {}
+            if !self.sleep_on(held, &s.all_done, &s.waiting_join, wait) {
+                return false;
             }
-            s.waiting_join.fetch_add(1, Ordering::Relaxed);
-            drop(held);
-            futex_wait_timeout(&s.all_done, seq, left(wait.deadline()));
-            let _held = self.lock();
-            s.waiting_join.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

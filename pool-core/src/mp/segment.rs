@@ -186,14 +186,25 @@ impl Segment {
 
     /// How to name this segment on the wire.
     pub(crate) fn reference(&self) -> SegmentRef {
-        let fd = match &self.fd {
-            Some(fd) => fd.as_raw_fd(),
-            // Not the creator: the creator's descriptor number is in the header's stead. We
-            // only get here for segments opened from a reference, which carried it.
-            None => self.creator_fd(),
+        let (creator, fd) = match &self.fd {
+            // The creator, or a process forked from it, which holds a copy of the descriptor
+            // under the same number. Point at the creator while it still holds it (it usually
+            // lives longest), else at this process.
+            Some(fd) => {
+                let n = fd.as_raw_fd();
+                let creator_has_it = self.creator == std::process::id() as i32
+                    || std::path::Path::new(&format!("/proc/{}/fd/{n}", self.creator)).exists();
+                if creator_has_it {
+                    (self.creator, n)
+                } else {
+                    (std::process::id() as i32, n)
+                }
+            }
+            // A process that opened the segment from a reference: pass the reference on.
+            None => (self.creator, self.creator_fd()),
         };
         SegmentRef {
-            creator: self.creator,
+            creator,
             fd,
             len: self.map.len() as u64,
             token: self.token,
