@@ -243,6 +243,7 @@ impl Worker {
             released: Condvar::new(),
             done: Mutex::new(Some(done_tx)),
             stop_writing: AtomicBool::new(false),
+            broken: Mutex::new(None),
         });
         let capacity = self.prefetch.unwrap_or(2 * self.processes).max(1);
         let writer = {
@@ -268,6 +269,8 @@ impl Worker {
             })?
         };
         shared.read_jobs(link, capacity, &self.shutdown);
+        // Stopped by a handle or by a broken pool: the keeper stops too.
+        self.shutdown.store(true, Ordering::SeqCst);
         // Stopping: answer what we hold, then let the writer drain and the keeper say goodbye.
         {
             let mut held = lock(&shared.held);
@@ -281,6 +284,11 @@ impl Worker {
         lock(&shared.done).take();
         let _ = writer.join();
         let _ = keeper.join();
+        if let Some(reason) = lock(&shared.broken).take() {
+            // Its jobs stay pending in Redis; other workers reclaim them after `claim_idle`.
+            shared.pool.terminate();
+            return Err(pool_core::Error::PoolBroken(reason).into());
+        }
         shared.pool.close();
         shared.pool.join()?;
         Ok(())
@@ -353,6 +361,9 @@ struct Answer {
     /// malformed to answer, which is only removed).
     reply: Option<(String, u64)>,
     outcome: Result<Vec<Vec<u8>>, WireError>,
+    /// The local pool is broken: leave the entry unanswered and unacknowledged, for another
+    /// worker to reclaim, and stop this worker.
+    abandon: Option<String>,
 }
 
 struct Shared {
@@ -365,11 +376,13 @@ struct Shared {
     released: Condvar,
     done: Mutex<Option<Sender<Answer>>>,
     stop_writing: AtomicBool,
+    /// Set when the local pool broke (workers dying faster than the restart guard allows).
+    broken: Mutex<Option<String>>,
 }
 
 impl Shared {
     fn read_jobs(&self, mut link: Link, capacity: usize, stop: &AtomicBool) {
-        while !stop.load(Ordering::SeqCst) {
+        while !stop.load(Ordering::SeqCst) && lock(&self.broken).is_none() {
             let free = {
                 let held = lock(&self.held);
                 let free = capacity.saturating_sub(held.len());
@@ -427,6 +440,7 @@ impl Shared {
             self.answer(Answer {
                 entry: id,
                 reply,
+                abandon: None,
                 outcome: Err(WireError::Other(
                     "malformed job entry: it needs task, args (a MessagePack list of bin), \
                      reply and id"
@@ -446,13 +460,19 @@ impl Shared {
                     entry: ok_id,
                     reply: ok_reply,
                     outcome: Ok(values),
+                    abandon: None,
                 });
             })
             .on_error(move |err| {
+                let abandon = match &err {
+                    pool_core::Error::PoolBroken(reason) => Some(reason.clone()),
+                    _ => None,
+                };
                 let _ = sender.send(Answer {
                     entry: id,
                     reply,
                     outcome: Err(WireError::from_pool(&err)),
+                    abandon,
                 });
             });
     }
@@ -466,12 +486,26 @@ impl Shared {
     fn write_answers(&self, mut link: Link, done: Receiver<Answer>, ttl: Duration) {
         let ttl_ms = ttl.as_millis().max(1) as u64;
         while let Ok(first) = done.recv() {
-            let mut batch = vec![first];
-            while batch.len() < WRITE_BATCH {
+            let mut all = vec![first];
+            while all.len() < WRITE_BATCH {
                 match done.try_recv() {
-                    Ok(a) => batch.push(a),
+                    Ok(a) => all.push(a),
                     Err(_) => break,
                 }
+            }
+            let (abandoned, batch): (Vec<Answer>, Vec<Answer>) =
+                all.into_iter().partition(|a| a.abandon.is_some());
+            if let Some(reason) = abandoned.iter().find_map(|a| a.abandon.clone()) {
+                eprintln!(
+                    "pool-redis worker {}: the local pool is broken ({reason}); leaving its jobs \
+                     for other workers and stopping",
+                    self.name
+                );
+                lock(&self.broken).get_or_insert(reason);
+            }
+            if batch.is_empty() {
+                self.release(&abandoned);
+                continue;
             }
             // Retried until it lands: an answer is never dropped while this worker lives.
             loop {
@@ -524,13 +558,19 @@ impl Shared {
                     }
                 }
             }
-            let mut held = lock(&self.held);
-            for a in &batch {
-                held.remove(&a.entry);
-            }
-            drop(held);
-            self.released.notify_all();
+            self.release(&batch);
+            self.release(&abandoned);
         }
+    }
+
+    /// Forgets entries this worker no longer holds (answered, or abandoned).
+    fn release(&self, answers: &[Answer]) {
+        let mut held = lock(&self.held);
+        for a in answers {
+            held.remove(&a.entry);
+        }
+        drop(held);
+        self.released.notify_all();
     }
 
     fn keep(&self, mut link: Link, s: KeeperSettings, stop: &AtomicBool) {
@@ -666,6 +706,7 @@ impl Shared {
                 self.answer(Answer {
                     entry: entry.id,
                     reply,
+                    abandon: None,
                     outcome: Err(WireError::GaveUp {
                         task,
                         deliveries: deliveries - 1,

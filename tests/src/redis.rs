@@ -27,6 +27,12 @@ pub fn worker_tag() -> String {
     std::env::var("POOL_TEST_TAG").unwrap_or_default()
 }
 
+/// An initializer that always fails: a worker whose local pool cannot start processes.
+#[task]
+pub fn failing_init() {
+    panic!("this initializer always fails");
+}
+
 /// Kills the whole Redis worker that runs it (the leader of its process group, as the tests
 /// start each worker in a group of its own), as a task that brings its machine down would.
 #[task]
@@ -275,11 +281,36 @@ impl WorkerProcess {
         max_deliveries: u64,
         tag: &str,
     ) -> WorkerProcess {
+        Self::start_with_env(
+            exe,
+            server,
+            queue,
+            processes,
+            claim_idle,
+            max_deliveries,
+            tag,
+            &[],
+        )
+    }
+
+    /// [`start`](Self::start) with extra environment variables.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_with_env(
+        exe: &str,
+        server: &RedisServer,
+        queue: &str,
+        processes: usize,
+        claim_idle: Duration,
+        max_deliveries: u64,
+        tag: &str,
+        env: &[(&str, &str)],
+    ) -> WorkerProcess {
         use std::os::unix::process::CommandExt;
         let mut cmd = Command::new(exe);
         if server.tls {
             cmd.env("POOL_TEST_CA", server.dir.join("ca.pem"));
         }
+        cmd.envs(env.iter().copied());
         let child = cmd
             .args([
                 &server.url(),
@@ -303,6 +334,11 @@ impl WorkerProcess {
     /// Whether the worker has exited (reaping it if so).
     pub fn exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Its exit status, once it has exited.
+    pub fn status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// SIGKILL to the worker's whole process group: the worker, its fork server, its processes.

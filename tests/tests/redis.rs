@@ -276,3 +276,42 @@ fn password_and_tls_work_and_the_password_never_shows() {
         assert!(RedisPool::connect(&plain, "jobs").is_err());
     });
 }
+
+#[test]
+fn a_worker_whose_local_pool_breaks_leaves_its_jobs_to_others_and_exits() {
+    deadline(120, "broken local pool", || {
+        let server = RedisServer::start(false);
+        let mut broken = WorkerProcess::start_with_env(
+            EXE,
+            &server,
+            "jobs",
+            1,
+            Duration::from_millis(1500),
+            3,
+            "broken",
+            &[("POOL_TEST_BAD_INIT", "1")],
+        );
+        let pool = RedisPool::connect(&server.url(), "jobs").unwrap();
+        let r = pool.apply_async(square, 9);
+        // The broken worker takes the job, cannot run it, and exits with an error...
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = broken.status() {
+                break status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the broken worker did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(!status.success(), "{status:?}");
+        assert!(
+            !r.ready(),
+            "the job must not be answered with the pool's failure"
+        );
+        // ...and a healthy worker reclaims the job and answers it.
+        let _good = worker(&server, "jobs", 1, "good");
+        assert_eq!(r.get_timeout(Duration::from_secs(30)).unwrap(), 81);
+    });
+}

@@ -16,7 +16,14 @@ fn main() -> Result<(), pool_redis::Error> {
         Some(path) => pool_redis::tls_client(url, &std::fs::read(path).expect("CA file"))?,
         None => pool_redis::redis::Client::open(url.as_str())?,
     };
+    // POOL_TEST_BAD_INIT=1: every local worker process fails its initializer, so the local
+    // pool breaks (its restart guard trips).
+    let mut local = pool_core::Pool::builder();
+    if std::env::var_os("POOL_TEST_BAD_INIT").is_some() {
+        local = local.initializer(pool_tests::redis::failing_init, ());
+    }
     pool_redis::Worker::with_client(client, queue)?
+        .pool(local)
         .processes(processes.parse().expect("processes"))
         .heartbeat(Duration::from_millis(200))
         .claim_idle(Duration::from_millis(
