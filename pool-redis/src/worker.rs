@@ -213,6 +213,9 @@ impl Worker {
 
     /// Serves the queue until a [`ShutdownHandle`] asks it to stop. Fails at once if the local
     /// pool cannot start or Redis cannot be reached at start; later disconnections are retried.
+    /// If the local pool breaks (its processes keep dying outside any task, so its restart
+    /// guard trips), the worker stops taking jobs, leaves the ones it holds unanswered for other
+    /// workers to reclaim, and returns `Error::Task(pool_core::Error::PoolBroken)`.
     pub fn run(self) -> Result<(), Error> {
         if self.processes == 0 {
             return Err(Error::Config("a worker needs at least 1 process".into()));

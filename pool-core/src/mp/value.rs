@@ -100,7 +100,8 @@ impl<T: Pod> Value<T> {
         }
     }
 
-    /// A copy of the value, read under the lock.
+    /// A copy of the value, read under the lock. (A lock whose owner died is taken over
+    /// silently here and in [`set`](Self::set); [`lock`](Self::lock) reports it.)
     pub fn get(&self) -> T {
         *self.lock().unwrap_or_else(super::OwnerDied::into_guard)
     }
