@@ -678,9 +678,10 @@ impl Collector {
     /// Kills workers whose running job is past its limit (SIGTERM, then SIGKILL after a grace).
     /// Returns how long until the next limit or grace ends, if any.
     fn check_timeouts(&mut self) -> Option<u64> {
-        let limited = self.slots.iter().any(|s| {
-            s.timed_out.is_some() || s.limited > 0
-        });
+        let limited = self
+            .slots
+            .iter()
+            .any(|s| s.timed_out.is_some() || s.limited > 0);
         if !limited {
             return None;
         }

@@ -134,12 +134,21 @@ impl JobBuilder {
 
     /// Makes room for `more` items like the ones pushed so far (one reallocation instead of a
     /// dozen for a big chunk, each of which would copy and fault in fresh pages).
-    pub(crate) fn reserve_like(&mut self, more: usize) {
+    /// The whole frame stays within `max_bytes` when given.
+    pub(crate) fn reserve_like(&mut self, more: usize, max_bytes: Option<usize>) {
         if self.count > 0 {
             let per_item = (self.buf.len() - self.count_at - 4) / self.count as usize;
-            self.buf
-                .reserve(per_item.saturating_mul(more).saturating_mul(5) / 4);
+            let mut want = per_item.saturating_mul(more).saturating_mul(5) / 4;
+            if let Some(max) = max_bytes {
+                want = want.min(max.saturating_sub(self.buf.len()) + per_item);
+            }
+            self.buf.reserve(want);
         }
+    }
+
+    /// The frame's length so far.
+    pub(crate) fn len(&self) -> usize {
+        self.buf.len()
     }
 
     /// How many items the frame holds.

@@ -58,8 +58,10 @@
 //!
 //! `map` sends items in chunks, one message per chunk; the default is Python's,
 //! `ceil(n / (4 × processes))`, which keeps per-item costs low and still spreads work over the
-//! workers. Use [`Pool::map_chunked`] with a smaller size when items take very uneven time, and
-//! `imap_chunked` with a larger size than the default 1 when items are tiny.
+//! workers, except that a chunk of the blocking `map` also ends once it holds 1 MiB of encoded
+//! arguments (large items then travel one frame each, which measured faster than frames of
+//! tens of MiB). Use [`Pool::map_chunked`] to set an exact size — smaller when items take very
+//! uneven time — and `imap_chunked` with a larger size than the default 1 when items are tiny.
 //!
 //! # Failures
 //!

@@ -419,7 +419,8 @@ impl Pool {
     /// error (as Python's `map` raises).
     ///
     /// Items travel in chunks (one frame per chunk); the default chunk size is Python's,
-    /// `ceil(n / (4 × processes))`. See [`map_chunked`](Self::map_chunked) to choose it.
+    /// `ceil(n / (4 × processes))`, and a chunk also ends once it holds 1 MiB of encoded
+    /// arguments. See [`map_chunked`](Self::map_chunked) to choose an exact size.
     ///
     /// # Examples
     ///
@@ -443,7 +444,12 @@ impl Pool {
         I: IntoIterator<Item = T::Args>,
     {
         let (iter, n) = counted(items);
-        self.map_now::<T, _>(iter, n, self.default_chunksize(n))
+        self.map_now::<T, _>(
+            iter,
+            n,
+            self.default_chunksize(n),
+            Some(DEFAULT_CHUNK_BYTES),
+        )
     }
 
     /// [`map`](Self::map) with `chunksize` items per frame (at least 1). Larger chunks cost
@@ -474,24 +480,28 @@ impl Pool {
         I: IntoIterator<Item = T::Args>,
     {
         let (iter, n) = counted(items);
-        self.map_now::<T, _>(iter, n, chunksize.clamp(1, u32::MAX as usize))
+        self.map_now::<T, _>(iter, n, chunksize.clamp(1, u32::MAX as usize), None)
     }
 
     /// The blocking `map`: submits chunks as they are encoded and decodes each result as it
     /// arrives — between submissions, then while waiting for the rest — so encoding, the
-    /// workers' computing and decoding overlap instead of following one another.
+    /// workers' computing and decoding overlap instead of following one another. With
+    /// `max_bytes`, a chunk also ends once its frame holds that many bytes.
     fn map_now<T: Task, I: Iterator<Item = T::Args>>(
         &self,
         mut iter: I,
         n: usize,
         chunksize: usize,
+        max_bytes: Option<usize>,
     ) -> Result<Vec<T::Output>, Error> {
-        let counts = chunk_counts(n, chunksize);
         let (sink, rx) = crate::imap::ChannelSink::new();
-        let mut decoded: Vec<Option<Vec<T::Output>>> = counts.iter().map(|_| None).collect();
+        // Per chunk: how many items it holds, and its decoded results once back.
+        let mut counts: Vec<u32> = Vec::new();
+        let mut decoded: Vec<Option<Vec<T::Output>>> = Vec::new();
         let mut pending = 0usize;
         let decode = |(index, result): crate::imap::Delivery,
-                      decoded: &mut Vec<Option<Vec<T::Output>>>|
+                      counts: &[u32],
+                      decoded: &mut [Option<Vec<T::Output>>]|
          -> Result<(), Error> {
             let index = index as usize;
             let frame = result?;
@@ -502,14 +512,19 @@ impl Pool {
             )?);
             Ok(())
         };
-        for (c, &count) in counts.iter().enumerate() {
-            let frame = encode_chunk::<T>(&mut iter, count, n)?;
+        let mut left = n;
+        while left > 0 {
+            let want = chunksize.min(left) as u32;
+            let (frame, count) = encode_chunk::<T>(&mut iter, want, n, max_bytes)?;
+            left -= count as usize;
+            counts.push(count);
+            decoded.push(None);
             let sink: Arc<dyn Sink> = sink.clone();
-            self.submit_frame(frame, T::NAME.into(), sink, c);
+            self.submit_frame(frame, T::NAME.into(), sink, counts.len() - 1);
             pending += 1;
             while let Ok(delivery) = rx.try_recv() {
                 pending -= 1;
-                decode(delivery, &mut decoded)?;
+                decode(delivery, &counts, &mut decoded)?;
             }
         }
         while pending > 0 {
@@ -517,7 +532,7 @@ impl Pool {
             // channel open, so this wait ends.
             let delivery = rx.recv().expect("the sink holds a sender");
             pending -= 1;
-            decode(delivery, &mut decoded)?;
+            decode(delivery, &counts, &mut decoded)?;
         }
         let mut out = Vec::with_capacity(n);
         for part in decoded {
@@ -603,8 +618,8 @@ impl Pool {
             decode_all::<T::Output>,
         );
         for (index, &count) in counts.iter().enumerate() {
-            match encode_chunk::<T>(&mut iter, count, n) {
-                Ok(frame) => self.submit_frame(frame, T::NAME.into(), slot.clone(), index),
+            match encode_chunk::<T>(&mut iter, count, n, None) {
+                Ok((frame, _)) => self.submit_frame(frame, T::NAME.into(), slot.clone(), index),
                 Err(err) => {
                     // The whole map fails with this error; nothing more is submitted.
                     slot.complete_part(index, Err(err));
@@ -897,12 +912,19 @@ fn chunk_counts(n: usize, chunksize: usize) -> Vec<u32> {
         .collect()
 }
 
-/// Encodes the next `count` items of a map of `n` into one job frame.
+/// With the default chunk size, a chunk of a blocking `map` also ends once its frame holds this
+/// many bytes: a frame larger than a ring goes through in pieces, each a hand-over between the
+/// processes, and a big frame is a big fresh allocation on both sides.
+const DEFAULT_CHUNK_BYTES: usize = 1 << 20;
+
+/// Encodes the next `count` items of a map of `n` into one job frame (fewer, at least one, if
+/// the frame reaches `max_bytes` first). Returns the frame and how many items it holds.
 fn encode_chunk<T: Task>(
     iter: &mut impl Iterator<Item = T::Args>,
     count: u32,
     n: usize,
-) -> Result<Vec<u8>, Error> {
+    max_bytes: Option<usize>,
+) -> Result<(Vec<u8>, u32), Error> {
     let mut builder = JobBuilder::new(T::NAME);
     while builder.count() < count {
         let Some(args) = iter.next() else {
@@ -916,10 +938,14 @@ fn encode_chunk<T: Task>(
         })?;
         if builder.count() == 1 && count > 64 {
             // One allocation for a big chunk, instead of a dozen that copy and fault in pages.
-            builder.reserve_like(count as usize - 1);
+            builder.reserve_like(count as usize - 1, max_bytes);
+        }
+        if max_bytes.is_some_and(|max| builder.len() >= max) {
+            break;
         }
     }
-    Ok(builder.finish())
+    let count = builder.count();
+    Ok((builder.finish(), count))
 }
 
 impl Drop for Pool {

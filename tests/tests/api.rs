@@ -167,8 +167,9 @@ fn map_is_ordered_and_complete() {
             assert_eq!(v.len() as u64, N, "chunksize {chunksize}");
             assert!(v.iter().enumerate().all(|(i, &x)| x == (i * i) as u64));
         }
-        // Bigger payloads.
-        let blobs: Vec<Vec<u8>> = (0..64).map(|i| vec![i as u8; 100_000 + i]).collect();
+        // Bigger payloads. 300 blobs of ~100 kB: a default chunk (38 items) would be ~3.8 MB,
+        // so chunks end at 1 MiB instead, at boundaries that are not multiples of the count.
+        let blobs: Vec<Vec<u8>> = (0..300).map(|i| vec![i as u8; 100_000 + i]).collect();
         let sums = pool.map(checksum, blobs.clone()).unwrap();
         for (blob, sum) in blobs.iter().zip(sums) {
             assert_eq!(
