@@ -124,9 +124,15 @@ struct Incoming {
 
 impl Incoming {
     /// Reads what is available; returns the bytes consumed and a completed frame with the
-    /// worker's run time for it, if any.
+    /// worker's run time for it, if any. `spare` gives a buffer for a new frame: the frame of
+    /// the job being answered, which the caller allocated and will free, so no buffer is freed
+    /// by a thread other than the one that made it.
     #[allow(clippy::type_complexity)]
-    fn pull(&mut self, ring: &crate::ring::Ring) -> Result<(usize, Option<(Vec<u8>, u64)>), ()> {
+    fn pull(
+        &mut self,
+        ring: &crate::ring::Ring,
+        spare: impl FnOnce() -> Vec<u8>,
+    ) -> Result<(usize, Option<(Vec<u8>, u64)>), ()> {
         let mut consumed = 0;
         if self.body.is_none() {
             let n = ring.read(&mut self.head[self.head_got..]);
@@ -139,7 +145,16 @@ impl Incoming {
             if len > MAX_FRAME {
                 return Err(());
             }
-            self.body = Some(vec![0; len as usize]);
+            let len = len as usize;
+            let mut body = spare();
+            if body.capacity() < len || (body.capacity() > 64 << 10 && body.capacity() / 4 > len) {
+                // Too small, or so much larger than needed that holding on to it would waste
+                // memory while the result waits to be read.
+                body = Vec::with_capacity(len);
+            }
+            body.clear();
+            body.resize(len, 0);
+            self.body = Some(body);
             self.got = 0;
         }
         let body = self.body.as_mut().expect("set above");
@@ -434,7 +449,13 @@ impl Collector {
         let ring = process.region.results();
         let mut progress = false;
         loop {
-            match slot.incoming.pull(ring) {
+            let spare = || {
+                slot.in_flight
+                    .front_mut()
+                    .map(|(job, _)| std::mem::take(&mut job.frame))
+                    .unwrap_or_default()
+            };
+            match slot.incoming.pull(ring, spare) {
                 Ok((0, None)) => break,
                 Ok((_, None)) => progress = true,
                 Ok((_, Some((frame, busy_ns)))) => {
