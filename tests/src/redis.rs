@@ -271,31 +271,10 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     /// Starts `redis-worker URL QUEUE PROCESSES CLAIM_IDLE_MS MAX_DELIVERIES` for `server`
-    /// with `POOL_TEST_TAG=tag` (and `POOL_TEST_CA`, the server's certificate, with TLS).
-    pub fn start(
-        exe: &str,
-        server: &RedisServer,
-        queue: &str,
-        processes: usize,
-        claim_idle: Duration,
-        max_deliveries: u64,
-        tag: &str,
-    ) -> WorkerProcess {
-        Self::start_with_env(
-            exe,
-            server,
-            queue,
-            processes,
-            claim_idle,
-            max_deliveries,
-            tag,
-            &[],
-        )
-    }
-
-    /// [`start`](Self::start) with extra environment variables.
+    /// with `POOL_TEST_TAG=tag`, the variables in `env`, and `POOL_TEST_CA` (the server's
+    /// authority) when the server speaks TLS.
     #[allow(clippy::too_many_arguments)]
-    pub fn start_with_env(
+    pub fn start(
         exe: &str,
         server: &RedisServer,
         queue: &str,

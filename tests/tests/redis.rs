@@ -22,6 +22,7 @@ fn worker(server: &RedisServer, queue: &str, processes: usize, tag: &str) -> Wor
         Duration::from_millis(1500),
         3,
         tag,
+        &[],
     )
 }
 
@@ -281,7 +282,7 @@ fn password_and_tls_work_and_the_password_never_shows() {
 fn a_worker_whose_local_pool_breaks_leaves_its_jobs_to_others_and_exits() {
     deadline(120, "broken local pool", || {
         let server = RedisServer::start(false);
-        let mut broken = WorkerProcess::start_with_env(
+        let mut broken = WorkerProcess::start(
             EXE,
             &server,
             "jobs",

@@ -367,30 +367,30 @@ impl ByteRing {
     }
 }
 
+/// Each field a change may touch, with its copy in the journal.
+fn journalled(s: &State) -> [(&AtomicU64, &AtomicU64); 4] {
+    [
+        (&s.head, &s.j_head),
+        (&s.tail, &s.j_tail),
+        (&s.count, &s.j_count),
+        (&s.unfinished, &s.j_unfinished),
+    ]
+}
+
 /// Records the state about to change, so a death before the change completes can be undone.
 fn journal(s: &State) {
-    s.j_head
-        .store(s.head.load(Ordering::Relaxed), Ordering::Relaxed);
-    s.j_tail
-        .store(s.tail.load(Ordering::Relaxed), Ordering::Relaxed);
-    s.j_count
-        .store(s.count.load(Ordering::Relaxed), Ordering::Relaxed);
-    s.j_unfinished
-        .store(s.unfinished.load(Ordering::Relaxed), Ordering::Relaxed);
+    for (live, saved) in journalled(s) {
+        saved.store(live.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
     s.journal_active.store(1, Ordering::Release);
 }
 
 /// After an owner died holding the mutex: undoes its unfinished change, if any.
 fn repair(s: &State) {
     if s.journal_active.load(Ordering::Acquire) != 0 {
-        s.head
-            .store(s.j_head.load(Ordering::Relaxed), Ordering::Relaxed);
-        s.tail
-            .store(s.j_tail.load(Ordering::Relaxed), Ordering::Relaxed);
-        s.count
-            .store(s.j_count.load(Ordering::Relaxed), Ordering::Relaxed);
-        s.unfinished
-            .store(s.j_unfinished.load(Ordering::Relaxed), Ordering::Relaxed);
+        for (live, saved) in journalled(s) {
+            live.store(saved.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
         s.journal_active.store(0, Ordering::Release);
     }
     // Wake everyone: a sleeper may have been waiting on the dead owner's change.

@@ -130,14 +130,9 @@ fn serve_until_killed(method: StartMethod, busy: bool) {
     }
 }
 
-/// The parent of `pid`, from `/proc/PID/stat`.
+/// The parent of `pid`.
 fn parent_of(pid: u32) -> Option<u32> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    text[text.rfind(')')? + 2..]
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    pool_tests::stat(pid as i32).map(|s| s.ppid as u32)
 }
 
 /// Prints one `key=value` line per check, for the tests to read.
