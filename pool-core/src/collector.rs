@@ -119,7 +119,8 @@ struct Incoming {
     head: [u8; 16],
     head_got: usize,
     body: Option<Vec<u8>>,
-    got: usize,
+    /// The length of the frame being read into `body`.
+    want: usize,
 }
 
 impl Incoming {
@@ -153,15 +154,13 @@ impl Incoming {
                 body = Vec::with_capacity(len);
             }
             body.clear();
-            body.resize(len, 0);
             self.body = Some(body);
-            self.got = 0;
+            self.want = len;
         }
         let body = self.body.as_mut().expect("set above");
-        let n = ring.read(&mut body[self.got..]);
-        consumed += n;
-        self.got += n;
-        if self.got < body.len() {
+        // Read without zeroing first: the whole body is overwritten.
+        consumed += ring.read_append(body, self.want - body.len());
+        if body.len() < self.want {
             return Ok((consumed, None));
         }
         let busy = u64::from_le_bytes(self.head[8..].try_into().expect("8 bytes"));

@@ -17,6 +17,8 @@
 
 use serde::Serialize;
 
+use crate::codec::Small;
+
 const KIND_JOB: u8 = 1;
 const KIND_SHUTDOWN: u8 = 2;
 const KIND_RESULTS: u8 = 3;
@@ -45,6 +47,7 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
+    #[inline]
     fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], FrameError> {
         if self.rest.len() < n {
             return Err(FrameError(what));
@@ -53,6 +56,7 @@ impl<'a> Cursor<'a> {
         self.rest = tail;
         Ok(head)
     }
+    #[inline]
     fn u8(&mut self, what: &'static str) -> Result<u8, FrameError> {
         Ok(self.take(1, what)?[0])
     }
@@ -60,6 +64,7 @@ impl<'a> Cursor<'a> {
         let b = self.take(2, what)?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
     }
+    #[inline]
     fn u32(&mut self, what: &'static str) -> Result<u32, FrameError> {
         let b = self.take(4, what)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -81,8 +86,14 @@ impl JobBuilder {
     /// Starts a job for `task`. Panics only if the name is longer than 65,535 bytes, which a
     /// Rust path cannot be in practice; the pool checks names before building.
     pub(crate) fn new(task: &str) -> Self {
+        Self::in_buffer(task, Vec::with_capacity(64 + task.len()))
+    }
+
+    /// [`new`](Self::new), building the frame in `buf` (cleared first): a recycled buffer that
+    /// is already big enough saves an allocation and fresh pages.
+    pub(crate) fn in_buffer(task: &str, mut buf: Vec<u8>) -> Self {
         let name_len = u16::try_from(task.len()).expect("task names are checked to fit in u16");
-        let mut buf = Vec::with_capacity(64 + task.len());
+        buf.clear();
         buf.push(KIND_JOB);
         buf.extend_from_slice(&name_len.to_le_bytes());
         buf.extend_from_slice(task.as_bytes());
@@ -96,8 +107,30 @@ impl JobBuilder {
     }
 
     /// Appends one item's arguments. On an encoding error the frame is left as it was.
+    #[inline]
     pub(crate) fn push<A: Serialize + 'static>(&mut self, args: &A) -> Result<(), String> {
+        if let Some(small) = Small::of(args) {
+            append_small(&mut self.buf, None, &small);
+            self.count += 1;
+            return Ok(());
+        }
         self.push_with(|buf| crate::codec::encode(buf, args))
+    }
+
+    /// Appends up to `max` scalar items taken from `next` (see [`small_run`]); returns how
+    /// many. A panic in `next` propagates.
+    #[inline]
+    pub(crate) fn push_small_run(
+        &mut self,
+        max: usize,
+        next: impl FnMut() -> Option<Small>,
+    ) -> usize {
+        let (n, caught) = small_run(&mut self.buf, None, max, next);
+        self.count += n as u32;
+        if let Some(payload) = caught {
+            std::panic::resume_unwind(payload);
+        }
+        n
     }
 
     /// Appends one item's arguments, already encoded as MessagePack.
@@ -229,7 +262,6 @@ impl std::fmt::Debug for Cursor<'_> {
     }
 }
 
-#[cfg(test)]
 impl Items<'_> {
     /// How many items are left.
     pub(crate) fn remaining(&self) -> u32 {
@@ -240,6 +272,7 @@ impl Items<'_> {
 impl<'a> Iterator for Items<'a> {
     type Item = Result<&'a [u8], FrameError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.remaining == 0 {
             return None;
@@ -289,7 +322,13 @@ impl<'a> ResultsWriter<'a> {
     }
 
     /// Appends a return value, or an encoding error if it does not encode.
+    #[inline]
     pub(crate) fn ok<R: Serialize + 'static>(&mut self, value: &R) {
+        if let Some(small) = Small::of(value) {
+            append_small(self.buf, Some(ITEM_OK), &small);
+            self.count += 1;
+            return;
+        }
         let start = self.buf.len();
         self.buf.push(ITEM_OK);
         self.buf.extend_from_slice(&0u32.to_le_bytes());
@@ -309,6 +348,19 @@ impl<'a> ResultsWriter<'a> {
                 self.error(ITEM_RESULT_ENCODE, "the result is larger than 4 GiB");
             }
         }
+    }
+
+    /// Appends up to `max` scalar return values taken from `next` (see [`small_run`]); returns
+    /// how many, and the panic if `next` panicked (the values before it are kept).
+    #[inline]
+    pub(crate) fn ok_small_run(
+        &mut self,
+        max: usize,
+        next: impl FnMut() -> Option<Small>,
+    ) -> (usize, Option<Box<dyn std::any::Any + Send>>) {
+        let (n, caught) = small_run(self.buf, Some(ITEM_OK), max, next);
+        self.count += n as u32;
+        (n, caught)
     }
 
     /// Appends a panic with its message and location.
@@ -343,22 +395,123 @@ impl<'a> ResultsWriter<'a> {
         self.buf.extend_from_slice(&(len as u32).to_le_bytes());
     }
 
-    /// A point to [`rollback`](Self::rollback) to.
-    pub(crate) fn mark(&self) -> (usize, u32, u32) {
-        (self.buf.len(), self.count, self.errors)
+    /// A point to [`rollback`](Self::rollback) to, taken between items. (Counts change only
+    /// once an item's outcome is complete, so the frame's length is all a rollback needs.)
+    #[inline]
+    pub(crate) fn mark(&self) -> usize {
+        self.buf.len()
     }
 
-    /// Forgets everything written since `mark` (used when a panic interrupts an item).
-    pub(crate) fn rollback(&mut self, mark: (usize, u32, u32)) {
-        self.buf.truncate(mark.0);
-        self.count = mark.1;
-        self.errors = mark.2;
+    /// Forgets what was written since `mark` (used when a panic interrupts an item).
+    pub(crate) fn rollback(&mut self, mark: usize) {
+        self.buf.truncate(mark);
     }
 
     /// Writes the item count; the frame is complete.
     pub(crate) fn finish(self) {
         self.buf[self.count_at..self.count_at + 4].copy_from_slice(&self.count.to_le_bytes());
         self.buf[self.count_at + 4..self.count_at + 8].copy_from_slice(&self.errors.to_le_bytes());
+    }
+}
+
+/// A small item with its header: `status` (for results), the length as a little-endian `u32`,
+/// and the bytes. Returns the 16 bytes to store, as one little-endian integer, and how many of
+/// them count.
+#[inline(always)]
+fn framed_small(status: Option<u8>, small: &Small) -> (u128, usize) {
+    let len = u128::from(small.len());
+    let (item, h) = match status {
+        Some(status) => (u128::from(status) | len << 8 | small.bits() << 40, 1),
+        None => (len | small.bits() << 32, 0),
+    };
+    (item, h + 4 + usize::from(small.len()))
+}
+
+/// Stores the 16 bytes of `item` (little-endian) at the front of `dst`, which must have room:
+/// one 16-byte store, where writing the bytes one by one would be sixteen.
+#[inline(always)]
+fn store16(dst: &mut [std::mem::MaybeUninit<u8>], item: u128) {
+    assert!(dst.len() >= 16);
+    // SAFETY: `dst` has at least 16 bytes (checked above); an unaligned write of a `u128` to
+    // them initialises exactly those bytes.
+    unsafe {
+        dst.as_mut_ptr()
+            .cast::<u128>()
+            .write_unaligned(item.to_le())
+    };
+}
+
+/// Appends one small item with its header (see [`framed_small`]) as one 16-byte store.
+#[inline(always)]
+fn append_small(buf: &mut Vec<u8>, status: Option<u8>, small: &Small) {
+    let (item, n) = framed_small(status, small);
+    buf.reserve(16);
+    let len = buf.len();
+    store16(buf.spare_capacity_mut(), item);
+    // SAFETY: `reserve` made room for 16 more bytes and `store16` initialised them; `n` ≤ 14
+    // of them become part of the vector.
+    unsafe { buf.set_len(len + n) };
+}
+
+/// At most this many items go in one [`small_run`], so its reservation stays modest.
+const RUN: usize = 4096;
+
+/// Appends up to `max` (at most [`RUN`]) small items with their headers, taking them from
+/// `next` until it returns `None`; returns how many were appended and, if `next` panicked, the
+/// panic, with every item completed before it kept.
+///
+/// This is [`append_small`] for a stream of items: it writes into the spare capacity through a
+/// local slice and position and sets the length once, where appending through the `Vec` would
+/// reload its length and capacity after every store (bytes written through a pointer may
+/// alias anything).
+#[inline(always)]
+fn small_run(
+    buf: &mut Vec<u8>,
+    status: Option<u8>,
+    max: usize,
+    mut next: impl FnMut() -> Option<Small>,
+) -> (usize, Option<Box<dyn std::any::Any + Send>>) {
+    let max = max.min(RUN);
+    buf.reserve(max * 16);
+    let len = buf.len();
+    let mut pos = 0;
+    let mut count = 0;
+    let caught = {
+        let spare = &mut buf.spare_capacity_mut()[..max * 16];
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            fill_small(spare, &mut pos, &mut count, status, max, &mut next)
+        }))
+        .err()
+    };
+    // SAFETY: `fill_small` initialised the first `pos` bytes of the spare capacity (it updates
+    // `pos` only after an item is wholly written, so this holds after a panic too).
+    unsafe { buf.set_len(len + pos) };
+    (count, caught)
+}
+
+/// The loop of [`small_run`], on a slice and counters that are its own parameters (so the
+/// compiler knows the stores into `spare` touch nothing else).
+#[inline(always)]
+fn fill_small(
+    spare: &mut [std::mem::MaybeUninit<u8>],
+    pos: &mut usize,
+    count: &mut usize,
+    status: Option<u8>,
+    max: usize,
+    next: &mut impl FnMut() -> Option<Small>,
+) {
+    let (mut p, mut c) = (0, 0);
+    while c < max {
+        let Some(small) = next() else { break };
+        let (item, n) = framed_small(status, &small);
+        let Some(dst) = spare.get_mut(p..p + 16) else {
+            break; // Cannot happen: `max` items of at most 16 bytes fit.
+        };
+        store16(dst, item);
+        p += n;
+        c += 1;
+        *pos = p;
+        *count = c;
     }
 }
 
@@ -459,6 +612,7 @@ impl Results<'_> {
 impl<'a> Iterator for Results<'a> {
     type Item = Result<Outcome<'a>, FrameError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.remaining == 0 {
             return None;
@@ -473,15 +627,24 @@ impl<'a> Iterator for Results<'a> {
 }
 
 impl<'a> Results<'a> {
+    #[inline]
     fn read_one(&mut self) -> Result<Outcome<'a>, FrameError> {
         let status = self.c.u8("results: truncated item status")?;
         let len = self.c.u32("results: truncated item length")? as usize;
         let bytes = self.c.take(len, "results: truncated item")?;
+        if status == ITEM_OK {
+            return Ok(Outcome::Ok(bytes));
+        }
+        Self::failure(status, bytes)
+    }
+
+    /// An outcome other than a value.
+    #[cold]
+    fn failure(status: u8, bytes: &'a [u8]) -> Result<Outcome<'a>, FrameError> {
         let text = |b: &'a [u8]| {
             std::str::from_utf8(b).map_err(|_| FrameError("results: message not UTF-8"))
         };
         match status {
-            ITEM_OK => Ok(Outcome::Ok(bytes)),
             ITEM_PANIC => {
                 let mut p = Cursor { rest: bytes };
                 let msg_len = p.u32("panic: truncated message length")? as usize;

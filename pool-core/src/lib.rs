@@ -353,6 +353,41 @@ pub mod __bench {
         b.finish()
     }
 
+    /// Encodes `count` items from `iter` as one job frame of a `map` of `T`, as `map` does for a
+    /// chunk (in `buf`, a recycled buffer).
+    pub fn encode_map_chunk<T: crate::Task>(
+        buf: Vec<u8>,
+        iter: &mut impl Iterator<Item = T::Args>,
+        count: u32,
+    ) -> Vec<u8> {
+        let builder = crate::frame::JobBuilder::in_buffer(T::NAME, buf);
+        crate::pool::encode_chunk::<T>(builder, iter, count, count as usize, None)
+            .expect("encodes")
+            .0
+    }
+
+    /// Runs a job frame as a worker does, writing the result frame into `out`.
+    pub fn run_job(frame: &[u8], out: &mut Vec<u8>) {
+        let Ok(crate::frame::Request::Job { task, items }) = crate::frame::parse_request(frame)
+        else {
+            panic!("not a job frame")
+        };
+        let entry = crate::registry::lookup(task).expect("a registered task");
+        let mut writer = crate::frame::ResultsWriter::new(out);
+        (entry.run)(items, &mut writer);
+        writer.finish();
+    }
+
+    /// Decodes a result frame of `count` items onto the end of `out`, as `map` does.
+    pub fn decode_map_results<R: DeserializeOwned + 'static>(
+        frame: &[u8],
+        count: u32,
+        out: &mut Vec<R>,
+    ) {
+        crate::result::check_frame(frame, "bench", count).expect("a good frame");
+        crate::result::decode_into(frame, "bench", out).expect("decodes");
+    }
+
     /// Decodes every item of a job frame as `A`, as a worker does, and counts them.
     pub fn decode_job<A: DeserializeOwned + 'static>(frame: &[u8]) -> usize {
         let Ok(crate::frame::Request::Job { items, .. }) = crate::frame::parse_request(frame)

@@ -1,5 +1,6 @@
 //! [`Pool`], the parent's handle to a set of worker processes.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -495,36 +496,48 @@ impl Pool {
         max_bytes: Option<usize>,
     ) -> Result<Vec<T::Output>, Error> {
         let (sink, rx) = crate::imap::ChannelSink::new();
-        // Per chunk: how many items it holds, and its decoded results once back.
+        // Per chunk: how many items it holds. Results are decoded straight onto the end of
+        // `out` in chunk order; a chunk that comes back before its turn waits, undecoded, in
+        // `early` (workers finish chunks in about the order they took them, so it stays small).
         let mut counts: Vec<u32> = Vec::new();
-        let mut decoded: Vec<Option<Vec<T::Output>>> = Vec::new();
+        let mut out: Vec<T::Output> = Vec::with_capacity(n);
+        let mut early: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
+        // Decoded result frames, whose buffers the next chunks are built in.
+        let mut spare: Vec<Vec<u8>> = Vec::new();
+        let mut next = 0usize;
         let mut pending = 0usize;
-        let decode = |(index, result): crate::imap::Delivery,
-                      counts: &[u32],
-                      decoded: &mut [Option<Vec<T::Output>>]|
+        let mut take = |(index, result): crate::imap::Delivery,
+                        counts: &[u32],
+                        out: &mut Vec<T::Output>,
+                        spare: &mut Vec<Vec<u8>>|
          -> Result<(), Error> {
             let index = index as usize;
             let frame = result?;
             crate::result::check_frame(&frame, T::NAME, counts[index])?;
-            decoded[index] = Some(decode_all::<T::Output>(
-                std::slice::from_ref(&frame),
-                T::NAME,
-            )?);
+            early.insert(index, frame);
+            while let Some(frame) = early.remove(&next) {
+                crate::result::decode_into(&frame, T::NAME, out)?;
+                spare.push(frame);
+                next += 1;
+            }
             Ok(())
         };
         let mut left = n;
         while left > 0 {
             let want = chunksize.min(left) as u32;
-            let (frame, count) = encode_chunk::<T>(&mut iter, want, n, max_bytes)?;
+            let builder = match spare.pop() {
+                Some(buf) => JobBuilder::in_buffer(T::NAME, buf),
+                None => JobBuilder::new(T::NAME),
+            };
+            let (frame, count) = encode_chunk::<T>(builder, &mut iter, want, n, max_bytes)?;
             left -= count as usize;
             counts.push(count);
-            decoded.push(None);
             let sink: Arc<dyn Sink> = sink.clone();
             self.submit_frame(frame, T::NAME.into(), sink, counts.len() - 1);
             pending += 1;
             while let Ok(delivery) = rx.try_recv() {
                 pending -= 1;
-                decode(delivery, &counts, &mut decoded)?;
+                take(delivery, &counts, &mut out, &mut spare)?;
             }
         }
         while pending > 0 {
@@ -532,12 +545,9 @@ impl Pool {
             // channel open, so this wait ends.
             let delivery = rx.recv().expect("the sink holds a sender");
             pending -= 1;
-            decode(delivery, &counts, &mut decoded)?;
+            take(delivery, &counts, &mut out, &mut spare)?;
         }
-        let mut out = Vec::with_capacity(n);
-        for part in decoded {
-            out.extend(part.expect("every chunk was decoded"));
-        }
+        debug_assert_eq!(out.len(), n);
         Ok(out)
     }
 
@@ -618,7 +628,7 @@ impl Pool {
             decode_all::<T::Output>,
         );
         for (index, &count) in counts.iter().enumerate() {
-            match encode_chunk::<T>(&mut iter, count, n, None) {
+            match encode_chunk::<T>(JobBuilder::new(T::NAME), &mut iter, count, n, None) {
                 Ok((frame, _)) => self.submit_frame(frame, T::NAME.into(), slot.clone(), index),
                 Err(err) => {
                     // The whole map fails with this error; nothing more is submitted.
@@ -915,22 +925,45 @@ fn chunk_counts(n: usize, chunksize: usize) -> Vec<u32> {
 /// With the default chunk size, a chunk of a blocking `map` also ends once its frame holds this
 /// many bytes: a frame larger than a ring goes through in pieces, each a hand-over between the
 /// processes, and a big frame is a big fresh allocation on both sides.
-const DEFAULT_CHUNK_BYTES: usize = 1 << 20;
+const DEFAULT_CHUNK_BYTES: usize = 128 << 10;
 
-/// Encodes the next `count` items of a map of `n` into one job frame (fewer, at least one, if
-/// the frame reaches `max_bytes` first). Returns the frame and how many items it holds.
-fn encode_chunk<T: Task>(
+/// Encodes the next `count` items of a map of `n` into one job frame, started in `builder`
+/// (fewer, at least one, if the frame reaches `max_bytes` first). Returns the frame and how
+/// many items it holds.
+pub(crate) fn encode_chunk<T: Task>(
+    mut builder: JobBuilder,
     iter: &mut impl Iterator<Item = T::Args>,
     count: u32,
     n: usize,
     max_bytes: Option<usize>,
 ) -> Result<(Vec<u8>, u32), Error> {
-    let mut builder = JobBuilder::new(T::NAME);
+    let ended_early = || {
+        Error::Config(format!(
+            "the input iterator promised {n} items (size_hint) and ended early"
+        ))
+    };
+    if crate::codec::is_scalar::<T::Args>() {
+        // Scalars (which always encode): runs of items in a tight loop. `max_bytes` is checked
+        // between runs, so a frame may pass it by one run's worth.
+        while builder.count() < count && max_bytes.is_none_or(|max| builder.len() < max) {
+            let mut ended = false;
+            builder.push_small_run((count - builder.count()) as usize, || match iter.next() {
+                Some(args) => crate::codec::Small::of(&args),
+                None => {
+                    ended = true;
+                    None
+                }
+            });
+            if ended {
+                return Err(ended_early());
+            }
+        }
+        let count = builder.count();
+        return Ok((builder.finish(), count));
+    }
     while builder.count() < count {
         let Some(args) = iter.next() else {
-            return Err(Error::Config(format!(
-                "the input iterator promised {n} items (size_hint) and ended early"
-            )));
+            return Err(ended_early());
         };
         builder.push(&args).map_err(|message| Error::ArgsEncode {
             task: T::NAME.to_owned(),

@@ -321,6 +321,7 @@ pub(crate) fn frame_error(err: Option<frame::FrameError>, task: &str) -> Error {
 }
 
 /// Decodes one MessagePack value of the task's return type.
+#[inline]
 pub(crate) fn decode_value<R: DeserializeOwned + 'static>(
     bytes: &[u8],
     task: &str,
@@ -339,16 +340,28 @@ fn collect_items<R>(
 ) -> Result<Vec<R>, Error> {
     let mut out = Vec::new();
     for part in parts {
-        let results = frame::parse_results(part).map_err(|e| frame_error(e, task))?;
-        out.reserve(results.remaining() as usize);
-        for outcome in results {
-            match outcome? {
-                Outcome::Ok(bytes) => out.push(item(bytes)?),
-                other => return Err(other.to_error(task).expect("not Ok")),
-            }
-        }
+        collect_into(part, task, &mut out, &mut item)?;
     }
     Ok(out)
+}
+
+/// Appends every item of one checked result frame to `out`, through `item`.
+#[inline]
+fn collect_into<R>(
+    part: &[u8],
+    task: &str,
+    out: &mut Vec<R>,
+    mut item: impl FnMut(&[u8]) -> Result<R, Error>,
+) -> Result<(), Error> {
+    let results = frame::parse_results(part).map_err(|e| frame_error(e, task))?;
+    out.reserve(results.remaining() as usize);
+    for outcome in results {
+        match outcome? {
+            Outcome::Ok(bytes) => out.push(item(bytes)?),
+            other => return Err(other.to_error(task).expect("not Ok")),
+        }
+    }
+    Ok(())
 }
 
 /// Decodes every item of every part, in order (the parts are checked already).
@@ -357,6 +370,74 @@ pub(crate) fn decode_all<R: DeserializeOwned + 'static>(
     task: &str,
 ) -> Result<Vec<R>, Error> {
     collect_items(parts, task, |bytes| decode_value(bytes, task))
+}
+
+/// Decodes every item of one checked result frame onto the end of `out`.
+pub(crate) fn decode_into<R: DeserializeOwned + 'static>(
+    part: &[u8],
+    task: &str,
+    out: &mut Vec<R>,
+) -> Result<(), Error> {
+    if crate::codec::is_scalar::<R>() {
+        return decode_scalars_into(part, task, out);
+    }
+    collect_into(part, task, out, |bytes| decode_value(bytes, task))
+}
+
+/// [`decode_into`] for scalar results (a `map` of `u64`, say): values are written straight
+/// into the spare capacity through a local slice and index, and the length is set once; pushing
+/// would reload the vector's length and capacity after every value.
+fn decode_scalars_into<R: DeserializeOwned + 'static>(
+    part: &[u8],
+    task: &str,
+    out: &mut Vec<R>,
+) -> Result<(), Error> {
+    let results = frame::parse_results(part).map_err(|e| frame_error(e, task))?;
+    let count = results.remaining() as usize;
+    out.reserve(count);
+    let len = out.len();
+    let mut done = 0;
+    let result = fill_scalars(
+        results,
+        &mut out.spare_capacity_mut()[..count],
+        &mut done,
+        task,
+    );
+    // SAFETY: `fill_scalars` initialised the first `done` slots of the spare capacity.
+    unsafe { out.set_len(len + done) };
+    result
+}
+
+/// The loop of [`decode_scalars_into`]; `done` counts the slots written, also on an error.
+#[inline(always)]
+fn fill_scalars<R: DeserializeOwned + 'static>(
+    results: frame::Results<'_>,
+    spare: &mut [std::mem::MaybeUninit<R>],
+    done: &mut usize,
+    task: &str,
+) -> Result<(), Error> {
+    let mut i = 0;
+    let result = (|| {
+        for outcome in results {
+            let value = match outcome? {
+                Outcome::Ok(bytes) => match crate::codec::decode_scalar::<R>(bytes) {
+                    Some(value) => value,
+                    None => decode_value(bytes, task)?,
+                },
+                other => return Err(other.to_error(task).expect("not Ok")),
+            };
+            let Some(slot) = spare.get_mut(i) else {
+                return Err(Error::Protocol(
+                    "more results than the frame counts".to_owned(),
+                ));
+            };
+            slot.write(value);
+            i += 1;
+        }
+        Ok(())
+    })();
+    *done = i;
+    result
 }
 
 /// Every item of every part as its raw MessagePack bytes, in order (the parts are checked).

@@ -27,6 +27,7 @@
 //! is reduced modulo the capacity and every length clamped to it, so garbage positions give
 //! garbage bytes, never an access outside the ring; the layer above validates what it reads.
 
+use std::mem::MaybeUninit;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 use crate::sys;
@@ -152,6 +153,24 @@ impl Ring {
 
     /// Copies as many bytes as are available into `dst` and frees their space; returns how many.
     pub(crate) fn read(&self, dst: &mut [u8]) -> usize {
+        // SAFETY: `read_into` only writes initialised bytes, so `dst` stays initialised.
+        self.read_into(unsafe { &mut *(dst as *mut [u8] as *mut [MaybeUninit<u8>]) })
+    }
+
+    /// Appends up to `max` available bytes to `dst` (without first zeroing the room for them)
+    /// and frees their space; returns how many.
+    pub(crate) fn read_append(&self, dst: &mut Vec<u8>, max: usize) -> usize {
+        dst.reserve(max);
+        let len = dst.len();
+        let n = self.read_into(&mut dst.spare_capacity_mut()[..max]);
+        // SAFETY: `read_into` initialised the first `n` bytes of the spare capacity.
+        unsafe { dst.set_len(len + n) };
+        n
+    }
+
+    /// Copies as many bytes as are available into the front of `dst`, frees their space, and
+    /// returns how many: those bytes of `dst` are then initialised.
+    fn read_into(&self, dst: &mut [MaybeUninit<u8>]) -> usize {
         let n = dst.len().min(self.readable());
         if n == 0 {
             return 0;
@@ -160,12 +179,14 @@ impl Ring {
         let head = ctl.head.0.load(Ordering::Relaxed);
         let at = head as usize & (self.cap - 1);
         let first = n.min(self.cap - at);
-        // SAFETY: both copies stay inside the data area (as in `write`); the bytes
-        // `[head, head + n)` were published by the producer (`Acquire` load of `tail` in
-        // `readable`), which does not touch them until `head` moves past them.
+        let dst = dst.as_mut_ptr().cast::<u8>();
+        // SAFETY: both copies stay inside the data area (as in `write`) and inside `dst`
+        // (`n <= dst.len()`); the bytes `[head, head + n)` were published by the producer
+        // (`Acquire` load of `tail` in `readable`), which does not touch them until `head`
+        // moves past them.
         unsafe {
-            std::ptr::copy_nonoverlapping(self.data.add(at), dst.as_mut_ptr(), first);
-            std::ptr::copy_nonoverlapping(self.data, dst.as_mut_ptr().add(first), n - first);
+            std::ptr::copy_nonoverlapping(self.data.add(at), dst, first);
+            std::ptr::copy_nonoverlapping(self.data, dst.add(first), n - first);
         }
         ctl.head
             .0

@@ -6,7 +6,8 @@ use std::panic::{self, AssertUnwindSafe};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::frame::{Items, ResultsWriter};
+use crate::codec::Small;
+use crate::frame::{FrameError, Items, ResultsWriter};
 use crate::panic_capture;
 
 /// A function that pool workers can run by name.
@@ -86,30 +87,85 @@ impl TaskEntry {
 /// Runs `T` on every item of a job, writing one outcome per item. Runs in the worker.
 ///
 /// A panic in the task (or in its arguments' or result's serde code) is caught and written as
-/// that item's outcome; the next item runs as usual.
-fn run_batch<T: Task>(items: Items<'_>, out: &mut ResultsWriter<'_>) {
-    for item in items {
-        let bytes = match item {
-            Ok(bytes) => bytes,
-            Err(err) => {
-                out.args_decode(err.0);
-                continue;
-            }
-        };
-        let mark = out.mark();
-        let result = panic::catch_unwind(AssertUnwindSafe(|| {
-            match crate::codec::decode::<T::Args>(bytes) {
-                Ok(args) => {
-                    let value = T::call(args);
-                    out.ok(&value);
-                }
-                Err(err) => out.args_decode(&err),
+/// that item's outcome; the next item runs as usual. One `catch_unwind` covers a run of items
+/// rather than each item, so the common case pays for none per item: after a panic the run
+/// resumes with the next item.
+fn run_batch<T: Task>(mut items: Items<'_>, out: &mut ResultsWriter<'_>) {
+    if crate::codec::is_scalar::<T::Args>() && crate::codec::is_scalar::<T::Output>() {
+        return run_scalars::<T>(items, out);
+    }
+    loop {
+        // Where the current item's outcome starts: a panic discards what it half wrote.
+        let mut start = out.mark();
+        let run = panic::catch_unwind(AssertUnwindSafe(|| {
+            for item in items.by_ref() {
+                start = out.mark();
+                run_one::<T>(item, out);
             }
         }));
-        if let Err(payload) = result {
-            out.rollback(mark);
-            let (message, location) = panic_capture::take(payload);
-            out.panicked(&message, location.as_deref());
+        match run {
+            Ok(()) => return,
+            Err(payload) => {
+                out.rollback(start);
+                write_panic(payload, out);
+            }
+        }
+    }
+}
+
+/// Runs `T` on one item and writes its outcome (a panic propagates).
+#[inline(always)]
+fn run_one<T: Task>(item: Result<&[u8], FrameError>, out: &mut ResultsWriter<'_>) {
+    match item {
+        Ok(bytes) => match crate::codec::decode::<T::Args>(bytes) {
+            Ok(args) => {
+                let value = T::call(args);
+                out.ok(&value);
+            }
+            Err(err) => out.args_decode(&err),
+        },
+        Err(err) => out.args_decode(err.0),
+    }
+}
+
+/// Writes a caught panic as the current item's outcome.
+#[cold]
+fn write_panic(payload: Box<dyn std::any::Any + Send>, out: &mut ResultsWriter<'_>) {
+    let (message, location) = panic_capture::take(payload);
+    out.panicked(&message, location.as_deref());
+}
+
+/// [`run_batch`] for a task whose arguments and result are both scalars (a `map` of `u64`, say):
+/// items are decoded, run and written in a tight loop (see `ResultsWriter::ok_small_run`). An
+/// item whose arguments are not in a form the fast decoder reads goes through [`run_one`].
+fn run_scalars<T: Task>(mut items: Items<'_>, out: &mut ResultsWriter<'_>) {
+    while items.remaining() > 0 {
+        let mut odd = None;
+        let (_, caught) = out.ok_small_run(items.remaining() as usize, || {
+            let item = items.next()?;
+            match item {
+                Ok(bytes) => match crate::codec::decode_scalar::<T::Args>(bytes) {
+                    Some(args) => Small::of(&T::call(args)),
+                    None => {
+                        odd = Some(item);
+                        None
+                    }
+                },
+                Err(_) => {
+                    odd = Some(item);
+                    None
+                }
+            }
+        });
+        if let Some(payload) = caught {
+            write_panic(payload, out);
+        } else if let Some(item) = odd {
+            let mark = out.mark();
+            if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| run_one::<T>(item, out)))
+            {
+                out.rollback(mark);
+                write_panic(payload, out);
+            }
         }
     }
 }

@@ -207,6 +207,63 @@ fn map_fails_with_the_first_error_and_the_pool_goes_on() {
     });
 }
 
+/// Tasks whose argument and result are both scalars take a fast path in the caller and the
+/// worker; every outcome must still be the one the general path gives, in order.
+#[test]
+fn scalar_tasks_keep_every_outcome_in_order() {
+    deadline(60, "scalars", || {
+        let pool = pool(2);
+        // Panics in the middle of long runs of values: each item gets its own outcome.
+        let out: Vec<_> = pool
+            .imap_chunked(square_unless_999, 0..20_000u64, 5_000)
+            .collect();
+        assert_eq!(out.len(), 20_000);
+        for (i, r) in out.iter().enumerate() {
+            let i = i as u64;
+            match r {
+                Err(Error::Panicked { message, .. }) if i % 1000 == 999 => {
+                    assert_eq!(message, &format!("{i} ends in 999"));
+                }
+                Ok(v) if i % 1000 != 999 => assert_eq!(*v, i * i),
+                other => panic!("item {i}: {other:?}"),
+            }
+        }
+        match pool.map(square_unless_999, 0..20_000u64) {
+            Err(Error::Panicked { message, .. }) => assert!(message.ends_with("999")),
+            other => panic!("expected Panicked, got {other:?}"),
+        }
+        // Other scalar types, signed and floating, at every size of encoding.
+        let xs: Vec<i32> = (-70_000..70_000).chain([i32::MIN, i32::MAX]).collect();
+        let want: Vec<f64> = xs.iter().map(|&x| x as f64 / 2.0).collect();
+        assert_eq!(pool.map(half, xs).unwrap(), want);
+        let evens = pool.map(is_even, 0..=255u8).unwrap();
+        assert_eq!(evens, (0..=255u8).map(|x| x % 2 == 0).collect::<Vec<_>>());
+        // Arguments in forms the fast reader leaves to rmp-serde: its answer, per item.
+        let nine_as_i64 = [0xd3, 0, 0, 0, 0, 0, 0, 0, 9];
+        let float = pool_core::wire::encode(&3.5f64).unwrap();
+        let text = pool_core::wire::encode(&"7".to_string()).unwrap();
+        let items: [&[u8]; 4] = [&nine_as_i64, &float, &[0x05], &text];
+        match pool.apply_encoded(square::NAME, &items).get() {
+            Err(Error::ArgsDecode { .. }) => {}
+            other => panic!("expected ArgsDecode, got {other:?}"),
+        }
+        let r = pool
+            .apply_encoded(square::NAME, &[&nine_as_i64[..], &[0x05]])
+            .get()
+            .unwrap();
+        let decoded: Vec<u64> = r
+            .iter()
+            .map(|b| pool_core::wire::decode(b).unwrap())
+            .collect();
+        assert_eq!(decoded, [81, 25]);
+        assert_healthy_square(&pool);
+    });
+}
+
+fn assert_healthy_square(pool: &Pool) {
+    assert_eq!(pool.map(square, 0..N).unwrap().len() as u64, N);
+}
+
 #[test]
 fn imap_is_lazy_ordered_and_complete() {
     deadline(60, "imap", || {

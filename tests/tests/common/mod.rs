@@ -47,6 +47,25 @@ pub fn slow_square(x: u64) -> u64 {
     x * x
 }
 
+/// A scalar task (the fast path) that panics on every item ending in 999.
+#[task]
+pub fn square_unless_999(x: u64) -> u64 {
+    if x % 1000 == 999 {
+        panic!("{x} ends in 999");
+    }
+    x * x
+}
+
+#[task]
+pub fn half(x: i32) -> f64 {
+    x as f64 / 2.0
+}
+
+#[task]
+pub fn is_even(x: u8) -> bool {
+    x % 2 == 0
+}
+
 #[task]
 pub fn panics_on(x: u64, bad: u64) -> u64 {
     if x == bad {
