@@ -127,12 +127,13 @@ impl Incoming {
     /// Reads what is available; returns the bytes consumed and a completed frame with the
     /// worker's run time for it, if any. `spare` gives a buffer for a new frame: the frame of
     /// the job being answered, which the caller allocated and will free, so no buffer is freed
-    /// by a thread other than the one that made it.
+    /// by a thread other than the one that made it; and whether to use it whatever its size
+    /// (see `Job::recycle`).
     #[allow(clippy::type_complexity)]
     fn pull(
         &mut self,
         ring: &crate::ring::Ring,
-        spare: impl FnOnce() -> Vec<u8>,
+        spare: impl FnOnce() -> (Vec<u8>, bool),
     ) -> Result<(usize, Option<(Vec<u8>, u64)>), ()> {
         let mut consumed = 0;
         if self.body.is_none() {
@@ -147,8 +148,9 @@ impl Incoming {
                 return Err(());
             }
             let len = len as usize;
-            let mut body = spare();
-            if body.capacity() < len || (body.capacity() > 64 << 10 && body.capacity() / 4 > len) {
+            let (mut body, recycle) = spare();
+            let oversized = body.capacity() > 64 << 10 && body.capacity() / 4 > len;
+            if body.capacity() < len || (oversized && !recycle) {
                 // Too small, or so much larger than needed that holding on to it would waste
                 // memory while the result waits to be read.
                 body = Vec::with_capacity(len);
@@ -451,7 +453,7 @@ impl Collector {
             let spare = || {
                 slot.in_flight
                     .front_mut()
-                    .map(|(job, _)| std::mem::take(&mut job.frame))
+                    .map(|(job, _)| (std::mem::take(&mut job.frame), job.recycle))
                     .unwrap_or_default()
             };
             match slot.incoming.pull(ring, spare) {

@@ -35,6 +35,11 @@ pub(crate) struct Job {
     pub(crate) internal: bool,
     /// How many times the job went back to the queue because its worker died before it began.
     pub(crate) requeues: u8,
+    /// The result is read into `frame`'s buffer whatever its size, because the submitter
+    /// consumes the result at once and builds its next job in the same buffer (a blocking
+    /// `map`). Otherwise a buffer much larger than the result is set aside, so that results
+    /// waiting to be read do not hold on to the memory of their jobs.
+    pub(crate) recycle: bool,
     sink: Option<Arc<dyn Sink>>,
     part: usize,
 }
@@ -46,6 +51,7 @@ impl Job {
             frame,
             task,
             requeues: 0,
+            recycle: false,
             limit: None,
             internal: false,
             sink: Some(sink),

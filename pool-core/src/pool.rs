@@ -192,6 +192,14 @@ impl Pool {
         self.shared.submit(Job::new(frame, task, sink, part));
     }
 
+    /// [`submit_frame`](Self::submit_frame) for a submitter that reuses the result's buffer for
+    /// its next job (see `Job::recycle`).
+    fn submit_recycled(&self, frame: Vec<u8>, task: TaskName, sink: Arc<dyn Sink>, part: usize) {
+        let mut job = Job::new(frame, task, sink, part);
+        job.recycle = true;
+        self.shared.submit(job);
+    }
+
     /// Runs `task(args)` in a worker and waits for the result.
     ///
     /// `args` is the bare value for a one-parameter task and a tuple for several.
@@ -504,6 +512,9 @@ impl Pool {
         let mut early: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
         // Decoded result frames, whose buffers the next chunks are built in.
         let mut spare: Vec<Vec<u8>> = Vec::new();
+        // Per chunk: its frame's length, and the sum over the chunks in flight.
+        let mut sizes: Vec<usize> = Vec::new();
+        let mut in_flight_bytes = 0usize;
         let mut next = 0usize;
         let mut pending = 0usize;
         let mut take = |(index, result): crate::imap::Delivery,
@@ -522,8 +533,18 @@ impl Pool {
             }
             Ok(())
         };
+        // Bytes of job frames in flight at once: enough to keep every worker busy while the
+        // next chunk is encoded, bounded so that memory stays bounded and the result buffers
+        // come back to be reused for the next chunks. At least two chunks per worker go,
+        // however big.
         let mut left = n;
         while left > 0 {
+            while pending >= 2 * self.processes.max(1) && in_flight_bytes > MAX_IN_FLIGHT_BYTES {
+                let delivery = rx.recv().expect("the sink holds a sender");
+                pending -= 1;
+                in_flight_bytes -= sizes[delivery.0 as usize];
+                take(delivery, &counts, &mut out, &mut spare)?;
+            }
             let want = chunksize.min(left) as u32;
             let builder = match spare.pop() {
                 Some(buf) => JobBuilder::in_buffer(T::NAME, buf),
@@ -533,10 +554,13 @@ impl Pool {
             left -= count as usize;
             counts.push(count);
             let sink: Arc<dyn Sink> = sink.clone();
-            self.submit_frame(frame, T::NAME.into(), sink, counts.len() - 1);
+            sizes.push(frame.len());
+            in_flight_bytes += frame.len();
+            self.submit_recycled(frame, T::NAME.into(), sink, counts.len() - 1);
             pending += 1;
             while let Ok(delivery) = rx.try_recv() {
                 pending -= 1;
+                in_flight_bytes -= sizes[delivery.0 as usize];
                 take(delivery, &counts, &mut out, &mut spare)?;
             }
         }
@@ -924,8 +948,13 @@ fn chunk_counts(n: usize, chunksize: usize) -> Vec<u32> {
 
 /// With the default chunk size, a chunk of a blocking `map` also ends once its frame holds this
 /// many bytes: a frame larger than a ring goes through in pieces, each a hand-over between the
-/// processes, and a big frame is a big fresh allocation on both sides.
+/// processes, and a frame this small, with its results, stays in the caches of the cores that
+/// copy it (here `map` of 40 M `u64` ran at 55 M/s with 1 MiB frames, 66 M/s with 128 KiB).
 const DEFAULT_CHUNK_BYTES: usize = 128 << 10;
+
+/// A blocking `map` waits for results before it submits more once its job frames in flight
+/// hold this many bytes (and every worker has two chunks).
+const MAX_IN_FLIGHT_BYTES: usize = 16 << 20;
 
 /// Encodes the next `count` items of a map of `n` into one job frame, started in `builder`
 /// (fewer, at least one, if the frame reaches `max_bytes` first). Returns the frame and how
