@@ -85,6 +85,92 @@ pub(crate) fn is_scalar<T: 'static>() -> bool {
     .contains(&t)
 }
 
+/// `value` as a `T`, which must be the very type `S` (checked): how code generic over `T`
+/// returns a value it made as a concrete scalar type.
+#[inline(always)]
+fn same<S: 'static, T: 'static>(value: S) -> T {
+    assert!(TypeId::of::<S>() == TypeId::of::<T>());
+    let value = std::mem::ManuallyDrop::new(value);
+    // SAFETY: `S` and `T` are the same type (checked above; the check folds away), so the bits
+    // of `value` are a valid `T`, and `ManuallyDrop` keeps them from being dropped twice.
+    unsafe { std::mem::transmute_copy::<S, T>(&value) }
+}
+
+/// Reads a value that [`Small::fixed`] wrote for a `T` (`bytes` is exactly
+/// [`fixed_width`]`::<T>()` long); `None` for anything else, which [`decode`] then reads.
+#[inline(always)]
+pub(crate) fn decode_fixed<T: 'static>(bytes: &[u8]) -> Option<T> {
+    let t = TypeId::of::<T>();
+    macro_rules! forms {
+        ($($t:ty => $marker:expr, $n:expr, $from:expr);* $(;)?) => {$(
+            if t == TypeId::of::<$t>() {
+                let (&marker, rest) = bytes.split_first()?;
+                let payload: [u8; $n] = rest.try_into().ok()?;
+                #[allow(clippy::redundant_closure_call)]
+                return (marker == $marker).then(|| same::<$t, T>(($from)(payload)));
+            }
+        )*};
+    }
+    forms! {
+        u64 => 0xcf, 8, u64::from_be_bytes;
+        i64 => 0xd3, 8, i64::from_be_bytes;
+        f64 => 0xcb, 8, f64::from_be_bytes;
+        u32 => 0xce, 4, u32::from_be_bytes;
+        i32 => 0xd2, 4, i32::from_be_bytes;
+        f32 => 0xca, 4, f32::from_be_bytes;
+        u16 => 0xcd, 2, u16::from_be_bytes;
+        i16 => 0xd1, 2, i16::from_be_bytes;
+        u8 => 0xcc, 1, u8::from_be_bytes;
+        i8 => 0xd0, 1, i8::from_be_bytes;
+    }
+    if t == TypeId::of::<usize>() {
+        let v = decode_fixed::<u64>(bytes)?;
+        return usize::try_from(v).ok().map(same::<usize, T>);
+    }
+    if t == TypeId::of::<isize>() {
+        let v = decode_fixed::<i64>(bytes)?;
+        return isize::try_from(v).ok().map(same::<isize, T>);
+    }
+    if t == TypeId::of::<bool>() {
+        return match *bytes {
+            [0xc2] => Some(same::<bool, T>(false)),
+            [0xc3] => Some(same::<bool, T>(true)),
+            _ => None,
+        };
+    }
+    None
+}
+
+/// How many bytes [`Small::fixed`] writes for every `T`; `None` when `T` is not a scalar.
+#[inline(always)]
+pub(crate) fn fixed_width<T: 'static>() -> Option<u8> {
+    let t = TypeId::of::<T>();
+    let is = |others: &[TypeId]| others.contains(&t);
+    if is(&[
+        TypeId::of::<u64>(),
+        TypeId::of::<usize>(),
+        TypeId::of::<i64>(),
+        TypeId::of::<isize>(),
+        TypeId::of::<f64>(),
+    ]) {
+        Some(9)
+    } else if is(&[
+        TypeId::of::<u32>(),
+        TypeId::of::<i32>(),
+        TypeId::of::<f32>(),
+    ]) {
+        Some(5)
+    } else if is(&[TypeId::of::<u16>(), TypeId::of::<i16>()]) {
+        Some(3)
+    } else if is(&[TypeId::of::<u8>(), TypeId::of::<i8>()]) {
+        Some(2)
+    } else if is(&[TypeId::of::<bool>()]) {
+        Some(1)
+    } else {
+        None
+    }
+}
+
 /// A scalar's MessagePack encoding, exactly as rmp-serde writes it: at most 9 bytes, kept as
 /// the low bytes of a little-endian `u128` so that it is built and stored as whole words.
 #[derive(Debug, Clone, Copy)]
@@ -119,6 +205,40 @@ impl Small {
         }
         if let Some(&v) = any.downcast_ref::<f32>() {
             return Some(Small::tagged(0xca, v.to_bits().into(), 4));
+        }
+        if let Some(&v) = any.downcast_ref::<bool>() {
+            return Some(Small::tagged(if v { 0xc3 } else { 0xc2 }, 0, 0));
+        }
+        None
+    }
+
+    /// The encoding of `value` in its type's widest MessagePack form (`u64` always as `0xcf`
+    /// and 8 bytes, say): still MessagePack that any reader takes, and of one length for every
+    /// value of the type, [`fixed_width`] bytes. `None` when `T` is not a scalar.
+    #[inline(always)]
+    pub(crate) fn fixed<T: 'static>(value: &T) -> Option<Small> {
+        let any = value as &dyn Any;
+        macro_rules! forms {
+            ($($t:ty => $marker:expr, $n:expr, $bits:expr);* $(;)?) => {$(
+                if let Some(&v) = any.downcast_ref::<$t>() {
+                    #[allow(clippy::redundant_closure_call)]
+                    return Some(Small::tagged($marker, ($bits)(v), $n));
+                }
+            )*};
+        }
+        forms! {
+            u64 => 0xcf, 8, |v: u64| v;
+            usize => 0xcf, 8, |v: usize| v as u64;
+            u32 => 0xce, 4, |v: u32| u64::from(v);
+            u16 => 0xcd, 2, |v: u16| u64::from(v);
+            u8 => 0xcc, 1, |v: u8| u64::from(v);
+            i64 => 0xd3, 8, |v: i64| v as u64;
+            isize => 0xd3, 8, |v: isize| v as u64;
+            i32 => 0xd2, 4, |v: i32| v as u64;
+            i16 => 0xd1, 2, |v: i16| v as u64;
+            i8 => 0xd0, 1, |v: i8| v as u64;
+            f64 => 0xcb, 8, |v: f64| v.to_bits();
+            f32 => 0xca, 4, |v: f32| u64::from(v.to_bits());
         }
         if let Some(&v) = any.downcast_ref::<bool>() {
             return Some(Small::tagged(if v { 0xc3 } else { 0xc2 }, 0, 0));
@@ -339,8 +459,48 @@ mod test {
         check(true);
         check(false);
         assert!(!is_scalar::<String>() && Small::of(&"x".to_string()).is_none());
+        assert!(Small::fixed(&"x".to_string()).is_none() && fixed_width::<String>().is_none());
         assert!(!is_scalar::<(u64,)>() && Small::of(&(1u64,)).is_none());
         assert!(!is_scalar::<u128>() && Small::of(&1u128).is_none());
+    }
+
+    /// `Small::fixed` writes one length per type, which rmp-serde reads back as the value, and
+    /// which `decode_fixed` reads fast; `decode_fixed` takes nothing else.
+    #[test]
+    fn fixed_width_forms_are_messagepack() {
+        fn check<T>(v: T)
+        where
+            T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug + Copy + 'static,
+        {
+            let small = Small::fixed(&v).expect("a scalar");
+            assert_eq!(Some(small.len()), fixed_width::<T>(), "{v:?}");
+            let bytes = &small.bits().to_le_bytes()[..small.len() as usize];
+            assert_eq!(rmp_serde::from_slice::<T>(bytes).unwrap(), v, "{bytes:x?}");
+            assert_eq!(decode_fixed::<T>(bytes), Some(v));
+            assert_eq!(decode::<T>(bytes).unwrap(), v);
+            // The minimal form is not the fixed one (except where they coincide).
+            let minimal = rmp_serde::to_vec(&v).unwrap();
+            if minimal != bytes {
+                assert_eq!(decode_fixed::<T>(&minimal), None);
+            }
+        }
+        for e in edges() {
+            macro_rules! each {
+                ($($t:ty),*) => {$(
+                    if let Ok(v) = <$t>::try_from(e) {
+                        check(v);
+                    }
+                )*};
+            }
+            each!(u64, u32, u16, u8, usize, i64, i32, i16, i8, isize);
+            check(e as f64);
+            check(e as f32);
+        }
+        check(true);
+        check(false);
+        assert_eq!(decode_fixed::<u64>(&[0xcf, 1, 2]), None);
+        assert_eq!(decode_fixed::<u64>(&[0xd3, 0, 0, 0, 0, 0, 0, 0, 1]), None);
+        assert_eq!(decode_fixed::<String>(&[0xa0]), None);
     }
 
     /// Whatever the bytes, `decode` of a scalar gives rmp-serde's answer: the same value, or an

@@ -4,14 +4,22 @@
 //!
 //! ```text
 //! job      := 0x01 name_len:u16 name count:u32 item*      item   := len:u32 msgpack-args
+//!           | 0x04 name_len:u16 name count:u32 width:u8 fixed*     fixed := width bytes
 //! shutdown := 0x02
 //! results  := 0x03 0x00 count:u32 errors:u32 result*      result := status:u8 len:u32 bytes
 //!           | 0x03 0x01                                     (the task name is unknown)
+//!           | 0x03 0x02 count:u32 errors:u32 width:u8 fixed*  (every item a value)
 //! ```
 //!
 //! A result's `status` says what its bytes are: the MessagePack return value (`ITEM_OK`), a
 //! panic (`msg_len:u32 msg location`), or an error message in UTF-8. One job frame carries a
 //! whole chunk of a `map`, so the per-frame costs are paid once per chunk, not once per item.
+//!
+//! The fixed-width forms carry a `map` of scalars (`u64`, `f64`, …): every item is the value in
+//! its type's widest MessagePack form (see `Small::fixed`), so items need no length, statuses
+//! or branches on their size. A worker answers a fixed job of a scalar-returning task with
+//! fixed results, and rewrites what it has written into the general form as soon as an item
+//! fails (see `ResultsWriter::demote`).
 //!
 //! The decoders never panic and never read out of bounds: garbage gives a [`FrameError`].
 
@@ -22,9 +30,11 @@ use crate::codec::Small;
 const KIND_JOB: u8 = 1;
 const KIND_SHUTDOWN: u8 = 2;
 const KIND_RESULTS: u8 = 3;
+const KIND_JOB_FIXED: u8 = 4;
 
 const RESULTS_OK: u8 = 0;
 const RESULTS_UNKNOWN_TASK: u8 = 1;
+const RESULTS_FIXED: u8 = 2;
 
 const ITEM_OK: u8 = 0;
 const ITEM_PANIC: u8 = 1;
@@ -80,6 +90,8 @@ pub(crate) struct JobBuilder {
     buf: Vec<u8>,
     count_at: usize,
     count: u32,
+    /// The width of every item, in a fixed-width job.
+    fixed: Option<u8>,
 }
 
 impl JobBuilder {
@@ -91,24 +103,44 @@ impl JobBuilder {
 
     /// [`new`](Self::new), building the frame in `buf` (cleared first): a recycled buffer that
     /// is already big enough saves an allocation and fresh pages.
-    pub(crate) fn in_buffer(task: &str, mut buf: Vec<u8>) -> Self {
+    pub(crate) fn in_buffer(task: &str, buf: Vec<u8>) -> Self {
+        Self::start(task, buf, None)
+    }
+
+    /// A fixed-width job (see the module docs): every item is `width` bytes, pushed only with
+    /// [`push_small_run`](Self::push_small_run) as `Small::fixed` encodings.
+    pub(crate) fn fixed_in_buffer(task: &str, buf: Vec<u8>, width: u8) -> Self {
+        Self::start(task, buf, Some(width))
+    }
+
+    fn start(task: &str, mut buf: Vec<u8>, fixed: Option<u8>) -> Self {
         let name_len = u16::try_from(task.len()).expect("task names are checked to fit in u16");
         buf.clear();
-        buf.push(KIND_JOB);
+        buf.push(if fixed.is_some() {
+            KIND_JOB_FIXED
+        } else {
+            KIND_JOB
+        });
         buf.extend_from_slice(&name_len.to_le_bytes());
         buf.extend_from_slice(task.as_bytes());
         let count_at = buf.len();
         buf.extend_from_slice(&0u32.to_le_bytes());
+        buf.extend(fixed);
         JobBuilder {
             buf,
             count_at,
             count: 0,
+            fixed,
         }
     }
 
     /// Appends one item's arguments. On an encoding error the frame is left as it was.
     #[inline]
     pub(crate) fn push<A: Serialize + 'static>(&mut self, args: &A) -> Result<(), String> {
+        assert!(
+            self.fixed.is_none(),
+            "a fixed-width job takes only small runs"
+        );
         if let Some(small) = Small::of(args) {
             append_small(&mut self.buf, None, &small);
             self.count += 1;
@@ -125,7 +157,11 @@ impl JobBuilder {
         max: usize,
         next: impl FnMut() -> Option<Small>,
     ) -> usize {
-        let (n, caught) = small_run(&mut self.buf, None, max, next);
+        let layout = match self.fixed {
+            Some(width) => Layout::Fixed(width),
+            None => Layout::Prefixed(None),
+        };
+        let (n, caught) = small_run(&mut self.buf, layout, max, next);
         self.count += n as u32;
         if let Some(payload) = caught {
             std::panic::resume_unwind(payload);
@@ -150,6 +186,10 @@ impl JobBuilder {
         &mut self,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
     ) -> Result<(), String> {
+        assert!(
+            self.fixed.is_none(),
+            "a fixed-width job takes only small runs"
+        );
         let start = self.buf.len();
         self.buf.extend_from_slice(&0u32.to_le_bytes());
         if let Err(err) = encode(&mut self.buf) {
@@ -200,7 +240,7 @@ impl JobBuilder {
 pub(crate) fn job_item_count(frame: &[u8]) -> u32 {
     let mut c = Cursor { rest: frame };
     let mut count = || -> Result<u32, FrameError> {
-        if c.u8("kind")? != KIND_JOB {
+        if !matches!(c.u8("kind")?, KIND_JOB | KIND_JOB_FIXED) {
             return Ok(0);
         }
         let name_len = c.u16("name length")? as usize;
@@ -242,6 +282,25 @@ pub(crate) fn parse_request(frame: &[u8]) -> Result<Request<'_>, FrameError> {
                 items: Items {
                     c,
                     remaining: count,
+                    width: None,
+                },
+            })
+        }
+        KIND_JOB_FIXED => {
+            let name_len = c.u16("job: truncated name length")? as usize;
+            let name = c.take(name_len, "job: truncated task name")?;
+            let task = std::str::from_utf8(name).map_err(|_| FrameError("job: name not UTF-8"))?;
+            let count = c.u32("job: truncated item count")?;
+            let width = c.u8("job: truncated item width")?;
+            if width == 0 {
+                return Err(FrameError("job: items of width 0"));
+            }
+            Ok(Request::Job {
+                task,
+                items: Items {
+                    c,
+                    remaining: count,
+                    width: Some(width),
                 },
             })
         }
@@ -254,6 +313,8 @@ pub(crate) fn parse_request(frame: &[u8]) -> Result<Request<'_>, FrameError> {
 pub(crate) struct Items<'a> {
     c: Cursor<'a>,
     remaining: u32,
+    /// The width of every item, in a fixed-width job.
+    width: Option<u8>,
 }
 
 impl std::fmt::Debug for Cursor<'_> {
@@ -267,6 +328,11 @@ impl Items<'_> {
     pub(crate) fn remaining(&self) -> u32 {
         self.remaining
     }
+
+    /// Whether the job is a fixed-width one (a `map` of scalars).
+    pub(crate) fn is_fixed(&self) -> bool {
+        self.width.is_some()
+    }
 }
 
 impl<'a> Iterator for Items<'a> {
@@ -278,10 +344,13 @@ impl<'a> Iterator for Items<'a> {
             return None;
         }
         self.remaining -= 1;
-        let item = self
-            .c
-            .u32("job: truncated item length")
-            .and_then(|len| self.c.take(len as usize, "job: truncated item"));
+        let item = match self.width {
+            Some(width) => self.c.take(width.into(), "job: truncated item"),
+            None => self
+                .c
+                .u32("job: truncated item length")
+                .and_then(|len| self.c.take(len as usize, "job: truncated item")),
+        };
         if item.is_err() {
             self.remaining = 0;
         }
@@ -296,6 +365,8 @@ pub(crate) struct ResultsWriter<'a> {
     count_at: usize,
     count: u32,
     errors: u32,
+    /// The width of every value, while the frame is a fixed-width one.
+    fixed: Option<u8>,
 }
 
 impl<'a> ResultsWriter<'a> {
@@ -311,6 +382,43 @@ impl<'a> ResultsWriter<'a> {
             count_at,
             count: 0,
             errors: 0,
+            fixed: None,
+        }
+    }
+
+    /// Makes the frame a fixed-width one, whose values are written only with
+    /// [`ok_small_run`](Self::ok_small_run) as `Small::fixed` encodings of `width` bytes. Any
+    /// other outcome first rewrites the frame into the general form ([`demote`](Self::demote)).
+    /// Only before the first item.
+    pub(crate) fn set_fixed(&mut self, width: u8) {
+        assert!(self.count == 0 && self.fixed.is_none() && width > 0);
+        self.buf[1] = RESULTS_FIXED;
+        self.buf.push(width);
+        self.fixed = Some(width);
+    }
+
+    /// Whether the frame is (still) a fixed-width one.
+    pub(crate) fn is_fixed(&self) -> bool {
+        self.fixed.is_some()
+    }
+
+    /// Rewrites a fixed-width frame into the general form, each value with its status and
+    /// length, so that an outcome that is not a value can follow. Marks taken before are void.
+    pub(crate) fn demote(&mut self) {
+        let Some(width) = self.fixed.take() else {
+            return;
+        };
+        let start = self.count_at + 8;
+        let values = self.buf.split_off(start + 1);
+        self.buf.truncate(start);
+        self.buf[1] = RESULTS_OK;
+        let len = u32::from(width).to_le_bytes();
+        self.buf
+            .reserve(values.len() / usize::from(width) * 5 + values.len());
+        for value in values.chunks_exact(width.into()) {
+            self.buf.push(ITEM_OK);
+            self.buf.extend_from_slice(&len);
+            self.buf.extend_from_slice(value);
         }
     }
 
@@ -324,6 +432,7 @@ impl<'a> ResultsWriter<'a> {
     /// Appends a return value, or an encoding error if it does not encode.
     #[inline]
     pub(crate) fn ok<R: Serialize + 'static>(&mut self, value: &R) {
+        self.demote();
         if let Some(small) = Small::of(value) {
             append_small(self.buf, Some(ITEM_OK), &small);
             self.count += 1;
@@ -358,13 +467,18 @@ impl<'a> ResultsWriter<'a> {
         max: usize,
         next: impl FnMut() -> Option<Small>,
     ) -> (usize, Option<Box<dyn std::any::Any + Send>>) {
-        let (n, caught) = small_run(self.buf, Some(ITEM_OK), max, next);
+        let layout = match self.fixed {
+            Some(width) => Layout::Fixed(width),
+            None => Layout::Prefixed(Some(ITEM_OK)),
+        };
+        let (n, caught) = small_run(self.buf, layout, max, next);
         self.count += n as u32;
         (n, caught)
     }
 
     /// Appends a panic with its message and location.
     pub(crate) fn panicked(&mut self, message: &str, location: Option<&str>) {
+        self.demote();
         let location = location.unwrap_or("");
         let len = 4 + message.len() + location.len();
         self.header(ITEM_PANIC, len);
@@ -382,6 +496,7 @@ impl<'a> ResultsWriter<'a> {
     }
 
     fn error(&mut self, status: u8, message: &str) {
+        self.demote();
         // Messages are short; clip pathological ones so the length always fits.
         let message = &message[..floor_char_boundary(message, 1 << 20)];
         self.header(status, message.len());
@@ -414,17 +529,31 @@ impl<'a> ResultsWriter<'a> {
     }
 }
 
-/// A small item with its header: `status` (for results), the length as a little-endian `u32`,
-/// and the bytes. Returns the 16 bytes to store, as one little-endian integer, and how many of
-/// them count.
+/// How the items of a [`small_run`] are laid out.
+#[derive(Debug, Clone, Copy)]
+enum Layout {
+    /// Each item preceded by `status` (for results) and its length as a little-endian `u32`.
+    Prefixed(Option<u8>),
+    /// Each item exactly this many bytes, nothing else (a fixed-width frame).
+    Fixed(u8),
+}
+
+/// A small item as `layout` frames it. Returns the 16 bytes to store, as one little-endian
+/// integer, and how many of them count.
 #[inline(always)]
-fn framed_small(status: Option<u8>, small: &Small) -> (u128, usize) {
+fn framed_small(layout: Layout, small: &Small) -> (u128, usize) {
     let len = u128::from(small.len());
-    let (item, h) = match status {
-        Some(status) => (u128::from(status) | len << 8 | small.bits() << 40, 1),
-        None => (len | small.bits() << 32, 0),
-    };
-    (item, h + 4 + usize::from(small.len()))
+    match layout {
+        Layout::Prefixed(Some(status)) => (
+            u128::from(status) | len << 8 | small.bits() << 40,
+            5 + usize::from(small.len()),
+        ),
+        Layout::Prefixed(None) => (len | small.bits() << 32, 4 + usize::from(small.len())),
+        Layout::Fixed(width) => {
+            debug_assert_eq!(small.len(), width, "a fixed-width item of another width");
+            (small.bits(), width.into())
+        }
+    }
 }
 
 /// Stores the 16 bytes of `item` (little-endian) at the front of `dst`, which must have room:
@@ -444,7 +573,7 @@ fn store16(dst: &mut [std::mem::MaybeUninit<u8>], item: u128) {
 /// Appends one small item with its header (see [`framed_small`]) as one 16-byte store.
 #[inline(always)]
 fn append_small(buf: &mut Vec<u8>, status: Option<u8>, small: &Small) {
-    let (item, n) = framed_small(status, small);
+    let (item, n) = framed_small(Layout::Prefixed(status), small);
     buf.reserve(16);
     let len = buf.len();
     store16(buf.spare_capacity_mut(), item);
@@ -467,7 +596,7 @@ const RUN: usize = 4096;
 #[inline(always)]
 fn small_run(
     buf: &mut Vec<u8>,
-    status: Option<u8>,
+    layout: Layout,
     max: usize,
     mut next: impl FnMut() -> Option<Small>,
 ) -> (usize, Option<Box<dyn std::any::Any + Send>>) {
@@ -479,7 +608,7 @@ fn small_run(
     let caught = {
         let spare = &mut buf.spare_capacity_mut()[..max * 16];
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            fill_small(spare, &mut pos, &mut count, status, max, &mut next)
+            fill_small(spare, &mut pos, &mut count, layout, max, &mut next)
         }))
         .err()
     };
@@ -496,14 +625,14 @@ fn fill_small(
     spare: &mut [std::mem::MaybeUninit<u8>],
     pos: &mut usize,
     count: &mut usize,
-    status: Option<u8>,
+    layout: Layout,
     max: usize,
     next: &mut impl FnMut() -> Option<Small>,
 ) {
     let (mut p, mut c) = (0, 0);
     while c < max {
         let Some(small) = next() else { break };
-        let (item, n) = framed_small(status, &small);
+        let (item, n) = framed_small(layout, &small);
         let Some(dst) = spare.get_mut(p..p + 16) else {
             break; // Cannot happen: `max` items of at most 16 bytes fit.
         };
@@ -574,6 +703,8 @@ pub(crate) struct Results<'a> {
     c: Cursor<'a>,
     remaining: u32,
     errors: u32,
+    /// The width of every value, in a fixed-width frame.
+    width: Option<u8>,
 }
 
 /// Parses a result frame's header. `Err(None)` means the worker does not know the task.
@@ -583,13 +714,22 @@ pub(crate) fn parse_results(frame: &[u8]) -> Result<Results<'_>, Option<FrameErr
         return Err(Some(FrameError("expected a result frame")));
     }
     match c.u8("results: truncated status")? {
-        RESULTS_OK => {
+        status @ (RESULTS_OK | RESULTS_FIXED) => {
             let remaining = c.u32("results: truncated count")?;
             let errors = c.u32("results: truncated error count")?;
+            let width = if status == RESULTS_FIXED {
+                match c.u8("results: truncated width")? {
+                    0 => return Err(Some(FrameError("results: values of width 0"))),
+                    width => Some(width),
+                }
+            } else {
+                None
+            };
             Ok(Results {
                 c,
                 remaining,
                 errors,
+                width,
             })
         }
         RESULTS_UNKNOWN_TASK => Err(None),
@@ -597,7 +737,15 @@ pub(crate) fn parse_results(frame: &[u8]) -> Result<Results<'_>, Option<FrameErr
     }
 }
 
-impl Results<'_> {
+impl<'a> Results<'a> {
+    /// In a fixed-width frame: the width and the values still to read, exactly `remaining`
+    /// of them (`None` if the frame is not fixed-width or its length does not match).
+    pub(crate) fn fixed_values(&self) -> Option<(u8, &'a [u8])> {
+        let width = self.width?;
+        let len = usize::from(width).checked_mul(self.remaining as usize)?;
+        (self.c.rest.len() == len).then_some((width, self.c.rest))
+    }
+
     /// How many outcomes are left.
     pub(crate) fn remaining(&self) -> u32 {
         self.remaining
@@ -629,6 +777,11 @@ impl<'a> Iterator for Results<'a> {
 impl<'a> Results<'a> {
     #[inline]
     fn read_one(&mut self) -> Result<Outcome<'a>, FrameError> {
+        if let Some(width) = self.width {
+            return Ok(Outcome::Ok(
+                self.c.take(width.into(), "results: truncated value")?,
+            ));
+        }
         let status = self.c.u8("results: truncated item status")?;
         let len = self.c.u32("results: truncated item length")? as usize;
         let bytes = self.c.take(len, "results: truncated item")?;
@@ -725,6 +878,128 @@ mod test {
 
         ResultsWriter::unknown_task(&mut buf);
         assert!(matches!(parse_results(&buf), Err(None)));
+    }
+
+    /// A run of fixed-width items with values of every size of encoding, as `map` sends them.
+    fn fixed_job(values: &[u64]) -> Vec<u8> {
+        let mut b = JobBuilder::fixed_in_buffer("m::square", Vec::new(), 9);
+        let mut it = values.iter();
+        while b.push_small_run(values.len(), || it.next().and_then(Small::fixed)) > 0 {}
+        assert_eq!(b.count() as usize, values.len());
+        b.finish()
+    }
+
+    #[test]
+    fn fixed_width_jobs_and_results_round_trip() {
+        let values = [0u64, 1, 127, 128, 255, 256, 65_536, 1 << 32, u64::MAX];
+        let job = fixed_job(&values);
+        assert_eq!(job_item_count(&job), values.len() as u32);
+        let Request::Job { task, items } = parse_request(&job).unwrap() else {
+            panic!("not a job")
+        };
+        assert_eq!(task, "m::square");
+        assert!(items.is_fixed());
+        let got: Vec<u64> = items
+            .map(|item| rmp_serde::from_slice(item.unwrap()).unwrap())
+            .collect();
+        assert_eq!(got, values);
+
+        let mut buf = Vec::new();
+        let mut w = ResultsWriter::new(&mut buf);
+        w.set_fixed(9);
+        let mut it = values.iter();
+        w.ok_small_run(values.len(), || it.next().and_then(Small::fixed));
+        assert!(w.is_fixed());
+        w.finish();
+        assert_eq!(buf.len(), 11 + 9 * values.len());
+        let r = parse_results(&buf).unwrap();
+        assert_eq!((r.remaining(), r.errors()), (values.len() as u32, 0));
+        assert_eq!(r.fixed_values().unwrap().0, 9);
+        let got: Vec<u64> = r
+            .map(|o| match o.unwrap() {
+                Outcome::Ok(bytes) => rmp_serde::from_slice(bytes).unwrap(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got, values);
+    }
+
+    /// A failure after fixed-width values rewrites them into the general form, in order.
+    #[test]
+    fn fixed_width_results_turn_general_at_the_first_failure() {
+        let mut buf = Vec::new();
+        let mut w = ResultsWriter::new(&mut buf);
+        w.set_fixed(9);
+        let mut n = 0u64;
+        let (count, caught) = w.ok_small_run(10, || {
+            n += 1;
+            if n == 4 {
+                panic!("the fourth");
+            }
+            Small::fixed(&(n * n))
+        });
+        assert_eq!(count, 3);
+        assert!(caught.is_some());
+        w.panicked("the fourth", None);
+        assert!(!w.is_fixed());
+        w.ok(&25u64);
+        let mut it = [36u64, 49].into_iter();
+        w.ok_small_run(2, || it.next().as_ref().and_then(Small::of));
+        w.finish();
+        let r = parse_results(&buf).unwrap();
+        assert!(r.fixed_values().is_none());
+        assert_eq!((r.remaining(), r.errors()), (7, 1));
+        let got: Vec<Option<u64>> = r
+            .map(|o| match o.unwrap() {
+                Outcome::Ok(bytes) => Some(rmp_serde::from_slice(bytes).unwrap()),
+                Outcome::Panicked { message, .. } => {
+                    assert_eq!(message, "the fourth");
+                    None
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                Some(1),
+                Some(4),
+                Some(9),
+                None,
+                Some(25),
+                Some(36),
+                Some(49)
+            ]
+        );
+    }
+
+    #[test]
+    fn fixed_width_garbage_never_panics() {
+        let job = fixed_job(&[1, 2, 3]);
+        let mut res = Vec::new();
+        let mut w = ResultsWriter::new(&mut res);
+        w.set_fixed(9);
+        let mut it = [4u64, 5].iter();
+        w.ok_small_run(2, || it.next().and_then(Small::fixed));
+        w.finish();
+        for cut in 0..job.len() {
+            if let Ok(Request::Job { items, .. }) = parse_request(&job[..cut]) {
+                assert!(items.count() <= 3);
+            }
+        }
+        for cut in 0..res.len() {
+            if let Ok(r) = parse_results(&res[..cut]) {
+                assert!(r.fixed_values().is_none(), "a cut frame is not whole");
+                for o in r {
+                    let _ = o;
+                }
+            }
+        }
+        // Width 0 is refused, not looped on.
+        let mut zero = job.clone();
+        let at = zero.len() - 3 * 9 - 1;
+        zero[at] = 0;
+        assert!(parse_request(&zero).is_err());
     }
 
     #[test]

@@ -360,8 +360,7 @@ pub mod __bench {
         iter: &mut impl Iterator<Item = T::Args>,
         count: u32,
     ) -> Vec<u8> {
-        let builder = crate::frame::JobBuilder::in_buffer(T::NAME, buf);
-        crate::pool::encode_chunk::<T>(builder, iter, count, count as usize, None)
+        crate::pool::encode_chunk::<T>(buf, iter, count, count as usize, None)
             .expect("encodes")
             .0
     }
@@ -414,11 +413,18 @@ pub mod __bench {
         if let Ok(crate::frame::Request::Job { items, .. }) = crate::frame::parse_request(bytes) {
             for item in items.flatten() {
                 let _ = crate::codec::decode::<u64>(item);
+                let _ = crate::codec::decode_fixed::<u64>(item);
+                let _ = crate::codec::decode_fixed::<f32>(item);
                 let _ = crate::codec::decode::<Vec<u8>>(item);
                 let _ = crate::codec::decode::<(String, Vec<i64>)>(item);
             }
         }
         if let Ok(results) = crate::frame::parse_results(bytes) {
+            if let Some((width, values)) = results.fixed_values() {
+                for value in values.chunks_exact(width.into()) {
+                    let _ = crate::codec::decode_fixed::<i64>(value);
+                }
+            }
             for outcome in results.flatten() {
                 let _ = outcome.to_error("fuzz");
             }

@@ -527,6 +527,7 @@ impl Pool {
             crate::result::check_frame(&frame, T::NAME, counts[index])?;
             early.insert(index, frame);
             while let Some(frame) = early.remove(&next) {
+                sys::prefault(out, counts[next] as usize);
                 crate::result::decode_into(&frame, T::NAME, out)?;
                 spare.push(frame);
                 next += 1;
@@ -546,11 +547,8 @@ impl Pool {
                 take(delivery, &counts, &mut out, &mut spare)?;
             }
             let want = chunksize.min(left) as u32;
-            let builder = match spare.pop() {
-                Some(buf) => JobBuilder::in_buffer(T::NAME, buf),
-                None => JobBuilder::new(T::NAME),
-            };
-            let (frame, count) = encode_chunk::<T>(builder, &mut iter, want, n, max_bytes)?;
+            let buf = spare.pop().unwrap_or_default();
+            let (frame, count) = encode_chunk::<T>(buf, &mut iter, want, n, max_bytes)?;
             left -= count as usize;
             counts.push(count);
             let sink: Arc<dyn Sink> = sink.clone();
@@ -652,7 +650,7 @@ impl Pool {
             decode_all::<T::Output>,
         );
         for (index, &count) in counts.iter().enumerate() {
-            match encode_chunk::<T>(JobBuilder::new(T::NAME), &mut iter, count, n, None) {
+            match encode_chunk::<T>(Vec::new(), &mut iter, count, n, None) {
                 Ok((frame, _)) => self.submit_frame(frame, T::NAME.into(), slot.clone(), index),
                 Err(err) => {
                     // The whole map fails with this error; nothing more is submitted.
@@ -956,11 +954,12 @@ const DEFAULT_CHUNK_BYTES: usize = 128 << 10;
 /// hold this many bytes (and every worker has two chunks).
 const MAX_IN_FLIGHT_BYTES: usize = 16 << 20;
 
-/// Encodes the next `count` items of a map of `n` into one job frame, started in `builder`
-/// (fewer, at least one, if the frame reaches `max_bytes` first). Returns the frame and how
-/// many items it holds.
+/// Encodes the next `count` items of a map of `n` into one job frame, built in `buf` (a
+/// recycled buffer, or a new one), with fewer items (at least one) if the frame reaches
+/// `max_bytes` first. Returns the frame and how many items it holds. Scalar arguments make a
+/// fixed-width frame.
 pub(crate) fn encode_chunk<T: Task>(
-    mut builder: JobBuilder,
+    buf: Vec<u8>,
     iter: &mut impl Iterator<Item = T::Args>,
     count: u32,
     n: usize,
@@ -971,13 +970,14 @@ pub(crate) fn encode_chunk<T: Task>(
             "the input iterator promised {n} items (size_hint) and ended early"
         ))
     };
-    if crate::codec::is_scalar::<T::Args>() {
-        // Scalars (which always encode): runs of items in a tight loop. `max_bytes` is checked
-        // between runs, so a frame may pass it by one run's worth.
+    if let Some(width) = crate::codec::fixed_width::<T::Args>() {
+        // Scalars (which always encode): a fixed-width job, written in runs of items in a
+        // tight loop. `max_bytes` is checked between runs, so a frame may pass it by one run.
+        let mut builder = JobBuilder::fixed_in_buffer(T::NAME, buf, width);
         while builder.count() < count && max_bytes.is_none_or(|max| builder.len() < max) {
             let mut ended = false;
             builder.push_small_run((count - builder.count()) as usize, || match iter.next() {
-                Some(args) => crate::codec::Small::of(&args),
+                Some(args) => crate::codec::Small::fixed(&args),
                 None => {
                     ended = true;
                     None
@@ -990,6 +990,7 @@ pub(crate) fn encode_chunk<T: Task>(
         let count = builder.count();
         return Ok((builder.finish(), count));
     }
+    let mut builder = JobBuilder::in_buffer(T::NAME, buf);
     while builder.count() < count {
         let Some(args) = iter.next() else {
             return Err(ended_early());

@@ -417,6 +417,27 @@ fn fill_scalars<R: DeserializeOwned + 'static>(
     task: &str,
 ) -> Result<(), Error> {
     let mut i = 0;
+    if let Some((width, values)) = results.fixed_values() {
+        if Some(width) == crate::codec::fixed_width::<R>() {
+            // A fixed-width frame of values of this very type: the tightest loop.
+            for (bytes, slot) in values.chunks_exact(width.into()).zip(spare.iter_mut()) {
+                let value = match crate::codec::decode_fixed::<R>(bytes) {
+                    Some(value) => value,
+                    None => match decode_value(bytes, task) {
+                        Ok(value) => value,
+                        Err(err) => {
+                            *done = i;
+                            return Err(err);
+                        }
+                    },
+                };
+                slot.write(value);
+                i += 1;
+            }
+            *done = i;
+            return Ok(());
+        }
+    }
     let result = (|| {
         for outcome in results {
             let value = match outcome? {

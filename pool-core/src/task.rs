@@ -139,13 +139,32 @@ fn write_panic(payload: Box<dyn std::any::Any + Send>, out: &mut ResultsWriter<'
 /// items are decoded, run and written in a tight loop (see `ResultsWriter::ok_small_run`). An
 /// item whose arguments are not in a form the fast decoder reads goes through [`run_one`].
 fn run_scalars<T: Task>(mut items: Items<'_>, out: &mut ResultsWriter<'_>) {
+    let fixed_in = items.is_fixed();
+    if fixed_in {
+        // A `map` of scalars: answer in kind (see `frame`).
+        if let Some(width) = crate::codec::fixed_width::<T::Output>() {
+            out.set_fixed(width);
+        }
+    }
     while items.remaining() > 0 {
+        let fixed = out.is_fixed();
         let mut odd = None;
         let (_, caught) = out.ok_small_run(items.remaining() as usize, || {
             let item = items.next()?;
             match item {
-                Ok(bytes) => match crate::codec::decode_scalar::<T::Args>(bytes) {
-                    Some(args) => Small::of(&T::call(args)),
+                Ok(bytes) => match fixed_in
+                    .then(|| crate::codec::decode_fixed::<T::Args>(bytes))
+                    .flatten()
+                    .or_else(|| crate::codec::decode_scalar::<T::Args>(bytes))
+                {
+                    Some(args) => {
+                        let value = T::call(args);
+                        if fixed {
+                            Small::fixed(&value)
+                        } else {
+                            Small::of(&value)
+                        }
+                    }
                     None => {
                         odd = Some(item);
                         None
@@ -160,6 +179,8 @@ fn run_scalars<T: Task>(mut items: Items<'_>, out: &mut ResultsWriter<'_>) {
         if let Some(payload) = caught {
             write_panic(payload, out);
         } else if let Some(item) = odd {
+            // Marks do not survive a rewrite into the general form: rewrite first.
+            out.demote();
             let mark = out.mark();
             if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| run_one::<T>(item, out)))
             {
