@@ -101,6 +101,18 @@ impl JobBuilder {
         Self::in_buffer(task, Vec::with_capacity(64 + task.len()))
     }
 
+    /// [`new`](Self::new) for a job of one item whose arguments are `args`: when they are a
+    /// scalar the buffer is sized exactly (a burst of a million `apply_async` holds a million of
+    /// these), with room for the result frame that comes back in it.
+    pub(crate) fn for_one<A: 'static>(task: &str, args: &A) -> Self {
+        let capacity = match Small::of(args) {
+            // The header, then the item: written as one 16-byte store (see `append_small`).
+            Some(_) => (7 + task.len() + 16).max(32),
+            None => 64 + task.len(),
+        };
+        Self::in_buffer(task, Vec::with_capacity(capacity))
+    }
+
     /// [`new`](Self::new), building the frame in `buf` (cleared first): a recycled buffer that
     /// is already big enough saves an allocation and fresh pages.
     pub(crate) fn in_buffer(task: &str, buf: Vec<u8>) -> Self {

@@ -244,7 +244,12 @@ impl Pool {
     /// # Ok::<(), pool_core::Error>(())
     /// ```
     pub fn apply_async<T: Task>(&self, _task: T, args: T::Args) -> AsyncResult<T::Output> {
-        self.apply_async_by_name(T::NAME.into(), None, |b| b.push(&args))
+        self.apply_async_by_name(
+            T::NAME.into(),
+            None,
+            |name| JobBuilder::for_one(name, &args),
+            |b| b.push(&args),
+        )
     }
 
     /// [`apply`](Self::apply) with a time limit for this call (overriding the pool's
@@ -304,7 +309,12 @@ impl Pool {
         args: T::Args,
         limit: Duration,
     ) -> AsyncResult<T::Output> {
-        self.apply_async_by_name(T::NAME.into(), Some(limit), |b| b.push(&args))
+        self.apply_async_by_name(
+            T::NAME.into(),
+            Some(limit),
+            |name| JobBuilder::for_one(name, &args),
+            |b| b.push(&args),
+        )
     }
 
     /// Runs the task registered as `name` with untyped arguments, and decodes its result as `R`.
@@ -341,9 +351,12 @@ impl Pool {
         name: &str,
         args: A,
     ) -> Result<R, Error> {
-        self.apply_async_by_name(TaskName::Owned(name.to_owned()), None, |b| {
-            b.push_any(&args)
-        })
+        self.apply_async_by_name(
+            TaskName::Owned(name.to_owned()),
+            None,
+            JobBuilder::new,
+            |b| b.push_any(&args),
+        )
         .get()
     }
 
@@ -351,6 +364,7 @@ impl Pool {
         &self,
         name: TaskName,
         limit: Option<Duration>,
+        builder: impl FnOnce(&str) -> JobBuilder,
         encode: impl FnOnce(&mut JobBuilder) -> Result<(), String>,
     ) -> AsyncResult<R> {
         let slot = Slot::new(name.clone(), Counts::One(1), decode_one::<R>);
@@ -358,7 +372,7 @@ impl Pool {
             slot.complete_part(0, Err(Error::UnknownTask { name: name.into() }));
             return AsyncResult::new(slot);
         }
-        let mut builder = JobBuilder::new(&name);
+        let mut builder = builder(&name);
         if let Err(message) = encode(&mut builder) {
             let task = name.into_owned();
             slot.complete_part(0, Err(Error::ArgsEncode { task, message }));

@@ -10,7 +10,6 @@
 //! long the job ran, which the parent uses to decide how much work to queue at each worker.
 
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use crate::frame::{self, Request, ResultsWriter};
 use crate::region::Region;
@@ -28,7 +27,7 @@ pub(crate) fn run(region: &Region, bell: i32) -> i32 {
     let mut output = Vec::new();
     // The last task run: jobs mostly repeat it, and comparing a name is cheaper than hashing.
     let mut last: Option<&'static crate::task::TaskEntry> = None;
-    let mut rss_sampled = Instant::now();
+    let mut rss_sampled = crate::sys::monotonic_ns();
     header.rss_bytes.store(resident_bytes(), Ordering::Relaxed);
     loop {
         let mut len = [0u8; 8];
@@ -40,12 +39,12 @@ pub(crate) fn run(region: &Region, bell: i32) -> i32 {
         // Every byte is overwritten by the read: only growth needs zeroing.
         input.resize(len as usize, 0);
         read_exact(region, bell, &mut input);
-        header
-            .job_started_ns
-            .store(crate::sys::monotonic_ns(), Ordering::Relaxed);
+        // Two clock reads per job (this one and the one after it): a job may be a single tiny
+        // task, and in a virtual machine a read can cost as much as the task.
+        let started = crate::sys::monotonic_ns();
+        header.job_started_ns.store(started, Ordering::Relaxed);
         header.jobs_started.0.fetch_add(1, Ordering::SeqCst);
 
-        let started = Instant::now();
         match frame::parse_request(&input) {
             Ok(Request::Shutdown) => return 0,
             Ok(Request::Job { task, items }) => match last
@@ -62,12 +61,13 @@ pub(crate) fn run(region: &Region, bell: i32) -> i32 {
             },
             Err(_) => return 3,
         }
-        let busy = started.elapsed().as_nanos() as u64;
+        let ended = crate::sys::monotonic_ns();
+        let busy = ended.saturating_sub(started);
         header.busy_ns.fetch_add(busy, Ordering::Relaxed);
         // Before the result is published, so the parent sees the memory this job left behind.
-        if rss_sampled.elapsed() >= RSS_SAMPLE {
+        if ended.saturating_sub(rss_sampled) >= RSS_SAMPLE_NS {
             header.rss_bytes.store(resident_bytes(), Ordering::Relaxed);
-            rss_sampled = Instant::now();
+            rss_sampled = ended;
         }
 
         let mut head = [0u8; 16];
@@ -86,8 +86,8 @@ pub(crate) fn run(region: &Region, bell: i32) -> i32 {
     }
 }
 
-/// How often a worker reads its resident memory (a read of `/proc/self/statm`).
-const RSS_SAMPLE: std::time::Duration = std::time::Duration::from_millis(10);
+/// How often a worker reads its resident memory (a read of `/proc/self/statm`), in ns.
+const RSS_SAMPLE_NS: u64 = 10_000_000;
 
 /// This process's resident memory in bytes (0 if `/proc` cannot be read).
 fn resident_bytes() -> u64 {
