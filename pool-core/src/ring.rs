@@ -194,6 +194,49 @@ impl Ring {
         n
     }
 
+    /// Runs `f` on the next `len` bytes where they lie in the ring, then frees them — when all
+    /// `len` are readable and contiguous; otherwise returns `None` and consumes nothing.
+    pub(crate) fn consume_in_place<R>(&self, len: usize, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        if len > self.readable() {
+            return None;
+        }
+        let ctl = self.ctl();
+        let head = ctl.head.0.load(Ordering::Relaxed);
+        let at = head as usize & (self.cap - 1);
+        if len > self.cap - at {
+            return None;
+        }
+        // SAFETY: `[at, at + len)` is inside the data area (checked above); those bytes were
+        // published by the producer (`Acquire` load of `tail` in `readable`), and a
+        // well-behaved producer does not write them until `head` moves past them, which
+        // happens only below, after `f` — the only user of the slice — has returned. (The
+        // producer is the parent, which trusts its own code: a worker that reads its jobs in
+        // place trusts the parent, as it already trusts the frames it copies.)
+        let bytes = unsafe { std::slice::from_raw_parts(self.data.add(at), len) };
+        let result = f(bytes);
+        ctl.head
+            .0
+            .store(head.wrapping_add(len as u64), Ordering::Release);
+        Some(result)
+    }
+
+    /// How many bytes the ring holds.
+    pub(crate) fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Blocks (spinning briefly, then on the futex) until at least `len` bytes are readable,
+    /// which must be at most the capacity.
+    pub(crate) fn wait_for(&self, len: usize) {
+        debug_assert!(len <= self.cap);
+        let w = &self.ctl().wait.0;
+        wait(
+            || self.readable() >= len,
+            &w.consumer_waiting,
+            &w.data_signal,
+        );
+    }
+
     /// After reading: wakes the producer if it sleeps waiting for space.
     pub(crate) fn wake_producer(&self) {
         let w = &self.ctl().wait.0;
@@ -287,6 +330,34 @@ mod test {
         assert_eq!(ring.write(&[1; 100]), 64, "only the capacity fits");
         assert_eq!(ring.writable(), 0);
         assert_eq!(ring.read(&mut [0; 100]), 64);
+    }
+
+    /// Frames read in place: only when whole and contiguous, and then consumed; otherwise
+    /// nothing is consumed and the bytes read the ordinary way.
+    #[test]
+    fn frames_are_read_in_place_only_when_whole_and_contiguous() {
+        let map = SharedMapping::new(4096 + 64).unwrap();
+        let ring = ring_in(&map, 64);
+        let frame: Vec<u8> = (1..=20).collect();
+        assert_eq!(ring.write(&frame[..10]), 10);
+        assert_eq!(ring.consume_in_place(20, |_| ()), None, "half a frame");
+        assert_eq!(ring.write(&frame[10..]), 10);
+        ring.wait_for(20);
+        assert_eq!(
+            ring.consume_in_place(20, |b| b.to_vec()),
+            Some(frame.clone())
+        );
+        assert_eq!(ring.readable(), 0);
+        // Head at 20: a 50-byte frame wraps around the end (at 64).
+        let long: Vec<u8> = (100..150).collect();
+        assert_eq!(ring.write(&long), 50);
+        assert_eq!(ring.consume_in_place(50, |_| ()), None, "wraps around");
+        let mut out = vec![0; 50];
+        assert_eq!(ring.read(&mut out), 50);
+        assert_eq!(out, long);
+        // Head at 70 = 6: contiguous again.
+        assert_eq!(ring.write(&frame), 20);
+        assert_eq!(ring.consume_in_place(20, |b| b == &frame[..]), Some(true));
     }
 
     /// Two processes, millions of frames of random sizes, every byte checked.

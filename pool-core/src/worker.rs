@@ -21,14 +21,22 @@ const KEEP_BUFFER: usize = 256 << 20;
 pub(crate) const MAX_FRAME: u64 = 1 << 40;
 
 /// Serves jobs until the parent asks it to stop. Returns the exit code.
+///
+/// A frame that fits in half the job ring is run where it lies in the ring, once all of it
+/// has arrived (the parent writes a frame in one go when there is room, and there always is:
+/// everything before it has been read); larger ones, and the rare one that wraps around the
+/// ring's end, are copied out first.
 pub(crate) fn run(region: &Region, bell: i32) -> i32 {
-    let header = region.header();
+    let mut state = State {
+        output: Vec::new(),
+        last: None,
+        rss_sampled: crate::sys::monotonic_ns(),
+    };
     let mut input = Vec::new();
-    let mut output = Vec::new();
-    // The last task run: jobs mostly repeat it, and comparing a name is cheaper than hashing.
-    let mut last: Option<&'static crate::task::TaskEntry> = None;
-    let mut rss_sampled = crate::sys::monotonic_ns();
-    header.rss_bytes.store(resident_bytes(), Ordering::Relaxed);
+    region
+        .header()
+        .rss_bytes
+        .store(resident_bytes(), Ordering::Relaxed);
     loop {
         let mut len = [0u8; 8];
         read_exact(region, bell, &mut len);
@@ -36,53 +44,93 @@ pub(crate) fn run(region: &Region, bell: i32) -> i32 {
         if len > MAX_FRAME {
             return 3; // The stream is out of step; exiting is what the parent surely notices.
         }
-        // Every byte is overwritten by the read: only growth needs zeroing.
-        input.resize(len as usize, 0);
-        read_exact(region, bell, &mut input);
+        let len = len as usize;
+        let jobs = region.jobs();
+        let mut outcome = None;
+        if len <= jobs.capacity() / 2 {
+            jobs.wait_for(len);
+            outcome = jobs.consume_in_place(len, |frame| state.serve(region, bell, frame));
+            if outcome.is_some() {
+                // Space was freed: the parent may be waiting to send the next frame.
+                region.poke_parent(bell);
+            }
+        }
+        let outcome = match outcome {
+            Some(outcome) => outcome,
+            None => {
+                // Every byte is overwritten by the read: only growth needs zeroing.
+                input.resize(len, 0);
+                read_exact(region, bell, &mut input);
+                state.serve(region, bell, &input)
+            }
+        };
+        if let Some(code) = outcome {
+            return code;
+        }
+        for buf in [&mut input, &mut state.output] {
+            if buf.capacity() > KEEP_BUFFER {
+                *buf = Vec::new();
+            }
+        }
+    }
+}
+
+/// What a worker keeps from one job to the next.
+struct State {
+    /// The result frame being written (a reused buffer).
+    output: Vec<u8>,
+    /// The last task run: jobs mostly repeat it, and comparing a name is cheaper than hashing.
+    last: Option<&'static crate::task::TaskEntry>,
+    /// When the resident memory was last read (monotonic ns).
+    rss_sampled: u64,
+}
+
+impl State {
+    /// Runs one request frame and sends its results. Returns the exit code if the worker is
+    /// to exit.
+    fn serve(&mut self, region: &Region, bell: i32, frame: &[u8]) -> Option<i32> {
+        let header = region.header();
         // Two clock reads per job (this one and the one after it): a job may be a single tiny
         // task, and in a virtual machine a read can cost as much as the task.
         let started = crate::sys::monotonic_ns();
         header.job_started_ns.store(started, Ordering::Relaxed);
         header.jobs_started.0.fetch_add(1, Ordering::SeqCst);
 
-        match frame::parse_request(&input) {
-            Ok(Request::Shutdown) => return 0,
-            Ok(Request::Job { task, items }) => match last
+        let output = &mut self.output;
+        match frame::parse_request(frame) {
+            Ok(Request::Shutdown) => return Some(0),
+            Ok(Request::Job { task, items }) => match self
+                .last
                 .filter(|e| e.name == task)
                 .or_else(|| registry::lookup(task))
             {
-                None => ResultsWriter::unknown_task(&mut output),
+                None => ResultsWriter::unknown_task(output),
                 Some(entry) => {
-                    last = Some(entry);
-                    let mut writer = ResultsWriter::new(&mut output);
+                    self.last = Some(entry);
+                    let mut writer = ResultsWriter::new(output);
                     (entry.run)(items, &mut writer);
                     writer.finish();
                 }
             },
-            Err(_) => return 3,
+            Err(_) => return Some(3),
         }
         let ended = crate::sys::monotonic_ns();
         let busy = ended.saturating_sub(started);
         header.busy_ns.fetch_add(busy, Ordering::Relaxed);
         // Before the result is published, so the parent sees the memory this job left behind.
-        if ended.saturating_sub(rss_sampled) >= RSS_SAMPLE_NS {
+        if ended.saturating_sub(self.rss_sampled) >= RSS_SAMPLE_NS {
             header.rss_bytes.store(resident_bytes(), Ordering::Relaxed);
-            rss_sampled = ended;
+            self.rss_sampled = ended;
         }
 
         let mut head = [0u8; 16];
         head[..8].copy_from_slice(&(output.len() as u64).to_le_bytes());
         head[8..].copy_from_slice(&busy.to_le_bytes());
         write_all(region, bell, &head);
-        write_all(region, bell, &output);
+        write_all(region, bell, output);
         region.results().wake_consumer();
         region.poke_parent(bell);
-
-        for buf in [&mut input, &mut output] {
-            if buf.capacity() > KEEP_BUFFER {
-                *buf = Vec::new();
-            }
-        }
+        None
     }
 }
 
