@@ -58,9 +58,9 @@
 //!
 //! `map` sends items in chunks, one message per chunk; the default is Python's,
 //! `ceil(n / (4 × processes))`, which keeps per-item costs low and still spreads work over the
-//! workers, except that a chunk of the blocking `map` also ends once it holds 1 MiB of encoded
-//! arguments (large items then travel one frame each, which measured faster than frames of
-//! tens of MiB). Use [`Pool::map_chunked`] to set an exact size — smaller when items take very
+//! workers, except that a chunk of the blocking `map` also ends once it holds 128 KiB of encoded
+//! arguments (frames that small stay in the caches of the cores that copy them, and large items
+//! travel one frame each, which measured faster than frames of tens of MiB). Use [`Pool::map_chunked`] to set an exact size — smaller when items take very
 //! uneven time — and `imap_chunked` with a larger size than the default 1 when items are tiny.
 //!
 //! # Failures
@@ -279,7 +279,10 @@ pub use pool_macros::task;
 /// other transports (such as `pool-redis`): what [`Pool::apply_encoded`] takes and returns.
 ///
 /// It is `rmp-serde`, except that a value that is a whole `Vec<u8>` travels as MessagePack
-/// `bin` (one copy) instead of a sequence of numbers; decoding accepts both.
+/// `bin` (one copy) instead of a sequence of numbers; decoding accepts both. A value that is a
+/// scalar (an integer, a float or a `bool`) is written as the very bytes `rmp-serde` writes,
+/// without going through serde, and decoding reads every MessagePack form of it (a `map` of
+/// scalars sends them in their widest form, which `rmp-serde` reads as well).
 ///
 /// # Examples
 ///

@@ -442,8 +442,11 @@ impl Pool {
     /// error (as Python's `map` raises).
     ///
     /// Items travel in chunks (one frame per chunk); the default chunk size is Python's,
-    /// `ceil(n / (4 × processes))`, and a chunk also ends once it holds 1 MiB of encoded
-    /// arguments. See [`map_chunked`](Self::map_chunked) to choose an exact size.
+    /// `ceil(n / (4 × processes))`, and a chunk also ends once it holds 128 KiB of encoded
+    /// arguments. See [`map_chunked`](Self::map_chunked) to choose an exact size. Results are
+    /// decoded into the output as chunks come back, while later chunks are encoded and run, with
+    /// at most 16 MiB of chunks in flight. A task that takes and returns scalars (integers,
+    /// floats, `bool`) takes a faster path: fixed-width items, read and written in tight loops.
     ///
     /// # Examples
     ///

@@ -20,6 +20,26 @@ fn mutated_and_random_frames_never_panic() {
         },
         vec![3u8, 1],
         vec![2u8],
+        // A fixed-width job (a map of u64): kind 4, name, count 3, width 9, three items.
+        {
+            let mut f = vec![4u8, 9, 0];
+            f.extend(b"t::square");
+            f.extend([3, 0, 0, 0, 9]);
+            for v in [1u64, 1 << 40, u64::MAX] {
+                f.push(0xcf);
+                f.extend(v.to_be_bytes());
+            }
+            f
+        },
+        // Fixed-width results: kind, status 2, count 3, errors 0, width 9, three values.
+        {
+            let mut f = vec![3u8, 2, 3, 0, 0, 0, 0, 0, 0, 0, 9];
+            for v in [1u64, 1 << 40, u64::MAX] {
+                f.push(0xcf);
+                f.extend(v.to_be_bytes());
+            }
+            f
+        },
     ];
     let mut rng = Rng(0xfeed_f00d_dead_beef);
     let mut cases = 0u64;
