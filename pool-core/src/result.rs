@@ -471,10 +471,18 @@ pub(crate) fn decode_one<R: DeserializeOwned + 'static>(
     parts: &[Vec<u8>],
     task: &str,
 ) -> Result<R, Error> {
-    let mut all = decode_all::<R>(parts, task)?;
-    match all.pop() {
-        Some(value) if all.is_empty() => Ok(value),
-        _ => Err(Error::Protocol("expected exactly one result".to_owned())),
+    // Without collecting into a vector first: one allocation fewer per `apply`.
+    let one = || Error::Protocol("expected exactly one result".to_owned());
+    let [part] = parts else {
+        return Err(one());
+    };
+    let mut results = frame::parse_results(part).map_err(|e| frame_error(e, task))?;
+    if results.remaining() != 1 {
+        return Err(one());
+    }
+    match results.next().ok_or_else(one)?? {
+        Outcome::Ok(bytes) => decode_value(bytes, task),
+        other => Err(other.to_error(task).expect("not Ok")),
     }
 }
 

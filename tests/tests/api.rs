@@ -236,6 +236,11 @@ fn scalar_tasks_keep_every_outcome_in_order() {
         let xs: Vec<i32> = (-70_000..70_000).chain([i32::MIN, i32::MAX]).collect();
         let want: Vec<f64> = xs.iter().map(|&x| x as f64 / 2.0).collect();
         assert_eq!(pool.map(half, xs).unwrap(), want);
+        let words = pool.map(describe, 0..20_000u64).unwrap();
+        assert_eq!(
+            words,
+            (0..20_000u64).map(|x| format!("#{x}")).collect::<Vec<_>>()
+        );
         let evens = pool.map(is_even, 0..=255u8).unwrap();
         assert_eq!(evens, (0..=255u8).map(|x| x % 2 == 0).collect::<Vec<_>>());
         // Arguments in forms the fast reader leaves to rmp-serde: its answer, per item.

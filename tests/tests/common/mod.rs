@@ -56,6 +56,12 @@ pub fn square_unless_999(x: u64) -> u64 {
     x * x
 }
 
+/// A scalar argument and a result that is not one: fixed-width jobs, general results.
+#[task]
+pub fn describe(x: u64) -> String {
+    format!("#{x}")
+}
+
 #[task]
 pub fn half(x: i32) -> f64 {
     x as f64 / 2.0
