@@ -66,23 +66,7 @@ fn decode_slow<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T, String>
 /// reads its usual forms directly. Folds to a constant.
 #[inline(always)]
 pub(crate) fn is_scalar<T: 'static>() -> bool {
-    let t = TypeId::of::<T>();
-    [
-        TypeId::of::<u64>(),
-        TypeId::of::<u32>(),
-        TypeId::of::<u16>(),
-        TypeId::of::<u8>(),
-        TypeId::of::<usize>(),
-        TypeId::of::<i64>(),
-        TypeId::of::<i32>(),
-        TypeId::of::<i16>(),
-        TypeId::of::<i8>(),
-        TypeId::of::<isize>(),
-        TypeId::of::<f64>(),
-        TypeId::of::<f32>(),
-        TypeId::of::<bool>(),
-    ]
-    .contains(&t)
+    fixed_width::<T>().is_some()
 }
 
 /// `value` as a `T`, which must be the very type `S` (checked): how code generic over `T`
@@ -409,6 +393,22 @@ fn read_bin(bytes: &[u8]) -> Option<&[u8]> {
 mod test {
     use super::*;
 
+    /// Runs `$check` on every edge value (below) as each integer type `$t` that holds it, and
+    /// as `f64` and `f32`.
+    macro_rules! every_scalar {
+        ($check:ident; $($t:ty),*) => {
+            for e in edges() {
+                $(
+                    if let Ok(v) = <$t>::try_from(e) {
+                        $check(v);
+                    }
+                )*
+                $check(e as f64);
+                $check(e as f32);
+            }
+        };
+    }
+
     /// Values at and around every boundary between MessagePack's integer forms.
     fn edges() -> Vec<i128> {
         let mut v = vec![0, 1, -1];
@@ -436,18 +436,7 @@ mod test {
             assert_eq!(got, &want[..], "{v:?}");
             assert_eq!(decode::<T>(&want).unwrap(), v);
         }
-        for e in edges() {
-            macro_rules! each {
-                ($($t:ty),*) => {$(
-                    if let Ok(v) = <$t>::try_from(e) {
-                        check(v);
-                    }
-                )*};
-            }
-            each!(u64, u32, u16, u8, usize, i64, i32, i16, i8, isize);
-            check(e as f64);
-            check(e as f32);
-        }
+        every_scalar!(check; u64, u32, u16, u8, usize, i64, i32, i16, i8, isize);
         for f in [f64::NAN, f64::INFINITY, -0.0, 1e-300, f64::MAX] {
             let small = Small::of(&f).unwrap();
             let want = rmp_serde::to_vec(&f).unwrap();
@@ -484,18 +473,7 @@ mod test {
                 assert_eq!(decode_fixed::<T>(&minimal), None);
             }
         }
-        for e in edges() {
-            macro_rules! each {
-                ($($t:ty),*) => {$(
-                    if let Ok(v) = <$t>::try_from(e) {
-                        check(v);
-                    }
-                )*};
-            }
-            each!(u64, u32, u16, u8, usize, i64, i32, i16, i8, isize);
-            check(e as f64);
-            check(e as f32);
-        }
+        every_scalar!(check; u64, u32, u16, u8, usize, i64, i32, i16, i8, isize);
         check(true);
         check(false);
         assert_eq!(decode_fixed::<u64>(&[0xcf, 1, 2]), None);
