@@ -28,12 +28,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, TryRecvError};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{self, Signal};
 
 use crate::builder::{Initializer, StartMethod, WorkerSettings};
 use crate::job::{Job, Sink};
+use crate::jobqueue::{JobReceiver, TryRecvError};
 use crate::shared::Shared;
 use crate::spawn::{self, WorkerProcess};
 use crate::worker::MAX_FRAME;
@@ -60,7 +60,7 @@ const SPIN: Duration = Duration::from_micros(50);
 
 pub(crate) struct Collector {
     shared: Arc<Shared>,
-    queue: Receiver<Job>,
+    queue: JobReceiver,
     queue_open: bool,
     /// Jobs to send before the queue's: their worker died before it began them.
     retry: VecDeque<Job>,
@@ -285,7 +285,7 @@ impl Collector {
     /// Forks the pool's workers.
     pub(crate) fn start(
         shared: Arc<Shared>,
-        queue: Receiver<Job>,
+        queue: JobReceiver,
         mut settings: WorkerSettings,
     ) -> Result<Self, Error> {
         let mut collector = Collector {

@@ -160,6 +160,7 @@ mod forkserver;
 mod frame;
 mod imap;
 mod job;
+mod jobqueue;
 pub mod mp;
 mod panic_capture;
 mod pool;

@@ -76,7 +76,7 @@ impl Pool {
         workers: WorkerSettings,
     ) -> Result<Pool, Error> {
         panic_capture::install();
-        let (sender, queue) = crossbeam_channel::unbounded();
+        let (sender, queue) = crate::jobqueue::unbounded();
         let bell = sys::eventfd().map_err(Error::spawn)?;
         let shared = Arc::new(Shared::new(sender, processes, bell, task_timeout));
         let pool = Pool {

@@ -4,11 +4,11 @@ use std::os::fd::{OwnedFd, RawFd};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 
-use crossbeam_channel::Sender;
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
 use crate::job::Job;
+use crate::jobqueue::JobSender;
 use crate::spawn::ParentFd;
 use crate::{sys, Error};
 
@@ -17,7 +17,7 @@ pub(crate) struct Shared {
     /// The one job queue. `None` once the pool is closed: taking the sender out under the write
     /// lock means no job can slip in behind the close, and once the queue is empty the drivers
     /// see it disconnected and shut their workers down.
-    sender: RwLock<Option<Sender<Job>>>,
+    sender: RwLock<Option<JobSender>>,
     terminated: AtomicBool,
     /// The live worker of each slot. A pid is cleared (under this lock) before its process is
     /// reaped, so a pid read under the lock always names our own unreaped child and can be
@@ -50,7 +50,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Shared {
     pub(crate) fn new(
-        sender: Sender<Job>,
+        sender: JobSender,
         processes: usize,
         bell: OwnedFd,
         task_timeout: Option<std::time::Duration>,
@@ -112,10 +112,10 @@ impl Shared {
                         self.counters.submitted.fetch_add(items, Ordering::Relaxed);
                         self.wake_collector();
                     }
-                    Err(err) => {
+                    Err(job) => {
                         // The collector is gone (the pool was terminated).
                         drop(guard);
-                        err.into_inner().complete(Err(Error::Terminated));
+                        job.complete(Err(Error::Terminated));
                     }
                 }
             }
@@ -185,7 +185,7 @@ impl Shared {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
-            .map_or(0, Sender::len)
+            .map_or(0, JobSender::len)
     }
 
     pub(crate) fn worker_pids(&self) -> Vec<i32> {
