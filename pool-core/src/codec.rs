@@ -69,15 +69,14 @@ pub(crate) fn is_scalar<T: 'static>() -> bool {
     fixed_width::<T>().is_some()
 }
 
-/// `value` as a `T`, which must be the very type `S` (checked): how code generic over `T`
-/// returns a value it made as a concrete scalar type.
+/// `value` as a `T`, when `T` is the very type `S` (`None` otherwise): how code generic over
+/// `T` returns a value it made as a concrete scalar type. The check folds away.
 #[inline(always)]
-fn same<S: 'static, T: 'static>(value: S) -> T {
-    assert!(TypeId::of::<S>() == TypeId::of::<T>());
-    let value = std::mem::ManuallyDrop::new(value);
-    // SAFETY: `S` and `T` are the same type (checked above; the check folds away), so the bits
-    // of `value` are a valid `T`, and `ManuallyDrop` keeps them from being dropped twice.
-    unsafe { std::mem::transmute_copy::<S, T>(&value) }
+fn same<S: 'static, T: 'static>(value: S) -> Option<T> {
+    let mut slot = Some(value);
+    (&mut slot as &mut dyn Any)
+        .downcast_mut::<Option<T>>()
+        .and_then(Option::take)
 }
 
 /// Reads a value that [`Small::fixed`] wrote for a `T` (`bytes` is exactly
@@ -90,8 +89,11 @@ pub(crate) fn decode_fixed<T: 'static>(bytes: &[u8]) -> Option<T> {
             if t == TypeId::of::<$t>() {
                 let (&marker, rest) = bytes.split_first()?;
                 let payload: [u8; $n] = rest.try_into().ok()?;
+                if marker != $marker {
+                    return None;
+                }
                 #[allow(clippy::redundant_closure_call)]
-                return (marker == $marker).then(|| same::<$t, T>(($from)(payload)));
+                return same::<$t, T>(($from)(payload));
             }
         )*};
     }
@@ -109,16 +111,16 @@ pub(crate) fn decode_fixed<T: 'static>(bytes: &[u8]) -> Option<T> {
     }
     if t == TypeId::of::<usize>() {
         let v = decode_fixed::<u64>(bytes)?;
-        return usize::try_from(v).ok().map(same::<usize, T>);
+        return usize::try_from(v).ok().and_then(same::<usize, T>);
     }
     if t == TypeId::of::<isize>() {
         let v = decode_fixed::<i64>(bytes)?;
-        return isize::try_from(v).ok().map(same::<isize, T>);
+        return isize::try_from(v).ok().and_then(same::<isize, T>);
     }
     if t == TypeId::of::<bool>() {
         return match *bytes {
-            [0xc2] => Some(same::<bool, T>(false)),
-            [0xc3] => Some(same::<bool, T>(true)),
+            [0xc2] => same::<bool, T>(false),
+            [0xc3] => same::<bool, T>(true),
             _ => None,
         };
     }
@@ -321,36 +323,38 @@ fn read_int(bytes: &[u8]) -> Option<i128> {
 /// the caller to rmp-serde (which then gives the value or the error).
 #[inline(always)]
 pub(crate) fn decode_scalar<T: 'static>(bytes: &[u8]) -> Option<T> {
-    let mut slot: Option<T> = None;
-    let any = &mut slot as &mut dyn Any;
+    let t = TypeId::of::<T>();
     macro_rules! int {
         ($($t:ty),*) => {$(
-            if let Some(s) = any.downcast_mut::<Option<$t>>() {
-                *s = read_int(bytes).and_then(|v| <$t>::try_from(v).ok());
-                return slot;
+            if t == TypeId::of::<$t>() {
+                let v = read_int(bytes).and_then(|v| <$t>::try_from(v).ok())?;
+                return same::<$t, T>(v);
             }
         )*};
     }
     int!(u64, u32, u16, u8, usize, i64, i32, i16, i8, isize);
-    if let Some(slot) = any.downcast_mut::<Option<f64>>() {
-        *slot = match *bytes {
-            [0xcb, a, b, c, d, e, f, g, h] => Some(f64::from_be_bytes([a, b, c, d, e, f, g, h])),
-            [0xca, a, b, c, d] => Some(f32::from_be_bytes([a, b, c, d]) as f64),
-            _ => None,
+    if t == TypeId::of::<f64>() {
+        let v = match *bytes {
+            [0xcb, a, b, c, d, e, f, g, h] => f64::from_be_bytes([a, b, c, d, e, f, g, h]),
+            [0xca, a, b, c, d] => f32::from_be_bytes([a, b, c, d]) as f64,
+            _ => return None,
         };
-    } else if let Some(slot) = any.downcast_mut::<Option<f32>>() {
-        *slot = match *bytes {
-            [0xca, a, b, c, d] => Some(f32::from_be_bytes([a, b, c, d])),
-            _ => None,
+        return same::<f64, T>(v);
+    }
+    if t == TypeId::of::<f32>() {
+        let [0xca, a, b, c, d] = *bytes else {
+            return None;
         };
-    } else if let Some(slot) = any.downcast_mut::<Option<bool>>() {
-        *slot = match *bytes {
-            [0xc2] => Some(false),
-            [0xc3] => Some(true),
+        return same::<f32, T>(f32::from_be_bytes([a, b, c, d]));
+    }
+    if t == TypeId::of::<bool>() {
+        return match *bytes {
+            [0xc2] => same::<bool, T>(false),
+            [0xc3] => same::<bool, T>(true),
             _ => None,
         };
     }
-    slot
+    None
 }
 
 fn write_bin(buf: &mut Vec<u8>, bytes: &[u8]) -> Result<(), String> {
