@@ -109,6 +109,20 @@ impl Drop for Held<'_> {
     }
 }
 
+impl<'a> Held<'a> {
+    /// The other half of `sleep_on`: bumps `word`, unlocks, and wakes the sleepers on `word` if
+    /// `waiting` says there are some (after the unlock, so that they can take the lock at once;
+    /// an uncontended change makes no system call).
+    fn signal(self, word: &'a AtomicU32, waiting: &'a AtomicU32) {
+        word.fetch_add(1, Ordering::SeqCst);
+        let wake = waiting.load(Ordering::Relaxed) > 0;
+        drop(self);
+        if wake {
+            futex_wake(word);
+        }
+    }
+}
+
 impl ByteRing {
     /// A new ring of `capacity` bytes (at least 64), holding at most `max_items` items (0: no
     /// limit).
@@ -216,12 +230,7 @@ impl ByteRing {
                 s.count.store(count + 1, Ordering::Relaxed);
                 s.unfinished.fetch_add(1, Ordering::Relaxed);
                 s.journal_active.store(0, Ordering::Release);
-                s.not_empty.fetch_add(1, Ordering::SeqCst);
-                let wake = s.waiting_get.load(Ordering::Relaxed) > 0;
-                drop(held);
-                if wake {
-                    futex_wake(&s.not_empty);
-                }
+                held.signal(&s.not_empty, &s.waiting_get);
                 return Ok(());
             }
             if !self.sleep_on(held, &s.not_full, &s.waiting_put, wait) {
@@ -267,12 +276,7 @@ impl ByteRing {
                 }
                 s.count.store(count - 1, Ordering::Relaxed);
                 s.journal_active.store(0, Ordering::Release);
-                s.not_full.fetch_add(1, Ordering::SeqCst);
-                let wake = s.waiting_put.load(Ordering::Relaxed) > 0;
-                drop(held);
-                if wake {
-                    futex_wake(&s.not_full);
-                }
+                held.signal(&s.not_full, &s.waiting_put);
                 return Ok(item);
             }
             if s.closed.load(Ordering::Relaxed) != 0 {
@@ -342,12 +346,7 @@ impl ByteRing {
         }
         s.unfinished.store(n - 1, Ordering::Relaxed);
         if n == 1 {
-            s.all_done.fetch_add(1, Ordering::SeqCst);
-            let wake = s.waiting_join.load(Ordering::Relaxed) > 0;
-            drop(held);
-            if wake {
-                futex_wake(&s.all_done);
-            }
+            held.signal(&s.all_done, &s.waiting_join);
         }
         true
     }
