@@ -448,6 +448,12 @@ impl Pool {
     /// at most 16 MiB of chunks in flight. A task that takes and returns scalars (integers,
     /// floats, `bool`) takes a faster path: fixed-width items, read and written in tight loops.
     ///
+    /// The error returned is always the first in item order. Unlike Python's `map`, which runs
+    /// every item before it raises, this one stops submitting chunks once it has that error:
+    /// chunks already sent finish in the background (they still count in
+    /// [`stats`](Self::stats)) and their results are dropped, so how many items after the
+    /// failing one ran depends on timing.
+    ///
     /// # Examples
     ///
     /// ```
