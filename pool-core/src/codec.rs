@@ -358,21 +358,31 @@ pub(crate) fn decode_scalar<T: 'static>(bytes: &[u8]) -> Option<T> {
 }
 
 fn write_bin(buf: &mut Vec<u8>, bytes: &[u8]) -> Result<(), String> {
-    let len = bytes.len();
-    buf.reserve(len + 5);
-    if len < 1 << 8 {
-        buf.extend_from_slice(&[0xc4, len as u8]);
-    } else if len < 1 << 16 {
-        buf.push(0xc5);
-        buf.extend_from_slice(&(len as u16).to_be_bytes());
-    } else if let Ok(len) = u32::try_from(len) {
-        buf.push(0xc6);
-        buf.extend_from_slice(&len.to_be_bytes());
-    } else {
-        return Err("a byte buffer larger than 4 GiB cannot be encoded".to_owned());
-    }
+    let (header, len) = bin_header(bytes.len())?;
+    buf.reserve(len + bytes.len());
+    buf.extend_from_slice(&header[..len]);
     buf.extend_from_slice(bytes);
     Ok(())
+}
+
+/// The header of a MessagePack `bin` value of `len` bytes (in its shortest form): the array's
+/// first so many bytes.
+pub(crate) fn bin_header(len: usize) -> Result<([u8; 5], usize), String> {
+    let mut header = [0u8; 5];
+    if len < 1 << 8 {
+        header[..2].copy_from_slice(&[0xc4, len as u8]);
+        Ok((header, 2))
+    } else if len < 1 << 16 {
+        header[0] = 0xc5;
+        header[1..3].copy_from_slice(&(len as u16).to_be_bytes());
+        Ok((header, 3))
+    } else if let Ok(len) = u32::try_from(len) {
+        header[0] = 0xc6;
+        header[1..].copy_from_slice(&len.to_be_bytes());
+        Ok((header, 5))
+    } else {
+        Err("a byte buffer larger than 4 GiB cannot be encoded".to_owned())
+    }
 }
 
 /// The payload of a MessagePack `bin` value that fills `bytes` exactly.

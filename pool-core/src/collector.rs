@@ -264,19 +264,15 @@ impl Slot {
             return false;
         };
         let ring = process.region.jobs();
-        let prefix = (job.frame.len() as u64).to_le_bytes();
-        let mut at = offset;
-        if at < prefix.len() {
-            at += ring.write(&prefix[at..]);
-        }
-        if at >= prefix.len() {
-            at += ring.write(&job.frame[at - prefix.len()..]);
-        }
+        let len = job.wire_len();
+        let prefix = (len as u64).to_le_bytes();
+        let pieces = std::iter::once(&prefix[..]).chain(job.wire_pieces());
+        let at = offset + crate::splice::write_from(ring, pieces, offset);
         let moved = at > offset;
         if moved {
             ring.wake_consumer();
         }
-        self.sending = (at < prefix.len() + job.frame.len()).then_some(at);
+        self.sending = (at < prefix.len() + len).then_some(at);
         moved
     }
 }

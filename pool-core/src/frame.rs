@@ -23,9 +23,12 @@
 //!
 //! The decoders never panic and never read out of bounds: garbage gives a [`FrameError`].
 
+use std::any::Any;
+
 use serde::Serialize;
 
 use crate::codec::Small;
+use crate::splice::{Spliced, SPLICE_MIN};
 
 const KIND_JOB: u8 = 1;
 const KIND_SHUTDOWN: u8 = 2;
@@ -92,6 +95,8 @@ pub(crate) struct JobBuilder {
     count: u32,
     /// The width of every item, in a fixed-width job.
     fixed: Option<u8>,
+    /// Big byte buffers that belong in the frame, moved rather than copied (see `splice`).
+    spliced: Spliced,
 }
 
 impl JobBuilder {
@@ -143,6 +148,7 @@ impl JobBuilder {
             count_at,
             count: 0,
             fixed,
+            spliced: Spliced::default(),
         }
     }
 
@@ -189,6 +195,29 @@ impl JobBuilder {
         })
     }
 
+    /// [`push`](Self::push) for arguments the job may keep: a `Vec<u8>` of at least
+    /// [`SPLICE_MIN`] bytes is moved into the job instead of being copied into the frame (see
+    /// `splice`); the frame on the wire is the same.
+    pub(crate) fn push_owned<A: Serialize + 'static>(&mut self, args: A) -> Result<(), String> {
+        let mut slot = Some(args);
+        if let Some(bytes) = (&mut slot as &mut dyn Any).downcast_mut::<Option<Vec<u8>>>() {
+            if bytes.as_ref().is_some_and(|b| b.len() >= SPLICE_MIN) && self.fixed.is_none() {
+                let bytes = bytes.take().expect("checked just above");
+                let (header, header_len) = crate::codec::bin_header(bytes.len())?;
+                let Ok(len) = u32::try_from(header_len + bytes.len()) else {
+                    return Err("one item's arguments are larger than 4 GiB".to_owned());
+                };
+                self.buf.extend_from_slice(&len.to_le_bytes());
+                self.buf.extend_from_slice(&header[..header_len]);
+                self.spliced.push(self.buf.len(), bytes);
+                self.count += 1;
+                return Ok(());
+            }
+        }
+        let args = slot.expect("taken only when spliced");
+        self.push(&args)
+    }
+
     /// [`push`](Self::push) for arguments of any type (without the byte-buffer fast path).
     pub(crate) fn push_any<A: Serialize + ?Sized>(&mut self, args: &A) -> Result<(), String> {
         self.push_with(|buf| crate::codec::encode_any(buf, args))
@@ -231,9 +260,9 @@ impl JobBuilder {
         }
     }
 
-    /// The frame's length so far.
+    /// The frame's length so far (with its spliced buffers).
     pub(crate) fn len(&self) -> usize {
-        self.buf.len()
+        self.buf.len() + self.spliced.len()
     }
 
     /// How many items the frame holds.
@@ -241,10 +270,16 @@ impl JobBuilder {
         self.count
     }
 
-    /// The finished frame.
-    pub(crate) fn finish(mut self) -> Vec<u8> {
+    /// The finished frame, as one buffer.
+    pub(crate) fn finish(self) -> Vec<u8> {
+        let (head, spliced) = self.finish_spliced();
+        spliced.flatten(head)
+    }
+
+    /// The finished frame: its own bytes, and the buffers spliced into them (see `splice`).
+    pub(crate) fn finish_spliced(mut self) -> (Vec<u8>, Spliced) {
         self.buf[self.count_at..self.count_at + 4].copy_from_slice(&self.count.to_le_bytes());
-        self.buf
+        (self.buf, self.spliced)
     }
 }
 
@@ -830,6 +865,39 @@ impl<'a> Results<'a> {
 #[cfg(test)]
 mod test {
     use super::*;
+
+    #[test]
+    fn spliced_byte_buffers_make_the_same_frame() {
+        let sizes = [0, 5, SPLICE_MIN - 1, SPLICE_MIN, 70_000, 0, 1 << 20];
+        let blobs: Vec<Vec<u8>> = sizes
+            .iter()
+            .map(|&n| (0..n).map(|i| (i * 13 + n) as u8).collect())
+            .collect();
+        let mut copied = JobBuilder::new("m::echo");
+        let mut moved = JobBuilder::new("m::echo");
+        for b in &blobs {
+            copied.push(b).unwrap();
+            moved.push_owned(b.clone()).unwrap();
+        }
+        assert_eq!(copied.len(), moved.len());
+        let (head, spliced) = moved.finish_spliced();
+        assert_eq!(spliced.len(), SPLICE_MIN + 70_000 + (1 << 20));
+        // The one buffer under the threshold is copied in; no other.
+        assert!(
+            head.len() < SPLICE_MIN + 100,
+            "a big buffer was copied: {}",
+            head.len()
+        );
+        let flat = spliced.flatten(head);
+        assert_eq!(flat, copied.finish());
+        let Request::Job { mut items, .. } = parse_request(&flat).unwrap() else {
+            panic!("not a job")
+        };
+        for b in &blobs {
+            let item = items.next().unwrap().unwrap();
+            assert_eq!(crate::codec::decode::<Vec<u8>>(item).unwrap(), *b);
+        }
+    }
 
     #[test]
     fn job_round_trip() {

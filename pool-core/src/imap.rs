@@ -9,6 +9,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::frame::{self, Outcome};
 use crate::job::Sink;
 use crate::result::{decode_value, frame_error};
+use crate::splice::Spliced;
 use crate::{Error, Pool, Task};
 
 pub(crate) type Delivery = (u64, Result<Vec<u8>, Error>);
@@ -18,21 +19,55 @@ pub(crate) type Delivery = (u64, Result<Vec<u8>, Error>);
 pub(crate) struct ChannelSink {
     tx: Sender<Delivery>,
     waker: std::sync::Mutex<Option<std::task::Waker>>,
+    /// Spliced buffers given back, for the receiver to free on its own thread; `None` when
+    /// they are freed where they are given back (see [`Sink::give_back`]).
+    given_back: Option<std::sync::Mutex<Vec<Spliced>>>,
 }
 
 impl ChannelSink {
     /// A sink and the receiver of what it is given.
     pub(crate) fn new() -> (Arc<Self>, Receiver<Delivery>) {
+        Self::with_given_back(false)
+    }
+
+    /// [`new`](Self::new) for a receiver that frees the buffers its jobs carried itself, with
+    /// [`free_given_back`](Self::free_given_back) after each delivery it takes. The collector
+    /// then spends no time unmapping them: for big buffers that is a system call and a TLB
+    /// flush each, on the thread that feeds every worker.
+    pub(crate) fn with_given_back(given_back: bool) -> (Arc<Self>, Receiver<Delivery>) {
         let (tx, rx) = crossbeam_channel::unbounded();
         let sink = Arc::new(ChannelSink {
             tx,
             waker: std::sync::Mutex::new(None),
+            given_back: given_back.then(|| std::sync::Mutex::new(Vec::new())),
         });
         (sink, rx)
+    }
+
+    /// Frees the buffers given back so far, on the calling thread.
+    pub(crate) fn free_given_back(&self) {
+        if let Some(given_back) = &self.given_back {
+            let buffers = std::mem::take(
+                &mut *given_back
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            drop(buffers);
+        }
     }
 }
 
 impl Sink for ChannelSink {
+    fn give_back(&self, spliced: Spliced) {
+        match &self.given_back {
+            Some(given_back) => given_back
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(spliced),
+            None => drop(spliced),
+        }
+    }
+
     fn deliver(&self, part: usize, outcome: Result<Vec<u8>, Error>) {
         // The iterator may be gone; then the outcome is simply dropped.
         let _ = self.tx.send((part as u64, outcome));

@@ -4,6 +4,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::splice::Spliced;
 use crate::Error;
 
 /// A task's name as carried with its jobs: borrowed for `#[task]` functions, owned for names
@@ -15,6 +16,13 @@ pub(crate) type TaskName = Cow<'static, str>;
 pub(crate) trait Sink: Send + Sync {
     /// Receives the outcome of part `part`.
     fn deliver(&self, part: usize, outcome: Result<Vec<u8>, Error>);
+
+    /// Takes back the buffers spliced into a job of this sink once the job has resolved (just
+    /// before its outcome is delivered). By default they are freed here, on the collector's
+    /// thread; a submitter with a thread of its own to spare can free them there instead.
+    fn give_back(&self, spliced: Spliced) {
+        drop(spliced);
+    }
 }
 
 /// One frame of work (one `apply`, or one chunk of a `map`) and what to do with its result.
@@ -25,7 +33,10 @@ pub(crate) trait Sink: Send + Sync {
 /// unfinished anywhere (a queue discarded, a thread unwinding) — with [`Error::Terminated`] from
 /// `Drop`. This is what makes a caller's wait always end.
 pub(crate) struct Job {
+    /// The frame's own bytes; with `spliced`, the frame the worker receives.
     pub(crate) frame: Vec<u8>,
+    /// Big buffers that belong inside `frame`, kept until the job resolves (see `splice`).
+    pub(crate) spliced: Spliced,
     pub(crate) task: TaskName,
     /// How many items the frame carries.
     pub(crate) items: u32,
@@ -49,6 +60,7 @@ impl Job {
         Job {
             items: crate::frame::job_item_count(&frame),
             frame,
+            spliced: Spliced::default(),
             task,
             requeues: 0,
             recycle: false,
@@ -59,9 +71,28 @@ impl Job {
         }
     }
 
+    /// The frame with its spliced buffers: a job of one frame, as the worker receives it.
+    pub(crate) fn with_spliced(mut self, spliced: Spliced) -> Self {
+        self.spliced = spliced;
+        self
+    }
+
+    /// The length of the frame the worker receives.
+    pub(crate) fn wire_len(&self) -> usize {
+        self.frame.len() + self.spliced.len()
+    }
+
+    /// The frame the worker receives, in pieces.
+    pub(crate) fn wire_pieces(&self) -> impl Iterator<Item = &[u8]> {
+        self.spliced.pieces(&self.frame)
+    }
+
     /// Resolves the job.
     pub(crate) fn complete(mut self, outcome: Result<Vec<u8>, Error>) {
         if let Some(sink) = self.sink.take() {
+            if !self.spliced.is_empty() {
+                sink.give_back(std::mem::take(&mut self.spliced));
+            }
             sink.deliver(self.part, outcome);
         }
     }
@@ -79,7 +110,7 @@ impl fmt::Debug for Job {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Job")
             .field("task", &self.task)
-            .field("frame_len", &self.frame.len())
+            .field("frame_len", &self.wire_len())
             .finish_non_exhaustive()
     }
 }

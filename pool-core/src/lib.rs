@@ -170,6 +170,7 @@ mod result;
 mod ring;
 mod shared;
 mod spawn;
+mod splice;
 mod stats;
 mod sys;
 mod task;
@@ -364,9 +365,10 @@ pub mod __bench {
         iter: &mut impl Iterator<Item = T::Args>,
         count: u32,
     ) -> Vec<u8> {
-        crate::pool::encode_chunk::<T>(buf, iter, count, count as usize, None)
-            .expect("encodes")
-            .0
+        let (frame, spliced, _) =
+            crate::pool::encode_chunk::<T>(buf, iter, count, count as usize, None)
+                .expect("encodes");
+        spliced.flatten(frame)
     }
 
     /// Runs a job frame as a worker does, writing the result frame into `out`.

@@ -16,6 +16,7 @@ use crate::imap::Imap;
 use crate::job::{Job, Sink, TaskName};
 use crate::result::{decode_all, decode_one, encoded_all, Counts, Slot};
 use crate::shared::Shared;
+use crate::splice::Spliced;
 use crate::{panic_capture, sys, AsyncResult, Error, PoolStats, Task};
 
 /// A pool of worker processes that run [`#[task]`](crate::task) functions.
@@ -194,8 +195,14 @@ impl Pool {
 
     /// [`submit_frame`](Self::submit_frame) for a submitter that reuses the result's buffer for
     /// its next job (see `Job::recycle`).
-    fn submit_recycled(&self, frame: Vec<u8>, task: TaskName, sink: Arc<dyn Sink>, part: usize) {
-        let mut job = Job::new(frame, task, sink, part);
+    fn submit_recycled(
+        &self,
+        (frame, spliced): (Vec<u8>, Spliced),
+        task: TaskName,
+        sink: Arc<dyn Sink>,
+        part: usize,
+    ) {
+        let mut job = Job::new(frame, task, sink, part).with_spliced(spliced);
         job.recycle = true;
         self.shared.submit(job);
     }
@@ -244,12 +251,11 @@ impl Pool {
     /// # Ok::<(), pool_core::Error>(())
     /// ```
     pub fn apply_async<T: Task>(&self, _task: T, args: T::Args) -> AsyncResult<T::Output> {
-        self.apply_async_by_name(
-            T::NAME.into(),
-            None,
-            |name| JobBuilder::for_one(name, &args),
-            |b| b.push(&args),
-        )
+        self.apply_async_by_name(T::NAME.into(), None, move |name| {
+            let mut b = JobBuilder::for_one(name, &args);
+            b.push_owned(args)?;
+            Ok(b)
+        })
     }
 
     /// [`apply`](Self::apply) with a time limit for this call (overriding the pool's
@@ -309,12 +315,11 @@ impl Pool {
         args: T::Args,
         limit: Duration,
     ) -> AsyncResult<T::Output> {
-        self.apply_async_by_name(
-            T::NAME.into(),
-            Some(limit),
-            |name| JobBuilder::for_one(name, &args),
-            |b| b.push(&args),
-        )
+        self.apply_async_by_name(T::NAME.into(), Some(limit), move |name| {
+            let mut b = JobBuilder::for_one(name, &args);
+            b.push_owned(args)?;
+            Ok(b)
+        })
     }
 
     /// Runs the task registered as `name` with untyped arguments, and decodes its result as `R`.
@@ -351,12 +356,11 @@ impl Pool {
         name: &str,
         args: A,
     ) -> Result<R, Error> {
-        self.apply_async_by_name(
-            TaskName::Owned(name.to_owned()),
-            None,
-            JobBuilder::new,
-            |b| b.push_any(&args),
-        )
+        self.apply_async_by_name(TaskName::Owned(name.to_owned()), None, |name| {
+            let mut b = JobBuilder::new(name);
+            b.push_any(&args)?;
+            Ok(b)
+        })
         .get()
     }
 
@@ -364,21 +368,23 @@ impl Pool {
         &self,
         name: TaskName,
         limit: Option<Duration>,
-        builder: impl FnOnce(&str) -> JobBuilder,
-        encode: impl FnOnce(&mut JobBuilder) -> Result<(), String>,
+        build: impl FnOnce(&str) -> Result<JobBuilder, String>,
     ) -> AsyncResult<R> {
         let slot = Slot::new(name.clone(), Counts::One(1), decode_one::<R>);
         if name.len() > usize::from(u16::MAX) {
             slot.complete_part(0, Err(Error::UnknownTask { name: name.into() }));
             return AsyncResult::new(slot);
         }
-        let mut builder = builder(&name);
-        if let Err(message) = encode(&mut builder) {
-            let task = name.into_owned();
-            slot.complete_part(0, Err(Error::ArgsEncode { task, message }));
-            return AsyncResult::new(slot);
-        }
-        let mut job = Job::new(builder.finish(), name, slot.clone(), 0);
+        let builder = match build(&name) {
+            Ok(builder) => builder,
+            Err(message) => {
+                let task = name.into_owned();
+                slot.complete_part(0, Err(Error::ArgsEncode { task, message }));
+                return AsyncResult::new(slot);
+            }
+        };
+        let (frame, spliced) = builder.finish_spliced();
+        let mut job = Job::new(frame, name, slot.clone(), 0).with_spliced(spliced);
         job.limit = limit;
         self.shared.submit(job);
         AsyncResult::new(slot)
@@ -526,7 +532,7 @@ impl Pool {
         chunksize: usize,
         max_bytes: Option<usize>,
     ) -> Result<Vec<T::Output>, Error> {
-        let (sink, rx) = crate::imap::ChannelSink::new();
+        let (sink, rx) = crate::imap::ChannelSink::with_given_back(true);
         // Results are decoded straight onto the end of `out` in chunk order; a chunk that comes
         // back before its turn waits, undecoded, in `early` (workers finish chunks in about the
         // order they took them, so it stays small).
@@ -541,6 +547,7 @@ impl Pool {
                         out: &mut Vec<T::Output>,
                         spare: &mut Vec<Vec<u8>>|
          -> Result<(), Error> {
+            sink.free_given_back();
             let index = index as usize;
             let (count, size) = flight.chunks[index];
             flight.pending -= 1;
@@ -569,13 +576,15 @@ impl Pool {
             }
             let want = chunksize.min(left) as u32;
             let buf = spare.pop().unwrap_or_default();
-            let (frame, count) = encode_chunk::<T>(buf, &mut iter, want, n, max_bytes)?;
+            let (frame, spliced, count) = encode_chunk::<T>(buf, &mut iter, want, n, max_bytes)?;
+            let size = frame.len() + spliced.len();
             left -= count as usize;
-            flight.chunks.push((count, frame.len()));
+            flight.chunks.push((count, size));
             flight.pending += 1;
-            flight.bytes += frame.len();
+            flight.bytes += size;
             let sink: Arc<dyn Sink> = sink.clone();
-            self.submit_recycled(frame, T::NAME.into(), sink, flight.chunks.len() - 1);
+            let part = flight.chunks.len() - 1;
+            self.submit_recycled((frame, spliced), T::NAME.into(), sink, part);
             while let Ok(delivery) = rx.try_recv() {
                 take(delivery, &mut flight, &mut out, &mut spare)?;
             }
@@ -668,7 +677,10 @@ impl Pool {
         );
         for (index, &count) in counts.iter().enumerate() {
             match encode_chunk::<T>(Vec::new(), &mut iter, count, n, None) {
-                Ok((frame, _)) => self.submit_frame(frame, T::NAME.into(), slot.clone(), index),
+                Ok((frame, spliced, _)) => {
+                    let job = Job::new(frame, T::NAME.into(), slot.clone(), index);
+                    self.shared.submit(job.with_spliced(spliced));
+                }
                 Err(err) => {
                     // The whole map fails with this error; nothing more is submitted.
                     slot.complete_part(index, Err(err));
@@ -990,7 +1002,7 @@ pub(crate) fn encode_chunk<T: Task>(
     count: u32,
     n: usize,
     max_bytes: Option<usize>,
-) -> Result<(Vec<u8>, u32), Error> {
+) -> Result<(Vec<u8>, Spliced, u32), Error> {
     let ended_early = || {
         Error::Config(format!(
             "the input iterator promised {n} items (size_hint) and ended early"
@@ -1014,17 +1026,20 @@ pub(crate) fn encode_chunk<T: Task>(
             }
         }
         let count = builder.count();
-        return Ok((builder.finish(), count));
+        let (frame, spliced) = builder.finish_spliced();
+        return Ok((frame, spliced, count));
     }
     let mut builder = JobBuilder::in_buffer(T::NAME, buf);
     while builder.count() < count {
         let Some(args) = iter.next() else {
             return Err(ended_early());
         };
-        builder.push(&args).map_err(|message| Error::ArgsEncode {
-            task: T::NAME.to_owned(),
-            message,
-        })?;
+        builder
+            .push_owned(args)
+            .map_err(|message| Error::ArgsEncode {
+                task: T::NAME.to_owned(),
+                message,
+            })?;
         if builder.count() == 1 && count > 64 {
             // One allocation for a big chunk, instead of a dozen that copy and fault in pages.
             builder.reserve_like(count as usize - 1, max_bytes);
@@ -1034,7 +1049,8 @@ pub(crate) fn encode_chunk<T: Task>(
         }
     }
     let count = builder.count();
-    Ok((builder.finish(), count))
+    let (frame, spliced) = builder.finish_spliced();
+    Ok((frame, spliced, count))
 }
 
 impl Drop for Pool {

@@ -497,6 +497,70 @@ fn payloads_larger_than_a_ring_stream_through_intact() {
     });
 }
 
+/// Big `Vec<u8>` arguments are moved into their jobs and written into the ring from where they
+/// lie, instead of being copied into the frame; every size must arrive as it left.
+#[test]
+fn byte_buffers_arrive_intact_at_every_size() {
+    deadline(120, "spliced buffers", || {
+        let pool = pool(2);
+        let blob = |size: usize, seed: usize| -> Vec<u8> {
+            (0..size).map(|i| (i * 31 + seed + i / 251) as u8).collect()
+        };
+        // Around the splice threshold (64 KiB), half the ring (2 MiB, the largest frame a
+        // worker runs in place) and the whole ring (4 MiB), and empty.
+        let sizes = [
+            0,
+            1,
+            (64 << 10) - 1,
+            64 << 10,
+            (64 << 10) + 1,
+            (2 << 20) - 20,
+            2 << 20,
+            (4 << 20) + 5,
+            300_000,
+        ];
+        let blobs: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, &n)| blob(n, i)).collect();
+        for b in &blobs {
+            assert!(
+                pool.apply(echo_bytes, b.clone()).unwrap() == *b,
+                "apply of {}",
+                b.len()
+            );
+        }
+        // Chunks of several big and small items each, in every order.
+        for chunk in [1, 2, 4, 9] {
+            let back = pool.map_chunked(echo_bytes, blobs.clone(), chunk).unwrap();
+            for (b, back) in blobs.iter().zip(&back) {
+                assert!(
+                    back == b,
+                    "map, chunks of {chunk}: {} bytes changed",
+                    b.len()
+                );
+            }
+            let back = pool
+                .map_async_chunked(echo_bytes, blobs.iter().rev().cloned(), chunk)
+                .get()
+                .unwrap();
+            for (b, back) in blobs.iter().rev().zip(&back) {
+                assert!(back == b, "map_async, chunks of {chunk}: {} bytes", b.len());
+            }
+        }
+        // A worker that dies on one buffer fails that item only; the buffers queued behind it
+        // at the same worker go out again, whole, to its replacement.
+        let mut items: Vec<Vec<u8>> = (0..30).map(|i| blob((100 << 10) + i, i)).collect();
+        items[7][0] = 0xAB;
+        items[19][0] = 0xAB;
+        let out: Vec<_> = pool.imap(checksum_or_abort, items.clone()).collect();
+        for (i, (r, b)) in out.into_iter().zip(&items).enumerate() {
+            match r {
+                Err(Error::WorkerDied { .. }) if i == 7 || i == 19 => {}
+                Ok(sum) if i != 7 && i != 19 => assert_eq!(sum, checksum(b.clone()), "item {i}"),
+                other => panic!("item {i}: {other:?}"),
+            }
+        }
+    });
+}
+
 #[test]
 fn byte_buffers_sent_by_name_as_sequences_still_decode() {
     deadline(30, "bytes by name", || {

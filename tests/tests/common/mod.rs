@@ -231,3 +231,12 @@ pub fn allocate_forever() -> usize {
         std::hint::black_box(&hoard);
     }
 }
+
+/// Aborts the worker when the buffer starts with `0xAB`; otherwise [`checksum`].
+#[task]
+pub fn checksum_or_abort(bytes: Vec<u8>) -> u64 {
+    if bytes.first() == Some(&0xAB) {
+        std::process::abort();
+    }
+    checksum(bytes)
+}
