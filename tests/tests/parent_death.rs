@@ -9,13 +9,22 @@ use pool_tests::{deadline, is_alive, stat};
 /// Starts `pool-helper MODE` in a process group of its own and reads the pids it prints.
 fn start_helper(mode: &str) -> (std::process::Child, Vec<i32>) {
     use std::os::unix::process::CommandExt;
-    let mut parent = Command::new(env!("CARGO_BIN_EXE_pool-helper"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pool-helper"));
+    command
         .arg(mode)
         .stdout(Stdio::piped())
         // Its own process group, like a foreground job in a terminal.
-        .process_group(0)
-        .spawn()
-        .expect("helper starts");
+        .process_group(0);
+    // SAFETY: between fork and exec the closure only makes async-signal-safe `signal` calls.
+    // A shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored
+    // across exec: give the helper the default disposition a program run from a terminal has.
+    unsafe {
+        command.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let mut parent = command.spawn().expect("helper starts");
     let mut line = String::new();
     BufReader::new(parent.stdout.take().unwrap())
         .read_line(&mut line)
