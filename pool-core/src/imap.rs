@@ -165,7 +165,7 @@ impl<'a, T: Task, I: Iterator<Item = T::Args>> Imap<'a, T, I> {
                     self.input = None;
                     break;
                 };
-                if let Err(message) = builder.push(&args) {
+                if let Err(message) = builder.push_owned(args) {
                     encode_error = Some(message);
                     break;
                 }
@@ -190,8 +190,12 @@ impl<'a, T: Task, I: Iterator<Item = T::Args>> Imap<'a, T, I> {
             self.next_chunk += 1;
             self.in_flight.insert(index, count);
             let sink: Arc<dyn Sink> = self.sink.clone();
-            self.pool
-                .submit_frame(builder.finish(), T::NAME.into(), sink, index as usize);
+            self.pool.submit_frame(
+                builder.finish_spliced(),
+                T::NAME.into(),
+                sink,
+                index as usize,
+            );
             if self.pool.shared.is_closed() {
                 // No more work will be accepted: stop pulling input.
                 self.input = None;

@@ -185,12 +185,13 @@ impl Pool {
     /// `part`.
     pub(crate) fn submit_frame(
         &self,
-        frame: Vec<u8>,
+        (frame, spliced): (Vec<u8>, Spliced),
         task: TaskName,
         sink: Arc<dyn Sink>,
         part: usize,
     ) {
-        self.shared.submit(Job::new(frame, task, sink, part));
+        self.shared
+            .submit(Job::new(frame, task, sink, part).with_spliced(spliced));
     }
 
     /// [`submit_frame`](Self::submit_frame) for a submitter that reuses the result's buffer for
@@ -678,8 +679,7 @@ impl Pool {
         for (index, &count) in counts.iter().enumerate() {
             match encode_chunk::<T>(Vec::new(), &mut iter, count, n, None) {
                 Ok((frame, spliced, _)) => {
-                    let job = Job::new(frame, T::NAME.into(), slot.clone(), index);
-                    self.shared.submit(job.with_spliced(spliced));
+                    self.submit_frame((frame, spliced), T::NAME.into(), slot.clone(), index)
                 }
                 Err(err) => {
                     // The whole map fails with this error; nothing more is submitted.

@@ -544,6 +544,14 @@ fn byte_buffers_arrive_intact_at_every_size() {
             for (b, back) in blobs.iter().rev().zip(&back) {
                 assert!(back == b, "map_async, chunks of {chunk}: {} bytes", b.len());
             }
+            let back = pool.imap_chunked(echo_bytes, blobs.clone(), chunk);
+            for (b, back) in blobs.iter().zip(back) {
+                assert!(
+                    back.unwrap() == *b,
+                    "imap, chunks of {chunk}: {} bytes",
+                    b.len()
+                );
+            }
         }
         // A worker that dies on one buffer fails that item only; the buffers queued behind it
         // at the same worker go out again, whole, to its replacement.
