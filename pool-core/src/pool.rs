@@ -454,6 +454,9 @@ impl Pool {
     /// decoded into the output as chunks come back, while later chunks are encoded and run, with
     /// at most 16 MiB of chunks in flight. A task that takes and returns scalars (integers,
     /// floats, `bool`) takes a faster path: fixed-width items, read and written in tight loops.
+    /// A task that takes a `Vec<u8>` gets each buffer of 64 KiB or more moved into its job, not
+    /// copied: the collector copies it straight into the worker's shared memory, and this
+    /// thread frees it once its result is back.
     ///
     /// The error returned is always the first in item order. Unlike Python's `map`, which runs
     /// every item before it raises, this one stops submitting chunks once it has that error:
