@@ -553,8 +553,8 @@ fn byte_buffers_arrive_intact_at_every_size() {
                 );
             }
         }
-        // A worker that dies on one buffer fails that item only; the buffers queued behind it
-        // at the same worker go out again, whole, to its replacement.
+        // A worker that dies on one buffer fails that item only; every other buffer arrives
+        // whole, at the replacement or the other worker.
         let mut items: Vec<Vec<u8>> = (0..30).map(|i| blob((100 << 10) + i, i)).collect();
         items[7][0] = 0xAB;
         items[19][0] = 0xAB;
@@ -563,6 +563,21 @@ fn byte_buffers_arrive_intact_at_every_size() {
             match r {
                 Err(Error::WorkerDied { .. }) if i == 7 || i == 19 => {}
                 Ok(sum) if i != 7 && i != 19 => assert_eq!(sum, checksum(b.clone()), "item {i}"),
+                other => panic!("item {i}: {other:?}"),
+            }
+        }
+        // A quick task, so several jobs queue at each worker: those behind the crash were never
+        // begun, and go out again, whole, to another worker.
+        let mut items: Vec<Vec<u8>> = (0..400).map(|i| blob((64 << 10) + i, i)).collect();
+        for (i, item) in items.iter_mut().enumerate() {
+            item[0] = if i == 150 || i == 300 { 0xAB } else { 0 };
+        }
+        let lens: Vec<_> = items.iter().map(|b| (b.len(), b.last().copied())).collect();
+        let out: Vec<_> = pool.imap(len_or_abort, items).collect();
+        for (i, r) in out.into_iter().enumerate() {
+            match r {
+                Err(Error::WorkerDied { .. }) if i == 150 || i == 300 => {}
+                Ok(len) if i != 150 && i != 300 => assert_eq!(len, lens[i], "item {i}"),
                 other => panic!("item {i}: {other:?}"),
             }
         }
