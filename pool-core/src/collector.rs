@@ -266,8 +266,14 @@ impl Slot {
         let ring = process.region.jobs();
         let len = job.wire_len();
         let prefix = (len as u64).to_le_bytes();
-        let pieces = std::iter::once(&prefix[..]).chain(job.wire_pieces());
-        let at = offset + crate::splice::write_from(ring, pieces, offset);
+        let at = if job.spliced.is_empty() {
+            // Nearly every job: the frame is one buffer.
+            let pieces = [&prefix[..], &job.frame[..]];
+            offset + crate::splice::write_from(ring, pieces.into_iter(), offset)
+        } else {
+            let pieces = std::iter::once(&prefix[..]).chain(job.wire_pieces());
+            offset + crate::splice::write_from(ring, pieces, offset)
+        };
         let moved = at > offset;
         if moved {
             ring.wake_consumer();
