@@ -22,9 +22,6 @@ pub(crate) struct ChannelSink {
     /// Spliced buffers given back, for the receiver to free on its own thread; `None` when
     /// they are freed where they are given back (see [`Sink::give_back`]).
     given_back: Option<std::sync::Mutex<Vec<Spliced>>>,
-    /// Set (after the push) when buffers are given back, cleared (before the lock) by the
-    /// receiver: a buffer given back while the receiver frees is freed at its next call.
-    any_given_back: std::sync::atomic::AtomicBool,
 }
 
 impl ChannelSink {
@@ -34,7 +31,8 @@ impl ChannelSink {
     }
 
     /// [`new`](Self::new) for a receiver that frees the buffers its jobs carried itself, with
-    /// [`free_given_back`](Self::free_given_back) after each delivery it takes. The collector
+    /// [`free_given_back`](Self::free_given_back) after it takes the delivery of a job that
+    /// carried some (they are given back before the outcome is delivered). The collector
     /// then spends no time unmapping them: for big buffers that is a system call and a TLB
     /// flush each, on the thread that feeds every worker.
     pub(crate) fn with_given_back(given_back: bool) -> (Arc<Self>, Receiver<Delivery>) {
@@ -43,21 +41,12 @@ impl ChannelSink {
             tx,
             waker: std::sync::Mutex::new(None),
             given_back: given_back.then(|| std::sync::Mutex::new(Vec::new())),
-            any_given_back: std::sync::atomic::AtomicBool::new(false),
         });
         (sink, rx)
     }
 
     /// Frees the buffers given back so far, on the calling thread.
     pub(crate) fn free_given_back(&self) {
-        if !self
-            .any_given_back
-            .load(std::sync::atomic::Ordering::Acquire)
-        {
-            return; // Nearly always: no lock taken.
-        }
-        self.any_given_back
-            .store(false, std::sync::atomic::Ordering::Relaxed);
         if let Some(given_back) = &self.given_back {
             let buffers = std::mem::take(
                 &mut *given_back
@@ -77,8 +66,6 @@ impl Sink for ChannelSink {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .push(spliced);
-                self.any_given_back
-                    .store(true, std::sync::atomic::Ordering::Release);
             }
             None => drop(spliced),
         }

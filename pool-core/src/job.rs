@@ -56,11 +56,24 @@ pub(crate) struct Job {
 }
 
 impl Job {
+    #[inline]
     pub(crate) fn new(frame: Vec<u8>, task: TaskName, sink: Arc<dyn Sink>, part: usize) -> Self {
+        Self::with_spliced((frame, Spliced::default()), task, sink, part)
+    }
+
+    /// [`new`](Self::new) for a frame with spliced buffers: the frame's own bytes and the
+    /// buffers that belong in it, as the worker receives them.
+    #[inline]
+    pub(crate) fn with_spliced(
+        (frame, spliced): (Vec<u8>, Spliced),
+        task: TaskName,
+        sink: Arc<dyn Sink>,
+        part: usize,
+    ) -> Self {
         Job {
             items: crate::frame::job_item_count(&frame),
             frame,
-            spliced: Spliced::default(),
+            spliced,
             task,
             requeues: 0,
             recycle: false,
@@ -69,12 +82,6 @@ impl Job {
             sink: Some(sink),
             part,
         }
-    }
-
-    /// The frame with its spliced buffers: a job of one frame, as the worker receives it.
-    pub(crate) fn with_spliced(mut self, spliced: Spliced) -> Self {
-        self.spliced = spliced;
-        self
     }
 
     /// The length of the frame the worker receives.

@@ -66,6 +66,7 @@ pub(crate) struct JobSender {
 
 impl JobSender {
     /// Queues `job`, or hands it back if the receiver is gone.
+    #[inline]
     pub(crate) fn send(&self, job: Job) -> Result<(), Job> {
         let mut inner = self.queue.lock();
         if !inner.receiving {
@@ -108,6 +109,7 @@ pub(crate) struct JobReceiver {
 
 impl JobReceiver {
     /// The next job, in the order sent.
+    #[inline]
     pub(crate) fn try_recv(&mut self) -> Result<Job, TryRecvError> {
         if self.local.is_empty() {
             let mut inner = self.queue.lock();

@@ -97,6 +97,7 @@ impl Shared {
     }
 
     /// Queues a job, or resolves it at once with `Closed` when the pool takes no more work.
+    #[inline]
     pub(crate) fn submit(&self, mut job: Job) {
         if job.limit.is_none() {
             job.limit = self
