@@ -118,11 +118,7 @@ pub(crate) fn decode_fixed<T: 'static>(bytes: &[u8]) -> Option<T> {
         return isize::try_from(v).ok().and_then(same::<isize, T>);
     }
     if t == TypeId::of::<bool>() {
-        return match *bytes {
-            [0xc2] => same::<bool, T>(false),
-            [0xc3] => same::<bool, T>(true),
-            _ => None,
-        };
+        return read_bool(bytes).and_then(same::<bool, T>);
     }
     None
 }
@@ -348,13 +344,18 @@ pub(crate) fn decode_scalar<T: 'static>(bytes: &[u8]) -> Option<T> {
         return same::<f32, T>(f32::from_be_bytes([a, b, c, d]));
     }
     if t == TypeId::of::<bool>() {
-        return match *bytes {
-            [0xc2] => same::<bool, T>(false),
-            [0xc3] => same::<bool, T>(true),
-            _ => None,
-        };
+        return read_bool(bytes).and_then(same::<bool, T>);
     }
     None
+}
+
+/// A MessagePack `bool` that fills `bytes` exactly (its only form).
+fn read_bool(bytes: &[u8]) -> Option<bool> {
+    match *bytes {
+        [0xc2] => Some(false),
+        [0xc3] => Some(true),
+        _ => None,
+    }
 }
 
 fn write_bin(buf: &mut Vec<u8>, bytes: &[u8]) -> Result<(), String> {
