@@ -204,10 +204,8 @@ impl JobBuilder {
             if bytes.as_ref().is_some_and(|b| b.len() >= SPLICE_MIN) && self.fixed.is_none() {
                 let bytes = bytes.take().expect("checked just above");
                 let (header, header_len) = crate::codec::bin_header(bytes.len())?;
-                let Ok(len) = u32::try_from(header_len + bytes.len()) else {
-                    return Err("one item's arguments are larger than 4 GiB".to_owned());
-                };
-                self.buf.extend_from_slice(&len.to_le_bytes());
+                let prefix = item_len_prefix(header_len + bytes.len())?;
+                self.buf.extend_from_slice(&prefix);
                 self.buf.extend_from_slice(&header[..header_len]);
                 self.spliced.push(self.buf.len(), bytes);
                 self.count += 1;
@@ -237,11 +235,13 @@ impl JobBuilder {
             self.buf.truncate(start);
             return Err(err);
         }
-        let Ok(len) = u32::try_from(self.buf.len() - start - 4) else {
-            self.buf.truncate(start);
-            return Err("one item's arguments are larger than 4 GiB".to_owned());
-        };
-        self.buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        match item_len_prefix(self.buf.len() - start - 4) {
+            Ok(prefix) => self.buf[start..start + 4].copy_from_slice(&prefix),
+            Err(err) => {
+                self.buf.truncate(start);
+                return Err(err);
+            }
+        }
         self.count += 1;
         Ok(())
     }
@@ -281,6 +281,13 @@ impl JobBuilder {
         self.buf[self.count_at..self.count_at + 4].copy_from_slice(&self.count.to_le_bytes());
         (self.buf, self.spliced)
     }
+}
+
+/// The `len:u32` that precedes an item of `len` bytes in a job frame.
+fn item_len_prefix(len: usize) -> Result<[u8; 4], String> {
+    u32::try_from(len)
+        .map(u32::to_le_bytes)
+        .map_err(|_| "one item's arguments are larger than 4 GiB".to_owned())
 }
 
 /// The number of items in a job frame built by [`JobBuilder`] (0 if it is not one).
