@@ -34,6 +34,7 @@ use nix::sys::signal::{self, Signal};
 use crate::builder::{Initializer, StartMethod, WorkerSettings};
 use crate::job::{Job, Sink};
 use crate::jobqueue::{JobReceiver, TryRecvError};
+use crate::region::EXIT_BELL_LOST;
 use crate::shared::Shared;
 use crate::spawn::{self, WorkerProcess};
 use crate::worker::MAX_FRAME;
@@ -50,9 +51,18 @@ const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// How long a worker whose task ran out of time gets between SIGTERM and SIGKILL.
 const KILL_GRACE_NS: u64 = 100_000_000;
 /// The restart guard: more worker failures outside any task than this within `GUARD_WINDOW`
-/// and the pool stops replacing workers.
+/// and the pool stops replacing workers — for a while: it tries again after a backoff that
+/// starts at `GUARD_BACKOFF` and doubles on each trip up to `GUARD_BACKOFF_MAX`. While it
+/// backs off, work no live worker can take fails with `PoolBroken`; once a worker of the next
+/// round answers a job, the pool is healed and the backoff starts over.
 const GUARD_FAILURES: usize = 10;
 const GUARD_WINDOW: Duration = Duration::from_secs(10);
+const GUARD_BACKOFF: Duration = Duration::from_secs(1);
+const GUARD_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The longest the collector sleeps while jobs are out at workers. A worker wakes it when it
+/// answers, but a task can sabotage that (it may close the bell: see `region::Bell`); this
+/// bound turns such a lost wake-up into a delay, never a hang.
+const MAX_SLEEP_WITH_JOBS_OUT_NS: u64 = 250_000_000;
 /// How many times a job goes back to the queue because its worker died before starting it.
 const MAX_REQUEUES: u8 = 3;
 /// How long the collector keeps looking for work before it sleeps.
@@ -72,8 +82,15 @@ pub(crate) struct Collector {
     initializer: Option<(Initializer, Arc<InitSink>)>,
     /// When workers failed outside any task (initializer failures, deaths while idle).
     recent_failures: VecDeque<Instant>,
-    /// Set when the restart guard tripped: no more workers are started.
+    /// Set when the restart guard tripped: no workers are started until `retry_at`.
     broken: Option<Error>,
+    /// When to start workers again after the guard tripped.
+    retry_at: Option<Instant>,
+    /// The backoff for the guard's next trip.
+    backoff: Duration,
+    /// Set after a backoff, until a worker answers a job: one more failure outside any task
+    /// trips the guard again (with a doubled backoff).
+    probation: bool,
     /// Nanoseconds per item, by task name (a moving average of what workers reported). A short
     /// list: programs have few tasks, and comparing names beats hashing them per job.
     estimates: Vec<(Box<str>, u64)>,
@@ -298,6 +315,9 @@ impl Collector {
             settings,
             recent_failures: VecDeque::new(),
             broken: None,
+            retry_at: None,
+            backoff: GUARD_BACKOFF,
+            probation: false,
             slots: (0..shared.processes()).map(|_| Slot::new()).collect(),
             shared,
             queue,
@@ -320,7 +340,17 @@ impl Collector {
                 spawn::forkserver_worker(self.shared.bell(), self.settings.memory_cap)
             }
         }
-        .map_err(Error::spawn)?;
+        .map_err(Error::spawn);
+        let process = match process {
+            Ok(process) => process,
+            Err(err) => {
+                // Retried every 100 ms; meanwhile the pool says why it is short of a worker.
+                self.shared.set_degraded(Some(format!(
+                    "a worker could not be started ({err}); retrying"
+                )));
+                return Err(err);
+            }
+        };
         self.shared.set_worker(i, process.pid());
         trace::worker_started(i, process.pid().as_raw());
         let slot = &mut self.slots[i];
@@ -342,6 +372,9 @@ impl Collector {
             job.internal = true;
             slot.push(job, None);
         }
+        if self.broken.is_none() && self.slots.iter().all(|s| s.spawn_error.is_none()) {
+            self.shared.set_degraded(None);
+        }
         Ok(())
     }
 
@@ -357,14 +390,32 @@ impl Collector {
         {
             self.recent_failures.pop_front();
         }
-        if self.recent_failures.len() > GUARD_FAILURES && self.broken.is_none() {
+        let tripped = self.recent_failures.len() > GUARD_FAILURES || self.probation;
+        if tripped && self.broken.is_none() {
             let reason = format!(
-                "workers failed {} times in {:?} outside any task; the last: {what}",
+                "workers failed {} times in {:?} outside any task (the last: {what}); \
+                 trying again in {:?}",
                 self.recent_failures.len(),
-                GUARD_WINDOW
+                GUARD_WINDOW,
+                self.backoff
             );
             trace::pool_broken(&reason);
+            self.shared.set_degraded(Some(reason.clone()));
             self.broken = Some(Error::PoolBroken(reason));
+            self.retry_at = Some(now + self.backoff);
+            self.backoff = (self.backoff * 2).min(GUARD_BACKOFF_MAX);
+            self.recent_failures.clear();
+            self.probation = false;
+        }
+    }
+
+    /// After the guard's backoff: starts workers again, on probation.
+    fn end_backoff(&mut self) {
+        if self.broken.is_some() && self.retry_at.is_some_and(|at| Instant::now() >= at) {
+            self.broken = None;
+            self.retry_at = None;
+            self.probation = true;
+            self.shared.set_degraded(None);
         }
     }
 
@@ -466,6 +517,11 @@ impl Collector {
                     match slot.pop() {
                         Some(job) => {
                             slot.answered += 1;
+                            if self.probation && !job.internal {
+                                // A worker of the round after a backoff did real work: healed.
+                                self.probation = false;
+                                self.backoff = GUARD_BACKOFF;
+                            }
                             learn(&mut self.estimates, &job, busy_ns);
                             let busy = process.region.header().busy_ns.load(Ordering::Relaxed);
                             self.shared.counters.busy_ns[i]
@@ -551,6 +607,7 @@ impl Collector {
     /// Forks replacements for slots without a worker (after a failed fork, at most every
     /// 100 ms).
     fn respawn_missing(&mut self) {
+        self.end_backoff();
         if self.broken.is_some() {
             return;
         }
@@ -647,6 +704,13 @@ impl Collector {
         let mut wake_in_ns = self.check_timeouts();
         if waiting_to_respawn {
             wake_in_ns = Some(wake_in_ns.unwrap_or(u64::MAX).min(100_000_000));
+        }
+        if self.slots.iter().any(|s| !s.in_flight.is_empty()) {
+            wake_in_ns = Some(
+                wake_in_ns
+                    .unwrap_or(u64::MAX)
+                    .min(MAX_SLEEP_WITH_JOBS_OUT_NS),
+            );
         }
         let timeout = match wake_in_ns {
             // Rounded up to whole milliseconds, at most about 24 days.
@@ -828,17 +892,15 @@ impl Collector {
             }
         }
         // The restart guard counts what makes a pool fork-loop: initializers that fail, and
-        // workers that end on their own outside any task. A worker killed from outside while
-        // idle (an operator, the OOM killer, a chaos test) is replaced without counting.
+        // workers that end on their own outside any task (see `self_inflicted`). A worker
+        // killed from outside — by any signal that only comes from outside: an operator's
+        // SIGHUP or SIGKILL, the OOM killer — is replaced without counting, whatever it was
+        // doing (idle, starting, running its initializer).
         let doomed = slot.doomed.take();
-        let killed_from_outside = matches!(
-            cause,
-            ExitCause::Signal(libc::SIGKILL) | ExitCause::Signal(libc::SIGTERM)
-        );
         if !terminated && !recycled && !began_unanswered {
             if let Some(reason) = doomed {
                 self.guard(reason);
-            } else if !killed_from_outside {
+            } else if self_inflicted(cause) {
                 self.guard(format!("worker {pid} {cause} while idle"));
             }
         }
@@ -910,6 +972,9 @@ impl Sink for InitSink {
         let failure = match outcome {
             Ok(frame) => crate::result::check_frame(&frame, "initializer", 1).err(),
             Err(Error::Terminated) => None,
+            // Killed from outside while it ran its initializer: not the initializer's fault.
+            // The worker is replaced like any other that dies, without counting.
+            Err(Error::WorkerDied { cause, .. }) if !self_inflicted(cause) => None,
             Err(err) => Some(err),
         };
         if let Some(err) = failure {
@@ -956,6 +1021,35 @@ fn learn(estimates: &mut Vec<(Box<str>, u64)>, job: &Job, busy_ns: u64) {
     match estimates.iter_mut().find(|(n, _)| &**n == name) {
         Some((_, avg)) => *avg = (*avg * 7 + sample) / 8,
         None => estimates.push((name.into(), sample)),
+    }
+}
+
+/// Whether a worker's end is one that the pool's own code, a task or an initializer can cause,
+/// as opposed to a signal from outside. Only these count towards the restart guard.
+///
+/// Synchronous faults (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT — `abort`, a failed allocation
+/// under the memory cap —, SIGSYS, SIGTRAP) and resource limits (SIGXCPU, SIGXFSZ) are raised
+/// by the process's own code; every other signal (SIGHUP, SIGINT, SIGQUIT, SIGKILL, SIGTERM,
+/// SIGUSR1, …) is sent from outside. An exit with a code is the worker's own doing, except
+/// [`EXIT_BELL_LOST`] (a task closed the worker's bell; the worker answered and left). A status
+/// that could not be read (the program ignores SIGCHLD) counts, so that a pool whose
+/// initializer always crashes still stops fork-looping there.
+fn self_inflicted(cause: ExitCause) -> bool {
+    match cause {
+        ExitCause::Exited(code) => code != EXIT_BELL_LOST,
+        ExitCause::Signal(sig) => matches!(
+            sig,
+            libc::SIGSEGV
+                | libc::SIGBUS
+                | libc::SIGILL
+                | libc::SIGFPE
+                | libc::SIGABRT
+                | libc::SIGSYS
+                | libc::SIGTRAP
+                | libc::SIGXCPU
+                | libc::SIGXFSZ
+        ),
+        _ => true,
     }
 }
 

@@ -156,6 +156,12 @@ pub enum Error {
     #[error("the pool stopped replacing workers: {0}")]
     PoolBroken(String),
 
+    /// The input iterator of a `map` broke its contract: its `size_hint` promised an exact
+    /// number of items and it yielded more or fewer. The map fails with this error instead of
+    /// dropping or inventing items; nothing about the results is trusted to a size hint.
+    #[error("the input iterator broke its contract: {0}")]
+    BadIterator(String),
+
     /// The pool was configured with values it cannot work with.
     #[error("invalid pool configuration: {0}")]
     Config(String),
@@ -168,6 +174,24 @@ pub enum Error {
     /// opened, or a process could not be started.
     #[error("shared object: {0}")]
     Shared(#[source] Arc<std::io::Error>),
+
+    /// A pool, or a result or iterator of one, was used in a process other than the one that
+    /// built the pool — a child forked from it (a [`Process`](crate::Process), a worker, a
+    /// program's own `fork`). The pool's collector thread, which feeds its workers and delivers
+    /// every result, exists only in the process that built it, so the call fails at once
+    /// instead of waiting forever. Build a new pool in the child instead. In such a process
+    /// `close` and `terminate` do nothing, and dropping the handle leaves the parent's pool
+    /// alone.
+    #[error(
+        "this pool belongs to process {owner} and cannot be used in process {pid}, which was \
+         forked from it: build a pool in this process instead"
+    )]
+    WrongProcess {
+        /// The process that built the pool.
+        owner: u32,
+        /// The process the call was made in.
+        pid: u32,
+    },
 
     /// A frame between the parent and a worker was malformed.
     #[error("malformed frame between pool and worker: {0}")]

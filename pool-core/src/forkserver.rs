@@ -85,12 +85,17 @@ pub(crate) fn start() {
             return;
         };
         let program = nix::unistd::getpid();
-        // SAFETY: `init()` runs first in `main`, while the program has one thread, so the child
-        // inherits no lock held by another thread. Even if it did not, `serve` only makes
-        // system calls and forks; it never returns, and ends with `_exit`, so no destructor or
-        // `atexit` handler of the program runs in it.
-        match unsafe { nix::unistd::fork() } {
+        let forked = spawn::with_fork_lock(|| {
+            // SAFETY: `init()` runs first in `main`, while the program has one thread, so the
+            // child inherits no lock held by another thread. Even if it did not, `serve` only
+            // makes system calls and forks; it never returns, and ends with `_exit`, so no
+            // destructor or `atexit` handler of the program runs in it.
+            unsafe { nix::unistd::fork() }
+        });
+        match forked {
             Ok(ForkResult::Child) => {
+                // The server keeps nothing of pools the program may have built before `init()`.
+                spawn::release_inherited(None, None);
                 drop(ours);
                 serve(theirs, program)
             }

@@ -95,6 +95,10 @@ impl Sink for ChannelSink {
 ///
 /// Dropping the iterator early is fine: chunks already submitted finish and are discarded.
 ///
+/// If the input iterator panics, the items it yielded before the panic are still computed and
+/// yielded, in order; the panic then resumes from `next` (as CPython's `imap` raises the
+/// input's exception after the results before it).
+///
 /// # Examples
 ///
 /// ```
@@ -135,6 +139,9 @@ pub struct Imap<'a, T: Task, I> {
     early: HashMap<u64, Result<Vec<u8>, Error>>,
     /// Decoded items ready to yield.
     ready: VecDeque<Result<T::Output, Error>>,
+    /// The payload of a panic of the input iterator, raised again once every item before it
+    /// has been yielded.
+    input_panic: Option<Box<dyn std::any::Any + Send>>,
 }
 
 impl<'a, T: Task, I: Iterator<Item = T::Args>> Imap<'a, T, I> {
@@ -154,6 +161,7 @@ impl<'a, T: Task, I: Iterator<Item = T::Args>> Imap<'a, T, I> {
             in_flight: HashMap::new(),
             early: HashMap::new(),
             ready: VecDeque::new(),
+            input_panic: None,
         }
     }
 
@@ -164,7 +172,13 @@ impl<'a, T: Task, I: Iterator<Item = T::Args>> Imap<'a, T, I> {
             let mut builder = frame::JobBuilder::new(T::NAME);
             let mut encode_error = None;
             while (builder.count() as usize) < self.chunksize {
-                let Some(args) = input.next() else {
+                // A panic of the input is held until every item before it has been yielded,
+                // as CPython's `imap` raises the input's exception only after those results.
+                let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| input.next()));
+                let Ok(Some(args)) = next else {
+                    if let Err(payload) = next {
+                        self.input_panic = Some(payload);
+                    }
                     self.input = None;
                     break;
                 };
@@ -267,12 +281,27 @@ impl<T: Task, I: Iterator<Item = T::Args>> Imap<'_, T, I> {
         &mut self,
         mut receive: impl FnMut(&Receiver<Delivery>) -> Option<Delivery>,
     ) -> Option<Option<Result<T::Output, Error>>> {
+        // In a process forked from the pool's, nothing would ever arrive: one error, then the
+        // end, without touching the channel (its lock may have been held at the fork).
+        if !self.pool.shared.owner.is_here() {
+            let pending = self.input.take().is_some() || !self.in_flight.is_empty();
+            if pending || !self.ready.is_empty() {
+                self.in_flight.clear();
+                self.ready.clear();
+                return Some(Some(Err(self.pool.shared.owner.error())));
+            }
+            return Some(None);
+        }
         loop {
             if let Some(item) = self.ready.pop_front() {
                 return Some(Some(item));
             }
             self.fill();
             if self.in_flight.is_empty() {
+                if let Some(payload) = self.input_panic.take() {
+                    // Every result before the input's panic has been yielded: now the panic.
+                    std::panic::resume_unwind(payload);
+                }
                 return Some(None);
             }
             if self.ordered {

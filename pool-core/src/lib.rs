@@ -162,6 +162,7 @@ mod imap;
 mod job;
 mod jobqueue;
 pub mod mp;
+mod owner;
 mod panic_capture;
 mod pool;
 mod region;

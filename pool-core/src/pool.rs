@@ -535,6 +535,7 @@ impl Pool {
         chunksize: usize,
         max_bytes: Option<usize>,
     ) -> Result<Vec<T::Output>, Error> {
+        self.shared.owner.check()?;
         let (sink, rx) = crate::imap::ChannelSink::with_given_back(true);
         // Results are decoded straight onto the end of `out` in chunk order; a chunk that comes
         // back before its turn waits, undecoded, in `early` (workers finish chunks in about the
@@ -594,6 +595,11 @@ impl Pool {
             while let Ok(delivery) = rx.try_recv() {
                 take(delivery, &mut flight, &mut out, &mut spare)?;
             }
+        }
+        // `n` came from the iterator's size hint: an iterator that yields more than it promised
+        // fails the map rather than losing the rest (see `counted`).
+        if iter.next().is_some() {
+            return Err(too_many(n));
         }
         while flight.pending > 0 {
             // Every submitted chunk is answered exactly once (see `Job`), and `sink` keeps the
@@ -675,14 +681,39 @@ impl Pool {
         n: usize,
         chunksize: usize,
     ) -> AsyncResult<Vec<T::Output>> {
+        if let Err(err) = self.shared.owner.check() {
+            let slot = Slot::new(
+                T::NAME.into(),
+                Counts::Many(vec![0]),
+                decode_all::<T::Output>,
+            );
+            slot.complete_part(0, Err(err));
+            return AsyncResult::new(slot);
+        }
         let counts = chunk_counts(n, chunksize);
+        if counts.is_empty() && iter.next().is_some() {
+            let slot = Slot::new(
+                T::NAME.into(),
+                Counts::Many(vec![0]),
+                decode_all::<T::Output>,
+            );
+            slot.complete_part(0, Err(too_many(n)));
+            return AsyncResult::new(slot);
+        }
         let slot = Slot::new(
             T::NAME.into(),
             Counts::Many(counts.clone()),
             decode_all::<T::Output>,
         );
+        let last = counts.len().wrapping_sub(1);
         for (index, &count) in counts.iter().enumerate() {
-            match encode_chunk::<T>(Vec::new(), &mut iter, count, n, None) {
+            let encoded = encode_chunk::<T>(Vec::new(), &mut iter, count, n, None);
+            // Checked before the last chunk goes, so the map fails as a whole (see `counted`).
+            let encoded = match encoded {
+                Ok(_) if index == last && iter.next().is_some() => Err(too_many(n)),
+                other => other,
+            };
+            match encoded {
                 Ok((frame, spliced, _)) => {
                     self.submit_frame((frame, spliced), T::NAME.into(), slot.clone(), index)
                 }
@@ -928,6 +959,7 @@ impl Pool {
     /// # Ok::<(), pool_core::Error>(())
     /// ```
     pub fn join(&self) -> Result<(), Error> {
+        self.shared.owner.check()?;
         if !self.shared.is_closed() {
             return Err(Error::NotClosed);
         }
@@ -943,6 +975,11 @@ impl Pool {
 
 /// An input whose length is known: the iterator itself when its size hint is exact, otherwise
 /// its items collected first (as Python's `map` does).
+///
+/// A size hint is only a hint: an iterator may break it. Every user of a `Counted` therefore
+/// checks both ways — `encode_chunk` fails when the input ends before `n` items, and the maps
+/// check that nothing follows the `n`th ([`too_many`]) — so a lying hint fails the map with
+/// [`Error::BadIterator`] and never drops or invents an item.
 enum Counted<I: Iterator> {
     Exact(I),
     Collected(std::vec::IntoIter<I::Item>),
@@ -969,6 +1006,13 @@ fn counted<I: IntoIterator>(items: I) -> (Counted<I::IntoIter>, usize) {
             (Counted::Collected(items.into_iter()), n)
         }
     }
+}
+
+/// The error for an input that yielded more items than its exact size hint promised.
+fn too_many(n: usize) -> Error {
+    Error::BadIterator(format!(
+        "its size_hint promised exactly {n} items and it yielded more"
+    ))
 }
 
 /// How many items each chunk of a map of `n` items holds.
@@ -1009,8 +1053,8 @@ pub(crate) fn encode_chunk<T: Task>(
     max_bytes: Option<usize>,
 ) -> Result<(Vec<u8>, Spliced, u32), Error> {
     let ended_early = || {
-        Error::Config(format!(
-            "the input iterator promised {n} items (size_hint) and ended early"
+        Error::BadIterator(format!(
+            "its size_hint promised exactly {n} items and it ended early"
         ))
     };
     if let Some(width) = crate::codec::fixed_width::<T::Args>() {
@@ -1060,6 +1104,16 @@ pub(crate) fn encode_chunk<T: Task>(
 
 impl Drop for Pool {
     fn drop(&mut self) {
+        if !self.shared.owner.is_here() {
+            // A copy in a forked child: the collector and the workers are the parent's. Leave
+            // them alone, and take no lock (one held at the fork stays held here): the shared
+            // state is leaked, never dropped, in this process.
+            std::mem::forget(Arc::clone(&self.shared));
+            if let Ok(mut handle) = self.collector.try_lock() {
+                std::mem::forget(handle.take());
+            }
+            return;
+        }
         if self.lock_collector().is_some() {
             self.terminate();
             let _ = self.join();

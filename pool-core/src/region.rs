@@ -121,11 +121,76 @@ impl Region {
     }
 
     /// Worker, after writing results or freeing job space: rings `bell` if the parent sleeps.
-    pub(crate) fn poke_parent(&self, bell: i32) {
+    pub(crate) fn poke_parent(&self, bell: &Bell) {
         fence(Ordering::SeqCst);
         let flag = &self.header().parent_waiting.0;
         if flag.load(Ordering::Relaxed) != 0 && flag.swap(0, Ordering::SeqCst) != 0 {
-            sys::eventfd_signal(bell);
+            bell.ring();
         }
+    }
+}
+
+/// The worker's end of the pool's bell (an eventfd), held by descriptor number.
+///
+/// A task runs in the worker's process and may close any descriptor — the bell too — and then
+/// open something else that gets the same number. Ringing must then neither write into the
+/// task's file nor fail unnoticed (the parent would sleep with a result waiting for it). So
+/// a ring first checks that the number still names an eventfd-like object of the device and
+/// inode the bell had (one `fstat`, only on this slow path: the parent sleeps), and a lost bell
+/// makes the worker exit once its job is answered ([`EXIT_BELL_LOST`]): the parent learns of
+/// the exit from the worker's pidfd, takes the answer, and starts a new worker. The parent
+/// also never sleeps longer than a bounded time while jobs are out, so a ring that went
+/// astray costs time, never a hang.
+#[derive(Debug)]
+pub(crate) struct Bell {
+    fd: i32,
+    identity: Option<(u64, u64)>,
+    lost: std::cell::Cell<bool>,
+}
+
+/// A worker's exit code when a task closed or replaced its bell (see [`Bell`]): the worker
+/// answered its job and exited. Not a failure of the pool (the restart guard ignores it).
+pub(crate) const EXIT_BELL_LOST: i32 = 75;
+
+impl Bell {
+    pub(crate) fn new(fd: i32) -> Self {
+        let identity = Self::identity_of(fd);
+        Bell {
+            fd,
+            lost: std::cell::Cell::new(identity.is_none()),
+            identity,
+        }
+    }
+
+    /// The device and inode behind `fd`, if it is an anonymous inode (eventfds are: their mode
+    /// has no file-type bits).
+    fn identity_of(fd: i32) -> Option<(u64, u64)> {
+        // SAFETY: `stat` is plain integers, for which all-zero bytes are a valid value.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat writes one stat struct into a live local; a bad descriptor fails.
+        if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != 0 {
+            return None;
+        }
+        Some((st.st_dev, st.st_ino))
+    }
+
+    /// Rings the bell if it is still the bell; otherwise marks it lost.
+    fn ring(&self) {
+        if self.lost.get() || Self::identity_of(self.fd) != self.identity {
+            self.lost.set(true);
+            return;
+        }
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live local to a descriptor checked just above to be an
+        // anonymous inode (the bell); a full eventfd makes the call fail harmlessly.
+        let n = unsafe { libc::write(self.fd, (&one as *const u64).cast(), 8) };
+        if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EBADF) {
+            self.lost.set(true);
+        }
+    }
+
+    /// Whether a task closed or replaced the bell.
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost.get()
     }
 }

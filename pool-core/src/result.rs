@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 
 use crate::frame::{self, Outcome};
 use crate::job::TaskName;
+use crate::owner::Owner;
 use crate::Error;
 
 /// Turns the result frames of all parts into the caller's value.
@@ -514,11 +515,24 @@ pub(crate) fn decode_one<R: DeserializeOwned + 'static>(
 /// ```
 pub struct AsyncResult<T> {
     slot: Arc<Slot<T>>,
+    /// The process whose pool delivers the result. In any other process (a forked child) the
+    /// result is resolved at once to [`Error::WrongProcess`], without touching the slot, whose
+    /// lock may have been held at the fork.
+    owner: Owner,
 }
 
 impl<T> AsyncResult<T> {
     pub(crate) fn new(slot: Arc<Slot<T>>) -> Self {
-        AsyncResult { slot }
+        AsyncResult {
+            slot,
+            owner: Owner::here(),
+        }
+    }
+
+    /// The error this result resolves to in a process other than its pool's.
+    #[inline]
+    fn foreign(&self) -> Option<Error> {
+        (!self.owner.is_here()).then(|| self.owner.error())
     }
 
     /// Blocks until the result is ready, then returns it (or the task's error).
@@ -543,6 +557,7 @@ impl<T> AsyncResult<T> {
     /// # Ok::<(), pool_core::Error>(())
     /// ```
     pub fn get(&self) -> Result<T, Error> {
+        self.owner.check()?;
         let state = self.slot.wait_until(None);
         self.slot.get_from(&state)
     }
@@ -569,6 +584,7 @@ impl<T> AsyncResult<T> {
     /// # Ok::<(), pool_core::Error>(())
     /// ```
     pub fn get_timeout(&self, timeout: Duration) -> Result<T, Error> {
+        self.owner.check()?;
         let state = self.slot.wait_until(Some(Instant::now() + timeout));
         if !state.done {
             return Err(Error::WaitTimeout(timeout));
@@ -595,6 +611,9 @@ impl<T> AsyncResult<T> {
     /// # Ok::<(), pool_core::Error>(())
     /// ```
     pub fn wait(&self) {
+        if self.foreign().is_some() {
+            return;
+        }
         drop(self.slot.wait_until(None));
     }
 
@@ -616,6 +635,9 @@ impl<T> AsyncResult<T> {
     /// # Ok::<(), pool_core::Error>(())
     /// ```
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        if self.foreign().is_some() {
+            return true;
+        }
         self.slot.wait_until(Some(Instant::now() + timeout)).done
     }
 
@@ -638,6 +660,9 @@ impl<T> AsyncResult<T> {
     /// # Ok::<(), pool_core::Error>(())
     /// ```
     pub fn ready(&self) -> bool {
+        if self.foreign().is_some() {
+            return true;
+        }
         self.slot.lock().done
     }
 
@@ -661,6 +686,9 @@ impl<T> AsyncResult<T> {
     /// # Ok::<(), pool_core::Error>(())
     /// ```
     pub fn successful(&self) -> Option<bool> {
+        if self.foreign().is_some() {
+            return Some(false);
+        }
         let state = self.slot.lock();
         if !state.done {
             return None;
@@ -696,6 +724,9 @@ impl<T> AsyncResult<T> {
     /// # Ok::<(), pool_core::Error>(())
     /// ```
     pub fn on_success(self, f: impl FnOnce(T) + Send + 'static) -> Self {
+        if self.foreign().is_some() {
+            return self; // resolved to an error here: a success callback never runs
+        }
         let mut state = self.slot.lock();
         if state.outcome.is_none() {
             state.extras().on_success = Some(Box::new(f));
@@ -729,6 +760,10 @@ impl<T> AsyncResult<T> {
     /// # Ok::<(), pool_core::Error>(())
     /// ```
     pub fn on_error(self, f: impl FnOnce(Error) + Send + 'static) -> Self {
+        if let Some(err) = self.foreign() {
+            run_callbacks::<T>(Some(Err(err)), None, Some(Box::new(f)));
+            return self;
+        }
         let mut state = self.slot.lock();
         if state.outcome.is_none() {
             state.extras().on_error = Some(Box::new(f));
@@ -786,6 +821,9 @@ impl<T> Future for AsyncResult<T> {
     type Output = Result<T, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(err) = self.foreign() {
+            return Poll::Ready(Err(err));
+        }
         let mut state = self.slot.lock();
         if state.done {
             return Poll::Ready(self.slot.get_from(&state));
@@ -803,6 +841,7 @@ impl<T> fmt::Debug for AsyncResult<T> {
         f.debug_struct("AsyncResult")
             .field("task", &self.slot.task)
             .field("ready", &self.ready())
+            .field("owner", &self.owner)
             .finish()
     }
 }

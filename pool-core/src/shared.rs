@@ -9,6 +9,7 @@ use nix::unistd::Pid;
 
 use crate::job::Job;
 use crate::jobqueue::JobSender;
+use crate::owner::Owner;
 use crate::spawn::ParentFd;
 use crate::{sys, Error};
 
@@ -31,6 +32,10 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     /// The pool's time limit per item, for jobs without one of their own.
     pub(crate) task_timeout: Option<std::time::Duration>,
+    /// The process that built the pool: the only one where its collector thread runs.
+    pub(crate) owner: Owner,
+    /// Why the pool runs below its size now (the restart guard backs off), for `stats()`.
+    degraded: Mutex<Option<String>>,
 }
 
 /// What `Pool::stats` reports, kept as the pool runs.
@@ -66,7 +71,22 @@ impl Shared {
                 ..Counters::default()
             },
             task_timeout,
+            owner: Owner::here(),
+            degraded: Mutex::new(None),
         }
+    }
+
+    /// Records (or clears) why the pool runs below its size.
+    pub(crate) fn set_degraded(&self, why: Option<String>) {
+        *lock(&self.degraded) = why;
+    }
+
+    /// Why the pool runs below its size, if it does for a reason of its own.
+    pub(crate) fn degraded(&self) -> Option<String> {
+        if !self.owner.is_here() {
+            return None;
+        }
+        lock(&self.degraded).clone()
     }
 
     pub(crate) fn processes(&self) -> usize {
@@ -99,6 +119,11 @@ impl Shared {
     /// Queues a job, or resolves it at once with `Closed` when the pool takes no more work.
     #[inline]
     pub(crate) fn submit(&self, mut job: Job) {
+        // Before any lock: in a forked child, a lock the parent held at the fork stays held.
+        if !self.owner.is_here() {
+            job.complete(Err(self.owner.error()));
+            return;
+        }
         if job.limit.is_none() {
             job.limit = self
                 .task_timeout
@@ -134,6 +159,9 @@ impl Shared {
 
     /// Accepts no more jobs; queued ones still run.
     pub(crate) fn close(&self) {
+        if !self.owner.is_here() {
+            return; // the parent's pool is not this process's to close
+        }
         let sender = self
             .sender
             .write()
@@ -153,6 +181,9 @@ impl Shared {
     /// Stops at once: no more jobs, every worker killed. The collector resolves every job with
     /// `Terminated`, reaps the workers and exits.
     pub(crate) fn terminate(&self) {
+        if !self.owner.is_here() {
+            return; // the pids below are the parent's workers: never signal them from here
+        }
         self.terminated.store(true, Ordering::SeqCst);
         self.close();
         for slot in &self.workers {
@@ -182,6 +213,9 @@ impl Shared {
 
     /// Jobs waiting in the queue (not yet sent to a worker).
     pub(crate) fn queue_len(&self) -> usize {
+        if !self.owner.is_here() {
+            return 0;
+        }
         self.sender
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -190,6 +224,9 @@ impl Shared {
     }
 
     pub(crate) fn worker_pids(&self) -> Vec<i32> {
+        if !self.owner.is_here() {
+            return Vec::new(); // no worker of this pool serves this process
+        }
         self.workers
             .iter()
             .filter_map(|slot| lock(slot).map(Pid::as_raw))

@@ -221,7 +221,7 @@ fn child_after_fork(parent_pid: Pid, region: &Region, bell: RawFd, memory_cap: O
         let _ = signal::signal(Signal::SIGINT, SigHandler::SigIgn);
         let _ = signal::signal(Signal::SIGTERM, SigHandler::SigDfl);
     }
-    release_inherited(region.span().0, bell);
+    release_inherited(Some(region.span().0), Some(bell));
     if let Some(cap) = memory_cap {
         cap_address_space(cap);
     }
@@ -231,24 +231,53 @@ fn child_after_fork(parent_pid: Pid, region: &Region, bell: RawFd, memory_cap: O
     exit_now(code)
 }
 
-/// In a new worker: closes the parent-only descriptors and unmaps the other workers' regions it
-/// inherited.
-fn release_inherited(own_region: usize, own_bell: RawFd) {
+/// Makes the inherited tables true in a child that this crate just forked: closes every
+/// listed descriptor but `own_bell` and unmaps every listed region but `own_region`, and
+/// **clears their entries**.
+///
+/// # Invariant
+///
+/// `PARENT_FDS` and `REGION_ADDRS`/`REGION_LENS` list exactly the descriptors open and the
+/// regions mapped in *this* process that a child it forks must drop. A forked child inherits the
+/// tables with its parent's entries; once it has closed or unmapped what they name, an entry
+/// left behind would be stale: the number or address range is free for reuse, and a grandchild
+/// (a worker of a pool the child builds) would close or unmap whatever reused it — a nested
+/// pool's own region, once (a segfault). So every fork site of this crate calls this in the child
+/// before anything else reads the tables, and what it keeps stays listed, so that the child's
+/// own children drop it in turn. Runs between `fork` and the worker loop: plain atomics and
+/// system calls only.
+pub(crate) fn release_inherited(own_region: Option<usize>, own_bell: Option<RawFd>) {
     for slot in PARENT_FDS.iter() {
         let fd = slot.load(Ordering::SeqCst);
-        if fd >= 0 && fd != own_bell {
+        if fd >= 0 && Some(fd) != own_bell {
             // SAFETY: closes a descriptor this child inherited and never uses; the parent's
             // objects that own it never run again here.
             unsafe { libc::close(fd) };
+            slot.store(-1, Ordering::SeqCst);
         }
     }
     for (addr, len) in REGION_ADDRS.iter().zip(REGION_LENS.iter()) {
-        let (addr, len) = (addr.load(Ordering::SeqCst), len.load(Ordering::SeqCst));
-        if addr != 0 && len != 0 && addr != own_region {
-            // SAFETY: unmaps another worker's region, which nothing in this child uses.
-            unsafe { libc::munmap(addr as *mut libc::c_void, len) };
+        let (a, l) = (addr.load(Ordering::SeqCst), len.load(Ordering::SeqCst));
+        if a != 0 && Some(a) != own_region {
+            if l != 0 {
+                // SAFETY: unmaps another worker's region, which nothing in this child uses.
+                unsafe { libc::munmap(a as *mut libc::c_void, l) };
+            }
+            len.store(0, Ordering::SeqCst);
+            addr.store(0, Ordering::SeqCst);
         }
     }
+}
+
+/// In a worker that did not inherit its region's entry (spawned, or forked by the fork server):
+/// lists its own region and bell, so that the workers of a pool it builds drop them.
+fn list_own(region: &Region, bell: RawFd) {
+    // Both stay listed for the worker's life: it never returns.
+    std::mem::forget(RegionSlot::register(region.span()));
+    let _ = PARENT_FDS.iter().any(|s| {
+        s.compare_exchange(-1, bell, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok()
+    });
 }
 
 /// Lets this worker map at most `cap` more bytes than it holds now (RLIMIT_AS): an allocation
@@ -445,6 +474,7 @@ pub(crate) fn run_spawned_worker(spec: &str) -> ! {
 /// forked by the fork server): applies the memory cap, tells the pool it has attached, serves
 /// jobs until told to stop, and exits. The panic hook must be installed already.
 pub(crate) fn serve_attached(region: Region, bell: RawFd, memory_cap: Option<u64>) -> ! {
+    list_own(&region, bell);
     if let Some(cap) = memory_cap {
         cap_address_space(cap);
     }

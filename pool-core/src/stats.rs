@@ -48,6 +48,12 @@ pub struct PoolStats {
     pub queue_depth: usize,
     /// Time each worker slot has spent running tasks, over all the processes it has had.
     pub busy_time: Vec<Duration>,
+    /// Why the pool runs below its size right now, when it is for a reason of its own: workers
+    /// kept failing outside any task, so the restart guard stopped starting them and will try
+    /// again after a backoff (the same text as the [`PoolBroken`](crate::Error::PoolBroken)
+    /// error that work gets meanwhile). `None` when the pool starts workers as it should; a
+    /// worker that just died and is being replaced shows only in `workers_alive`.
+    pub degraded: Option<String>,
 }
 
 impl PoolStats {
@@ -65,6 +71,7 @@ impl PoolStats {
                 .iter()
                 .map(|ns| Duration::from_nanos(ns.load(Ordering::Relaxed)))
                 .collect(),
+            degraded: shared.degraded(),
         }
     }
 }

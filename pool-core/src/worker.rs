@@ -12,7 +12,7 @@
 use std::sync::atomic::Ordering;
 
 use crate::frame::{self, Request, ResultsWriter};
-use crate::region::Region;
+use crate::region::{Bell, Region, EXIT_BELL_LOST};
 use crate::registry;
 
 /// Buffers that grew past this for one big job are given back afterwards.
@@ -27,6 +27,7 @@ pub(crate) const MAX_FRAME: u64 = 1 << 40;
 /// everything before it has been read); larger ones, and the rare one that wraps around the
 /// ring's end, are copied out first.
 pub(crate) fn run(region: &Region, bell: i32) -> i32 {
+    let bell = &Bell::new(bell);
     let mut state = State {
         output: Vec::new(),
         last: None,
@@ -67,6 +68,11 @@ pub(crate) fn run(region: &Region, bell: i32) -> i32 {
         if let Some(code) = outcome {
             return code;
         }
+        if bell.is_lost() {
+            // A task closed the bell: this job is answered, but the parent could not be woken
+            // for the next one. Exit; the parent sees it through the pidfd and starts another.
+            return EXIT_BELL_LOST;
+        }
         for buf in [&mut input, &mut state.output] {
             if buf.capacity() > KEEP_BUFFER {
                 *buf = Vec::new();
@@ -88,7 +94,7 @@ struct State {
 impl State {
     /// Runs one request frame and sends its results. Returns the exit code if the worker is
     /// to exit.
-    fn serve(&mut self, region: &Region, bell: i32, frame: &[u8]) -> Option<i32> {
+    fn serve(&mut self, region: &Region, bell: &Bell, frame: &[u8]) -> Option<i32> {
         let header = region.header();
         // Two clock reads per job (this one and the one after it): a job may be a single tiny
         // task, and in a virtual machine a read can cost as much as the task.
@@ -153,7 +159,7 @@ fn resident_bytes() -> u64 {
 }
 
 /// Reads exactly `dst.len()` bytes from the job ring, sleeping while it is empty.
-fn read_exact(region: &Region, bell: i32, dst: &mut [u8]) {
+fn read_exact(region: &Region, bell: &Bell, dst: &mut [u8]) {
     let ring = region.jobs();
     let mut got = 0;
     while got < dst.len() {
@@ -169,7 +175,7 @@ fn read_exact(region: &Region, bell: i32, dst: &mut [u8]) {
 }
 
 /// Writes all of `src` to the result ring, sleeping while it is full.
-fn write_all(region: &Region, bell: i32, src: &[u8]) {
+fn write_all(region: &Region, bell: &Bell, src: &[u8]) {
     let ring = region.results();
     let mut sent = 0;
     while sent < src.len() {

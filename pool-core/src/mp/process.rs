@@ -147,6 +147,10 @@ impl Process {
 }
 
 fn child(target: Box<dyn FnOnce()>, daemon: bool, parent: Pid) -> ! {
+    // First: the pools' tables of inherited regions and descriptors (see
+    // `spawn::release_inherited`). A `Process` uses none of its parent's pools (their handles
+    // refuse to work here), so it keeps none of their resources.
+    crate::spawn::release_inherited(None, None);
     if daemon
         && (nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()
             || nix::unistd::getppid() != parent)

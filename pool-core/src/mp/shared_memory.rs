@@ -66,10 +66,17 @@ fn normalize(name: &str) -> String {
 }
 
 impl SharedMemory {
-    /// Creates a new segment of `size` zeroed bytes; fails if the name exists.
+    /// Creates a new segment of `size` zeroed bytes; fails if the name exists, and with
+    /// [`Error::Config`] if `size` is 0 (as Python's `SharedMemory` raises `ValueError`).
     pub fn create(name: &str, size: usize) -> Result<SharedMemory, Error> {
         use nix::fcntl::OFlag;
         use nix::sys::stat::Mode;
+        if size == 0 {
+            // As Python's `SharedMemory(create=True, size=0)`: a block must hold something.
+            return Err(Error::Config(
+                "a shared memory block needs a size of at least one byte".into(),
+            ));
+        }
         let name = normalize(name);
         let fd = nix::sys::mman::shm_open(
             name.as_str(),
@@ -77,11 +84,11 @@ impl SharedMemory {
             Mode::S_IRUSR | Mode::S_IWUSR,
         )
         .map_err(|e| Error::shared(std::io::Error::from(e)))?;
-        let setup = nix::unistd::ftruncate(&fd, size.max(1) as libc::off_t)
+        let setup = nix::unistd::ftruncate(&fd, size as libc::off_t)
             .map_err(|e| Error::shared(std::io::Error::from(e)))
             .and_then(|()| {
                 use std::os::fd::AsRawFd;
-                SharedMapping::from_fd(fd.as_raw_fd(), size.max(1)).map_err(Error::shared)
+                SharedMapping::from_fd(fd.as_raw_fd(), size).map_err(Error::shared)
             });
         match setup {
             Ok(map) => Ok(SharedMemory {
@@ -109,7 +116,7 @@ impl SharedMemory {
         let size = nix::sys::stat::fstat(&fd)
             .map_err(|e| Error::shared(std::io::Error::from(e)))?
             .st_size as usize;
-        let map = SharedMapping::from_fd(fd.as_raw_fd(), size.max(1)).map_err(Error::shared)?;
+        let map = SharedMapping::from_fd(fd.as_raw_fd(), size).map_err(Error::shared)?;
         Ok(SharedMemory {
             inner: Arc::new(Inner {
                 name,
