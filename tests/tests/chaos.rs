@@ -374,11 +374,10 @@ fn imap_yields_every_result_before_the_inputs_panic_then_the_panic() {
         let pool = pool(2);
         for chunksize in [1, 3, 7, 100] {
             for ordered in [true, false] {
-                let input = (0..20u64).map(|i| {
+                let input = (0..20u64).inspect(|&i| {
                     if i == 7 {
                         panic!("the input broke at 7");
                     }
-                    i
                 });
                 let mut it = if ordered {
                     pool.imap_chunked(square, input, chunksize)
