@@ -22,6 +22,20 @@
 //!   the server. So SIGKILL of the program takes the server and then every worker down with it.
 //! - Requests and answers are strictly paired, under one lock in the program, so any pool in any
 //!   thread may use the server.
+//!
+//! # When the server dies
+//!
+//! Someone may kill it (an operator, the OOM killer). Its workers die with it and their pools
+//! replace them — through a new server: the first request that finds the server gone starts
+//! another and asks again. The new server is *not* a fork of the program, which by then may
+//! run threads whose locks a fork would inherit; it is the program's binary run again (as
+//! Python's forkserver is a fresh interpreter), whose `main` calls `pool_core::init()` first
+//! and becomes the server there, single-threaded, seeing the program as it was at the top of
+//! `main` — exactly what the first server saw. It holds the other end of a new socket pair
+//! (inherited across `exec`) and exits at that socket's end-of-file, that is when the program
+//! dies. Each server has a generation; a worker remembers its server's, and only its own
+//! server is ever asked to reap it (a pid from a dead server's time may name a new server's
+//! child by now). The dead server is reaped as it is replaced.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -44,14 +58,24 @@ static SERVER: OnceLock<Server> = OnceLock::new();
 
 #[derive(Debug)]
 struct Server {
-    /// The program's end of the socket pair. Registered as parent-only, so workers the program
-    /// forks itself close it.
-    channel: Mutex<ParentFd>,
+    /// The program's end of the socket pair to the current server, with that server's pid and
+    /// generation. Registered as parent-only, so workers the program forks itself close it.
+    channel: Mutex<Channel>,
     /// The process that started the server. A process forked from it (a worker, a
     /// `Process`) inherits this static but must not use the channel: requests from two
     /// processes would interleave.
     owner: u32,
 }
+
+#[derive(Debug)]
+struct Channel {
+    fd: ParentFd,
+    pid: Pid,
+    generation: u64,
+}
+
+/// Set in a restarted server's environment: `fd:program_pid`, its end of the socket pair.
+const SERVER_ENV: &str = "POOL_CORE_FORK_SERVER";
 
 /// The server, if this process is the one that started it.
 fn server() -> Option<&'static Server> {
@@ -97,12 +121,16 @@ pub(crate) fn start() {
                 // The server keeps nothing of pools the program may have built before `init()`.
                 spawn::release_inherited(None, None);
                 drop(ours);
-                serve(theirs, program)
+                serve(theirs, program, true)
             }
-            Ok(ForkResult::Parent { .. }) => {
+            Ok(ForkResult::Parent { child }) => {
                 drop(theirs);
                 let _ = SERVER.set(Server {
-                    channel: Mutex::new(ParentFd::new(ours)),
+                    channel: Mutex::new(Channel {
+                        fd: ParentFd::new(ours),
+                        pid: child,
+                        generation: 0,
+                    }),
                     owner: std::process::id(),
                 });
             }
@@ -112,8 +140,13 @@ pub(crate) fn start() {
 }
 
 /// Asks the server for a worker that serves `region` (in `memfd`) and rings `bell`. Returns the
-/// worker's pid; the worker is the server's child and stays unreaped until [`reap`].
-pub(crate) fn fork_worker(memfd: RawFd, bell: RawFd, memory_cap: Option<u64>) -> io::Result<Pid> {
+/// worker's pid and its server's generation; the worker is the server's child and stays
+/// unreaped until [`reap`]. A dead server is replaced (see the module docs) and asked again.
+pub(crate) fn fork_worker(
+    memfd: RawFd,
+    bell: RawFd,
+    memory_cap: Option<u64>,
+) -> io::Result<(Pid, u64)> {
     let server = server().ok_or_else(|| {
         io::Error::other(
             "StartMethod::ForkServer needs `pool_core::init()` (or `#[pool_core::main]`) first \
@@ -123,56 +156,152 @@ pub(crate) fn fork_worker(memfd: RawFd, bell: RawFd, memory_cap: Option<u64>) ->
     let mut request = [0u8; 9];
     request[0] = FORK;
     request[1..9].copy_from_slice(&memory_cap.unwrap_or(u64::MAX).to_le_bytes());
-    let answer = server.ask(&request, &[memfd, bell])?;
+    let (answer, generation) = match server.ask(&request, &[memfd, bell], None) {
+        Err(Gone(generation)) => {
+            server.restart(generation)?;
+            server
+                .ask(&request, &[memfd, bell], None)
+                .map_err(|Gone(_)| gone(Errno::EPIPE))?
+        }
+        Ok(answered) => answered,
+    };
     match answer {
-        [0, pid, _] if pid > 0 => Ok(Pid::from_raw(pid)),
+        [0, pid, _] if pid > 0 => Ok((Pid::from_raw(pid), generation)),
         [1, errno, _] => Err(io::Error::from_raw_os_error(errno)),
         _ => Err(io::Error::other("the fork server gave a malformed answer")),
     }
 }
 
-/// Has the server reap its worker `pid`, which must have exited (its pidfd is readable), and
-/// returns how it ended.
-pub(crate) fn reap(pid: Pid) -> ExitCause {
+/// Has the server of generation `generation` reap its worker `pid`, which must have exited (its
+/// pidfd is readable), and returns how it ended. A worker of an earlier server is not asked
+/// about: that server is gone, and so is its status.
+pub(crate) fn reap(pid: Pid, generation: u64) -> ExitCause {
     let Some(server) = server() else {
         return ExitCause::Unknown;
     };
     let mut request = [0u8; 9];
     request[0] = REAP;
     request[1..5].copy_from_slice(&pid.as_raw().to_le_bytes());
-    match server.ask(&request, &[]) {
-        Ok([0, code, _]) => ExitCause::Exited(code),
-        Ok([1, signal, _]) => ExitCause::Signal(signal),
+    match server.ask(&request, &[], Some(generation)) {
+        Ok(([0, code, _], _)) => ExitCause::Exited(code),
+        Ok(([1, signal, _], _)) => ExitCause::Signal(signal),
         _ => ExitCause::Unknown,
     }
 }
 
+/// The server of this generation did not answer: it is gone.
+struct Gone(u64);
+
 impl Server {
-    /// Sends one request and reads its answer: three little-endian `i32`s.
-    fn ask(&self, request: &[u8], fds: &[RawFd]) -> io::Result<[i32; 3]> {
+    /// Sends one request and reads its answer (three little-endian `i32`s) and the generation
+    /// of the server that gave it; with `only`, only if that server is of that generation.
+    fn ask(
+        &self,
+        request: &[u8],
+        fds: &[RawFd],
+        only: Option<u64>,
+    ) -> Result<([i32; 3], u64), Gone> {
         let channel = self.channel.lock().unwrap_or_else(PoisonError::into_inner);
+        let generation = channel.generation;
+        if only.is_some_and(|g| g != generation) {
+            return Err(Gone(generation));
+        }
+        let raw = channel.fd.raw();
         let cmsgs = [ControlMessage::ScmRights(fds)];
         let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &cmsgs };
-        retry(|| {
+        let sent = retry(|| {
             socket::sendmsg::<()>(
-                channel.raw(),
+                raw,
                 &[IoSlice::new(request)],
                 cmsgs,
                 MsgFlags::MSG_NOSIGNAL,
                 None,
             )
-        })
-        .map_err(gone)?;
+        });
+        if sent.is_err() {
+            return Err(Gone(generation));
+        }
         let mut answer = [0u8; 12];
-        let n =
-            retry(|| socket::recv(channel.raw(), &mut answer, MsgFlags::empty())).map_err(gone)?;
-        if n != answer.len() {
-            return Err(gone(Errno::EPIPE));
+        match retry(|| socket::recv(raw, &mut answer, MsgFlags::empty())) {
+            Ok(n) if n == answer.len() => {}
+            _ => return Err(Gone(generation)),
         }
         let word =
             |i: usize| i32::from_le_bytes(answer[i * 4..i * 4 + 4].try_into().unwrap_or_default());
-        Ok([word(0), word(1), word(2)])
+        Ok(([word(0), word(1), word(2)], generation))
     }
+
+    /// Replaces the server of generation `dead` (unless another thread did already): runs the
+    /// program's binary again as the new server (see the module docs).
+    fn restart(&self, dead: u64) -> io::Result<()> {
+        use std::os::unix::process::CommandExt;
+        let mut channel = self.channel.lock().unwrap_or_else(PoisonError::into_inner);
+        if channel.generation != dead {
+            return Ok(()); // replaced meanwhile
+        }
+        let (ours, theirs) = socket::socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(io::Error::from)?;
+        let fd = theirs.as_raw_fd();
+        let mut command = std::process::Command::new(std::env::current_exe()?);
+        command
+            .env(SERVER_ENV, format!("{fd}:{}", std::process::id()))
+            .env_remove(spawn::WORKER_ENV)
+            .stdin(std::process::Stdio::null());
+        // SAFETY: runs between fork and exec, where only async-signal-safe calls are allowed:
+        // fcntl and signal are plain system calls on an integer captured by value.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                libc::signal(libc::SIGINT, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+        let child = command.spawn()?;
+        drop(theirs);
+        // The dead server is our child: reap it (it may still be dying: then it is reaped at
+        // the next restart or stays a zombie until the program ends).
+        let _ = nix::sys::wait::waitpid(channel.pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+        let pid = Pid::from_raw(child.id() as i32);
+        drop(child); // neither kills nor reaps: reaped when it is replaced, as above
+        *channel = Channel {
+            fd: ParentFd::new(ours),
+            pid,
+            generation: dead + 1,
+        };
+        Ok(())
+    }
+}
+
+/// In a process started by `Server::restart`: becomes the fork server. Called by
+/// `pool_core::init()` when the environment says so; never returns.
+pub(crate) fn serve_restarted() {
+    let Ok(spec) = std::env::var(SERVER_ENV) else {
+        return;
+    };
+    let mut fields = spec.split(':').map(|f| f.parse::<i32>().ok());
+    let (Some(Some(fd)), Some(Some(program))) = (fields.next(), fields.next()) else {
+        spawn::exit_now(2);
+    };
+    // The server's own children (workers) must not think they are servers.
+    std::env::remove_var(SERVER_ENV);
+    if registry::check().is_err() {
+        spawn::exit_now(2);
+    }
+    panic_capture::install();
+    // SAFETY: the descriptor was inherited across exec for this process alone; nothing else
+    // in it owns or uses it.
+    let channel = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Close-on-exec again: the workers it forks must not hold the server's end.
+    // SAFETY: fcntl on a descriptor this process owns.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    serve(channel, Pid::from_raw(program), false)
 }
 
 fn gone(errno: Errno) -> io::Error {
@@ -189,9 +318,17 @@ fn retry<T>(mut f: impl FnMut() -> nix::Result<T>) -> nix::Result<T> {
 }
 
 /// The server's main loop; never returns.
-fn serve(channel: OwnedFd, program: Pid) -> ! {
-    if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() || nix::unistd::getppid() != program
-    {
+///
+/// The first server dies with the thread that called `init()` (the main thread, so with the
+/// program: `PR_SET_PDEATHSIG`). A restarted one was started by whatever thread found the
+/// server gone — perhaps a pool's collector, which ends with its pool — so it must not die
+/// with that thread (`with_parent_thread` false): it ends at its socket's end-of-file, which
+/// comes when the program dies (every process the program forks closes its end first).
+fn serve(channel: OwnedFd, program: Pid, with_parent_thread: bool) -> ! {
+    if with_parent_thread && nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() {
+        spawn::exit_now(1);
+    }
+    if nix::unistd::getppid() != program {
         spawn::exit_now(1);
     }
     // The socket pair has no address, so only the program holds the other end; check it anyway.

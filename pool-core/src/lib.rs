@@ -218,6 +218,8 @@ pub fn init() {
     if let Ok(spec) = std::env::var(spawn::WORKER_ENV) {
         spawn::run_spawned_worker(&spec);
     }
+    // A fork server started again after the first one died (never returns there).
+    forkserver::serve_restarted();
     forkserver::start();
 }
 

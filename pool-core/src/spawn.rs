@@ -121,8 +121,9 @@ impl Drop for RegionSlot {
 #[derive(Debug)]
 pub(crate) struct WorkerProcess {
     pid: Pid,
-    /// Whether the fork server, rather than this process, is the worker's parent.
-    by_server: bool,
+    /// The generation of the fork server that is the worker's parent, if one is (rather than
+    /// this process).
+    by_server: Option<u64>,
     // Field order matters: slots unregister before what they name is closed or unmapped.
     pidfd: ParentFd,
     // Held for its `Drop`, which unregisters the region before it is unmapped.
@@ -152,8 +153,8 @@ impl WorkerProcess {
             let _ = poll(&mut fds, timeout);
         }
         // Exited by now, or about to be killed by `reap` after a last short grace.
-        let cause = if self.by_server {
-            reap_by_server(self.pid, self.pidfd.fd())
+        let cause = if let Some(generation) = self.by_server {
+            reap_by_server(self.pid, self.pidfd.fd(), generation)
         } else {
             reap(self.pid, Duration::from_millis(1))
         };
@@ -191,7 +192,7 @@ pub(crate) fn fork_worker(bell: RawFd, memory_cap: Option<u64>) -> io::Result<Wo
             match sys::pidfd_open(child.as_raw()) {
                 Ok(pidfd) => Ok(WorkerProcess {
                     pid: child,
-                    by_server: false,
+                    by_server: None,
                     pidfd: ParentFd::new(pidfd),
                     _slot: slot,
                     region,
@@ -309,20 +310,20 @@ pub(crate) fn forkserver_worker(bell: RawFd, memory_cap: Option<u64>) -> io::Res
     };
     // Registered, so that workers this process forks meanwhile close it.
     let memfd = ParentFd::new(memfd);
-    let pid = forkserver::fork_worker(memfd.raw(), bell, memory_cap)?;
+    let (pid, generation) = forkserver::fork_worker(memfd.raw(), bell, memory_cap)?;
     drop(memfd); // the worker has its own copy now
                  // The server reaps the worker only when asked (below), so `pid` names it until then.
     let pidfd = match sys::pidfd_open(pid.as_raw()) {
         Ok(fd) => ParentFd::new(fd),
         Err(err) => {
             let _ = signal::kill(pid, Signal::SIGKILL);
-            forkserver::reap(pid);
+            forkserver::reap(pid, generation);
             return Err(err);
         }
     };
     Ok(WorkerProcess {
         pid,
-        by_server: true,
+        by_server: Some(generation),
         pidfd,
         _slot: slot,
         region,
@@ -332,7 +333,7 @@ pub(crate) fn forkserver_worker(bell: RawFd, memory_cap: Option<u64>) -> io::Res
 /// Kills the fork server's worker `pid` if it still runs, waits on its pidfd until it has
 /// exited, and has the server reap it. The pid stays valid throughout: only that request lets
 /// the server reap it.
-fn reap_by_server(pid: Pid, pidfd: &OwnedFd) -> ExitCause {
+fn reap_by_server(pid: Pid, pidfd: &OwnedFd, generation: u64) -> ExitCause {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::AsFd;
     let exited = |timeout: PollTimeout| {
@@ -349,7 +350,7 @@ fn reap_by_server(pid: Pid, pidfd: &OwnedFd) -> ExitCause {
         let _ = signal::kill(pid, Signal::SIGKILL);
         exited(PollTimeout::NONE);
     }
-    forkserver::reap(pid)
+    forkserver::reap(pid, generation)
 }
 
 /// The environment variable that marks a spawned worker: `memfd:bell:parent_pid:cap`.
@@ -418,7 +419,7 @@ pub(crate) fn spawn_worker(bell: RawFd, memory_cap: Option<u64>) -> io::Result<W
     };
     let worker = WorkerProcess {
         pid,
-        by_server: false,
+        by_server: None,
         pidfd,
         _slot: slot,
         region,

@@ -111,6 +111,34 @@ pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// The wait status (as `waitpid` gives it) of the process behind `pidfd` once it has exited,
+/// from the kernel's pidfd information (`PIDFD_GET_INFO` with `PIDFD_INFO_EXIT`, Linux 6.15 and
+/// later); `None` on older kernels or while the process runs. Unlike `waitpid`, this works
+/// after someone else reaped the process (the kernel, when the program ignores SIGCHLD).
+pub(crate) fn pidfd_exit_status(pidfd: &OwnedFd) -> Option<i32> {
+    /// `struct pidfd_info` of `<linux/pidfd.h>`, as of its first version (64 bytes).
+    #[repr(C)]
+    #[derive(Default)]
+    struct PidfdInfo {
+        mask: u64,
+        cgroupid: u64,
+        ids: [u32; 11],
+        exit_code: i32,
+    }
+    const _: () = assert!(std::mem::size_of::<PidfdInfo>() == 64);
+    const PIDFD_INFO_EXIT: u64 = 1 << 3;
+    // _IOWR(0xFF, 11, struct pidfd_info): read-write, 64 bytes, type 0xFF, number 11.
+    const PIDFD_GET_INFO: libc::c_ulong = (3 << 30) | (64 << 16) | (0xFF << 8) | 11;
+    let mut info = PidfdInfo {
+        mask: PIDFD_INFO_EXIT,
+        ..PidfdInfo::default()
+    };
+    // SAFETY: the ioctl reads and writes at most 64 bytes (the size in its number) of a live,
+    // properly aligned local; an unknown request fails with an error and writes nothing.
+    let r = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_INFO as _, &mut info) };
+    (r == 0 && info.mask & PIDFD_INFO_EXIT != 0).then_some(info.exit_code)
+}
+
 /// A shared anonymous mapping: the same physical pages in this process and in every child
 /// forked while it is mapped. Unmapped on drop (in the process that drops it).
 #[derive(Debug)]

@@ -398,3 +398,43 @@ fn imap_yields_every_result_before_the_inputs_panic_then_the_panic() {
         assert_eq!(pool.map(square, 0..10).unwrap()[9], 81);
     });
 }
+
+// --- 10. a dead fork server is replaced -------------------------------------------------------
+
+#[test]
+fn a_killed_fork_server_is_replaced_and_pools_go_on() {
+    let out = deadline(120, "fork server killed", || helper(&["forkserver-killed"]));
+    assert_eq!(out["server_was_child"], "true", "{out:?}");
+    assert_eq!(out["failed_after_kill"], "0", "{out:?}");
+    assert_eq!(out["pool_serves"], "true", "{out:?}");
+    assert_eq!(out["fresh"], "Ok(Ok(9801))", "{out:?}");
+    assert_eq!(out["new_server_differs"], "true", "{out:?}");
+    assert_eq!(out["new_server_parent_is_program"], "true", "{out:?}");
+}
+
+// --- 6. exit codes when the program ignores SIGCHLD --------------------------------------------
+
+/// Whether this kernel keeps a reaped child's exit status in its pidfd (Linux 6.15 and later).
+fn kernel_keeps_exit_status() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (6, 15)
+}
+
+#[test]
+fn process_exit_codes_are_documented_values_when_sigchld_is_ignored() {
+    let out = deadline(60, "SIGCHLD ignored", || helper(&["sigchld-ignored"]));
+    let codes = if kernel_keeps_exit_status() {
+        "[Some(0), Some(7), Some(-6)]"
+    } else {
+        "[Some(0), None, None]" // what the children could report themselves (see exitcode)
+    };
+    assert_eq!(out["codes"], codes, "{out:?}");
+    assert_eq!(out["pool"], "Ok(9801)");
+    assert_eq!(out["died"], "Err(true)");
+    assert_eq!(out["pool_after"], "Ok(9801)");
+}

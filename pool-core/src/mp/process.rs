@@ -12,6 +12,7 @@
 use std::fmt;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -122,6 +123,8 @@ impl Process {
         // Whatever the program wrote must not be written twice (once more by the child).
         let _ = std::io::stdout().flush();
         let target = self.target;
+        let report =
+            crate::sys::SharedMapping::new(std::mem::size_of::<Report>()).map_err(Error::shared)?;
         let forked = crate::spawn::with_fork_lock(|| {
             // SAFETY: the child runs only the target and then ends with `_exit`, so no
             // destructor or `atexit` handler of the parent runs twice. As with any fork of a
@@ -130,15 +133,28 @@ impl Process {
             unsafe { nix::unistd::fork() }
         });
         match forked.map_err(|e| Error::shared(std::io::Error::from(e)))? {
-            ForkResult::Child => child(target, daemon, parent),
+            ForkResult::Child => child(target, daemon, parent, &report),
             ForkResult::Parent { child } => {
-                // Unreaped, so the pid names our child until we wait for it.
-                let pidfd = crate::sys::pidfd_open(child.as_raw()).map_err(Error::shared)?;
+                // The child waits for `go` before it runs anything, so it is alive (and its pid
+                // names it) when we open its pidfd — even in a program that ignores SIGCHLD,
+                // where the kernel reaps a child the moment it exits.
+                let pidfd = match crate::sys::pidfd_open(child.as_raw()) {
+                    Ok(pidfd) => pidfd,
+                    Err(err) => {
+                        let _ = signal::kill(child, Signal::SIGKILL);
+                        let _ = waitpid(child, None);
+                        return Err(Error::shared(err));
+                    }
+                };
+                let report_words = report_of(&report);
+                report_words.go.store(1, Ordering::SeqCst);
+                crate::sys::futex_wake(&report_words.go);
                 Ok(ProcessHandle {
                     pid: child,
                     name,
                     daemon,
                     pidfd,
+                    report,
                     status: Mutex::new(None),
                 })
             }
@@ -146,11 +162,20 @@ impl Process {
     }
 }
 
-fn child(target: Box<dyn FnOnce()>, daemon: bool, parent: Pid) -> ! {
+fn child(
+    target: Box<dyn FnOnce()>,
+    daemon: bool,
+    parent: Pid,
+    report: &crate::sys::SharedMapping,
+) -> ! {
     // First: the pools' tables of inherited regions and descriptors (see
     // `spawn::release_inherited`). A `Process` uses none of its parent's pools (their handles
     // refuse to work here), so it keeps none of their resources.
     crate::spawn::release_inherited(None, None);
+    let report = report_of(report);
+    while report.go.load(Ordering::SeqCst) == 0 {
+        crate::sys::futex_wait(&report.go, 0);
+    }
     if daemon
         && (nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()
             || nix::unistd::getppid() != parent)
@@ -168,7 +193,28 @@ fn child(target: Box<dyn FnOnce()>, daemon: bool, parent: Pid) -> ! {
         }
     };
     let _ = std::io::stdout().flush();
+    report.code.store(code, Ordering::SeqCst);
+    report.reported.store(1, Ordering::SeqCst);
     crate::spawn::exit_now(code)
+}
+
+/// What parent and child share about the child's start and end, in a small shared mapping.
+#[repr(C)]
+struct Report {
+    /// Set (and woken) by the parent once it holds the child's pidfd; the child waits for it.
+    go: AtomicU32,
+    /// Set by the child once `code` holds its exit code: the one record of it when the program
+    /// ignores SIGCHLD (the kernel then reaps the child itself) on a kernel that cannot tell a
+    /// pidfd's exit status (before Linux 6.15).
+    reported: AtomicU32,
+    code: AtomicI32,
+}
+
+fn report_of(map: &crate::sys::SharedMapping) -> &Report {
+    // SAFETY: the mapping is at least `size_of::<Report>()` bytes, page-aligned, zeroed when
+    // new (a valid `Report`: atomics only), shared between the two processes, and accessed
+    // only through these atomics; it lives as long as the returned reference.
+    unsafe { &*map.as_ptr().cast::<Report>() }
 }
 
 impl fmt::Debug for Process {
@@ -186,8 +232,11 @@ pub struct ProcessHandle {
     name: String,
     daemon: bool,
     pidfd: OwnedFd,
-    /// The exit code once reaped.
-    status: Mutex<Option<i32>>,
+    /// The child's own record of its exit code (see `Process::start`).
+    report: crate::sys::SharedMapping,
+    /// `Some` once the child has ended: its exit code, when it can be known (see
+    /// [`exitcode`](Self::exitcode)).
+    status: Mutex<Option<Option<i32>>>,
 }
 
 impl ProcessHandle {
@@ -206,24 +255,40 @@ impl ProcessHandle {
         self.daemon
     }
 
-    fn reap(&self, block: bool) -> Option<i32> {
+    /// `None` while it runs; once it has ended, its exit code if that can be known.
+    fn reap(&self, block: bool) -> Option<Option<i32>> {
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         if status.is_none() {
             let flags = (!block).then_some(WaitPidFlag::WNOHANG);
             loop {
                 match waitpid(self.pid, flags) {
-                    Ok(WaitStatus::Exited(_, code)) => *status = Some(code),
-                    Ok(WaitStatus::Signaled(_, sig, _)) => *status = Some(-(sig as i32)),
+                    Ok(WaitStatus::Exited(_, code)) => *status = Some(Some(code)),
+                    Ok(WaitStatus::Signaled(_, sig, _)) => *status = Some(Some(-(sig as i32))),
                     Err(nix::errno::Errno::EINTR) => continue,
                     Ok(WaitStatus::StillAlive) => {}
                     Ok(_) => continue,
-                    // Reaped by someone else (a `waitpid(-1)` elsewhere in the program).
-                    Err(_) => *status = Some(i32::MIN),
+                    // Not waitable: it has ended and was reaped elsewhere — by the kernel when
+                    // the program ignores SIGCHLD, or by a `waitpid(-1)` in the program.
+                    Err(_) => *status = Some(self.code_after_reaped()),
                 }
                 break;
             }
         }
         *status
+    }
+
+    /// The exit code of a child that someone else reaped: from its pidfd (Linux 6.15 and
+    /// later keep it there), else from what the child wrote before exiting, else unknown.
+    fn code_after_reaped(&self) -> Option<i32> {
+        if let Some(status) = crate::sys::pidfd_exit_status(&self.pidfd) {
+            return Some(if libc::WIFSIGNALED(status) {
+                -libc::WTERMSIG(status)
+            } else {
+                libc::WEXITSTATUS(status)
+            });
+        }
+        let report = report_of(&self.report);
+        (report.reported.load(Ordering::SeqCst) != 0).then(|| report.code.load(Ordering::SeqCst))
     }
 
     /// Whether it is still running.
@@ -274,8 +339,15 @@ impl ProcessHandle {
     /// `None` while it runs; then its exit code: `Some(0)` on success, `Some(1)` after a
     /// panic, the code it passed to `exit`, or `Some(-N)` when killed by signal N (as in
     /// Python).
+    ///
+    /// In a program that ignores SIGCHLD the kernel reaps children itself, so `waitpid` cannot
+    /// report them; the code is then read from the child's pidfd (Linux 6.15 and later), and on
+    /// older kernels from the child's own record, which covers a normal end (`Some(0)`) and a
+    /// panic (`Some(1)`). A child that a signal or `exit` ended on such a kernel reports
+    /// `None` even after it ended (as CPython's `exitcode` does there); [`is_alive`](Self::is_alive)
+    /// and [`join`](Self::join) still tell that it has ended.
     pub fn exitcode(&self) -> Option<i32> {
-        self.reap(false)
+        self.reap(false).flatten()
     }
 }
 
