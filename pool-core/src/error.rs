@@ -175,6 +175,11 @@ pub enum Error {
     #[error("shared object: {0}")]
     Shared(#[source] Arc<std::io::Error>),
 
+    /// A send on a [`Connection`](crate::Connection) whose sending end this process closed
+    /// (with `close()`), or whose pipe was closed as a whole.
+    #[error("this end of the pipe is closed: it sends no more")]
+    PipeClosed,
+
     /// A pool, or a result or iterator of one, was used in a process other than the one that
     /// built the pool — a child forked from it (a [`Process`](crate::Process), a worker, a
     /// program's own `fork`). The pool's collector thread, which feeds its workers and delivers

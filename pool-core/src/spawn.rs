@@ -223,6 +223,7 @@ fn child_after_fork(parent_pid: Pid, region: &Region, bell: RawFd, memory_cap: O
         let _ = signal::signal(Signal::SIGTERM, SigHandler::SigDfl);
     }
     release_inherited(Some(region.span().0), Some(bell));
+    crate::mp::pipe::local::forget_inherited();
     if let Some(cap) = memory_cap {
         cap_address_space(cap);
     }

@@ -438,3 +438,110 @@ fn process_exit_codes_are_documented_values_when_sigchld_is_ignored() {
     assert_eq!(out["died"], "Err(true)");
     assert_eq!(out["pool_after"], "Ok(9801)");
 }
+
+// --- 7. pipes: end-of-file when the writers are gone; close acts on this process only ---------
+
+#[task]
+fn send_then_exit(tx: pool_core::Connection<u64>, n: u64, how: u8) {
+    for i in 0..n {
+        tx.send(&i).unwrap();
+    }
+    match how {
+        0 => std::process::exit(0), // no close, no drop: the exit lets go
+        1 => {
+            // SAFETY: kills this very process, as an outside SIGKILL would.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        }
+        _ => {} // returns: the handle is dropped
+    }
+}
+
+/// Receives until the pipe says it is closed; the items, and how long the end took to come.
+fn drain(rx: &pool_core::Connection<u64>) -> (Vec<u64>, Duration) {
+    let mut got = Vec::new();
+    loop {
+        let started = Instant::now();
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(v) => got.push(v),
+            Err(pool_core::GetError::Closed) => return (got, started.elapsed()),
+            Err(other) => panic!("expected Closed after {got:?}, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_reader_gets_closed_once_every_writer_is_gone() {
+    deadline(120, "pipe end-of-file", || {
+        for how in [0u8, 1, 2] {
+            // Simplex and duplex; the parent closes its copy of the child's end right after
+            // start, as Python programs do: the child's own copy stays open.
+            let (rx, tx) = pool_core::Pipe::simplex::<u64>().unwrap();
+            let child = Process::new(send_then_exit, (tx.clone(), 5, how))
+                .start()
+                .unwrap();
+            tx.close();
+            drop(tx);
+            let (got, eof_after) = drain(&rx);
+            assert_eq!(got, [0, 1, 2, 3, 4], "how={how}");
+            assert!(
+                eof_after < Duration::from_secs(5),
+                "how={how}: {eof_after:?}"
+            );
+            child.join();
+
+            let (a, b) = pool_core::Pipe::new::<u64>().unwrap();
+            let child = Process::new(send_then_exit, (b.clone(), 3, how))
+                .start()
+                .unwrap();
+            b.close();
+            let (got, _) = drain(&a);
+            assert_eq!(got, [0, 1, 2], "duplex how={how}");
+            child.join();
+        }
+    });
+}
+
+#[task]
+fn echo_once(end: pool_core::Connection<u64>) {
+    let v = end.recv().unwrap();
+    end.send(&(v * 10)).unwrap();
+}
+
+#[test]
+fn close_acts_on_this_process_only_and_a_closed_end_says_so() {
+    deadline(60, "pipe close", || {
+        let (parent_end, child_end) = pool_core::Pipe::new::<u64>().unwrap();
+        let child = Process::new(echo_once, child_end.clone()).start().unwrap();
+        child_end.close(); // Python: close the child's end in the parent after start()
+        parent_end.send(&7).unwrap();
+        assert_eq!(
+            parent_end.recv_timeout(Duration::from_secs(20)).unwrap(),
+            70
+        );
+        child.join();
+        assert_eq!(child.exitcode(), Some(0));
+        // Sending on a closed end: an error about the pipe, not about a pool.
+        let err = child_end.send(&1).unwrap_err();
+        assert!(matches!(err, Error::PipeClosed), "{err:?}");
+        assert!(!err.to_string().contains("pool"), "{err}");
+        // The child is gone and this process closed its copy: end-of-file.
+        assert!(matches!(
+            parent_end.recv_timeout(Duration::from_secs(20)),
+            Err(pool_core::GetError::Closed)
+        ));
+    });
+}
+
+#[test]
+fn a_pool_task_holds_a_received_end_while_it_runs() {
+    deadline(60, "pipe through a pool", || {
+        let pool = pool(2);
+        let (rx, tx) = pool_core::Pipe::simplex::<u64>().unwrap();
+        let r = pool.apply_async(send_then_exit, (tx.clone(), 4, 2));
+        drop(tx); // this process's last handle: only the task holds the end now
+        r.get().unwrap();
+        let (got, eof_after) = drain(&rx);
+        assert_eq!(got, [0, 1, 2, 3]);
+        assert!(eof_after < Duration::from_secs(5));
+    });
+}

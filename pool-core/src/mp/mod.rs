@@ -10,7 +10,7 @@
 
 pub(crate) mod handle;
 mod lock;
-mod pipe;
+pub(crate) mod pipe;
 mod process;
 mod queue;
 mod raw;

@@ -41,26 +41,44 @@ impl Pipe {
     /// for Python users, though it returns the two ends rather than a `Pipe`).
     #[allow(clippy::new_ret_no_self)]
     pub fn new<T>() -> Result<(Connection<T>, Connection<T>), Error> {
-        let ab = ByteRing::create(DEFAULT_BUFFER, 0, kind::QUEUE)?;
-        let ba = ByteRing::create(DEFAULT_BUFFER, 0, kind::QUEUE)?;
+        let ab = pipe_ring()?;
+        let ba = pipe_ring()?;
         Ok((
-            Connection::new(Some(ab.clone()), Some(ba.clone())),
-            Connection::new(Some(ba), Some(ab)),
+            Connection::new(Some(ab.clone()), Some(ba.clone()), true),
+            Connection::new(Some(ba), Some(ab), true),
         ))
     }
 
     /// A receive-only end and a send-only end (Python's `Pipe(duplex=False)`).
     pub fn simplex<T>() -> Result<(Connection<T>, Connection<T>), Error> {
-        let ring = ByteRing::create(DEFAULT_BUFFER, 0, kind::QUEUE)?;
+        let ring = pipe_ring()?;
         Ok((
-            Connection::new(None, Some(ring.clone())),
-            Connection::new(Some(ring), None),
+            Connection::new(None, Some(ring.clone()), true),
+            Connection::new(Some(ring), None, true),
         ))
     }
 }
 
+/// A new ring for one direction of a pipe, tracking its senders (this process first).
+fn pipe_ring() -> Result<ByteRing, Error> {
+    let ring = ByteRing::create(DEFAULT_BUFFER, 0, kind::QUEUE)?;
+    ring.track_senders();
+    Ok(ring)
+}
+
 /// One end of a [`Pipe`]: sends and receives `T` (as MessagePack) or raw bytes. It can be
 /// cloned, inherited across `fork`, and passed to a [`Process`](crate::Process) or a pool task.
+///
+/// # Ends, processes and end-of-file
+///
+/// As with an OS pipe, a receiver learns that nothing more can come — [`GetError::Closed`],
+/// Python's `EOFError` — once every process that held the other end has let go of it: by
+/// [`close`](Self::close), by dropping its last handle to it, or by dying (a process's exit,
+/// even by SIGKILL, lets go of everything, as it closes its descriptors). Everything sent
+/// before is received first. `close` acts on this process's hold only: a parent may close the
+/// child's end right after [`Process::start`](crate::Process::start), as Python programs do,
+/// and the child keeps its own. A `Process` child holds what its parent held when it was
+/// started; a pool task holds the ends it received as arguments while it runs.
 pub struct Connection<T> {
     send: Option<ByteRing>,
     recv: Option<ByteRing>,
@@ -68,7 +86,13 @@ pub struct Connection<T> {
 }
 
 impl<T> Connection<T> {
-    fn new(send: Option<ByteRing>, recv: Option<ByteRing>) -> Self {
+    /// A handle to the two rings; `fresh`: a new hold on the sending end in this process (a
+    /// new pipe, or an end received from elsewhere), which reopens it if this process had
+    /// closed it; a clone only adds to the hold it copies.
+    fn new(send: Option<ByteRing>, recv: Option<ByteRing>, fresh: bool) -> Self {
+        if let Some(ring) = &send {
+            local::hold(ring, fresh);
+        }
         Connection {
             send,
             recv,
@@ -77,9 +101,14 @@ impl<T> Connection<T> {
     }
 
     fn sender(&self) -> Result<&ByteRing, Error> {
-        self.send
+        let ring = self
+            .send
             .as_ref()
-            .ok_or_else(|| Error::Config("this end of the pipe only receives".into()))
+            .ok_or_else(|| Error::Config("this end of the pipe only receives".into()))?;
+        if local::is_closed(ring) {
+            return Err(Error::PipeClosed);
+        }
+        Ok(ring)
     }
 
     fn receiver(&self) -> Result<&ByteRing, GetError> {
@@ -90,12 +119,12 @@ impl<T> Connection<T> {
     pub fn send_bytes(&self, bytes: &[u8]) -> Result<(), Error> {
         match self.sender()?.put(bytes, Wait::Forever) {
             Ok(()) => Ok(()),
-            Err(PutFail::Closed) => Err(Error::Closed),
+            Err(PutFail::Closed) => Err(Error::PipeClosed),
             Err(PutFail::TooLarge) => Err(Error::Config(format!(
                 "a message of {} bytes is larger than the pipe's buffer",
                 bytes.len()
             ))),
-            Err(_) => Err(Error::Closed),
+            Err(_) => Err(Error::PipeClosed),
         }
     }
 
@@ -120,11 +149,13 @@ impl<T> Connection<T> {
             .is_some_and(|r| r.poll(Wait::Until(Instant::now() + timeout)))
     }
 
-    /// Tells the other end that nothing more will be sent: its receives return
-    /// [`GetError::Closed`] once it has read everything (Python's `EOFError`).
+    /// Lets go of this end in this process (Python's `Connection.close()`): it sends no more
+    /// (a send returns [`Error::PipeClosed`]), and once no process holds the sending end any
+    /// more, the other end's receives return [`GetError::Closed`] after everything sent
+    /// (Python's `EOFError`). Other processes' ends stay open.
     pub fn close(&self) {
-        if let Some(s) = &self.send {
-            s.close();
+        if let Some(ring) = &self.send {
+            local::close(ring);
         }
     }
 }
@@ -154,9 +185,17 @@ impl<T: DeserializeOwned + 'static> Connection<T> {
     }
 }
 
+impl<T> Drop for Connection<T> {
+    fn drop(&mut self) {
+        if let Some(ring) = &self.send {
+            local::release(ring);
+        }
+    }
+}
+
 impl<T> Clone for Connection<T> {
     fn clone(&self) -> Self {
-        Connection::new(self.send.clone(), self.recv.clone())
+        Connection::new(self.send.clone(), self.recv.clone(), false)
     }
 }
 
@@ -188,6 +227,7 @@ impl<T> Serialize for Connection<T> {
 impl<'de, T> Deserialize<'de> for Connection<T> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let w = Wire::deserialize(d)?;
+        // A received end is this process's own hold: it counts as a sender from now on.
         let open = |r: Option<super::segment::SegmentRef>| -> Result<Option<ByteRing>, D::Error> {
             match r {
                 None => Ok(None),
@@ -198,6 +238,120 @@ impl<'de, T> Deserialize<'de> for Connection<T> {
                 Some(_) => Err(serde::de::Error::custom("not a pipe end")),
             }
         };
-        Ok(Connection::new(open(w.send)?, open(w.recv)?))
+        Ok(Connection::new(open(w.send)?, open(w.recv)?, true))
+    }
+}
+
+/// This process's hold on the sending ends of pipes: how many live [`Connection`]s here send on
+/// each ring, and whether this process closed it. The ring's shared table of senders
+/// (`ByteRing::add_sender`) lists this process while it holds a ring it has not closed.
+///
+/// A `Process` child inherits this table with the handles it describes (its parent adds the
+/// child to each ring's senders as it starts it: [`adopt_child`]); a pool worker uses none of
+/// its parent's handles and starts with it empty ([`forget_inherited`]). Changed under the
+/// crate's fork lock, so no child inherits it half-changed.
+pub(crate) mod local {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, PoisonError, Weak};
+
+    use super::ByteRing;
+    use crate::mp::segment::Segment;
+    use crate::spawn::with_fork_lock;
+
+    struct Hold {
+        ring: Weak<Segment>,
+        count: usize,
+        closed: bool,
+    }
+
+    static HOLDS: Mutex<Option<HashMap<u128, Hold>>> = Mutex::new(None);
+
+    fn with<R>(f: impl FnOnce(&mut HashMap<u128, Hold>) -> R) -> R {
+        with_fork_lock(|| {
+            let mut holds = HOLDS.lock().unwrap_or_else(PoisonError::into_inner);
+            f(holds.get_or_insert_with(HashMap::new))
+        })
+    }
+
+    /// A new handle to `ring`'s sending end in this process; `fresh` reopens a closed hold.
+    pub(crate) fn hold(ring: &ByteRing, fresh: bool) {
+        let first = with(|holds| {
+            let hold = holds.entry(ring.seg.token()).or_insert(Hold {
+                ring: std::sync::Arc::downgrade(&ring.seg),
+                count: 0,
+                closed: true,
+            });
+            hold.count += 1;
+            if hold.count > 1 && !fresh {
+                return false;
+            }
+            std::mem::replace(&mut hold.closed, false)
+        });
+        if first {
+            ring.add_sender(std::process::id());
+        }
+    }
+
+    /// A handle to `ring`'s sending end dropped; the last one lets go.
+    pub(crate) fn release(ring: &ByteRing) {
+        let last = with(|holds| {
+            let token = ring.seg.token();
+            let Some(hold) = holds.get_mut(&token) else {
+                return false;
+            };
+            hold.count = hold.count.saturating_sub(1);
+            if hold.count > 0 {
+                return false;
+            }
+            let open = !hold.closed;
+            holds.remove(&token);
+            open
+        });
+        if last {
+            ring.remove_sender(std::process::id());
+        }
+    }
+
+    /// `close()` on a handle: this process lets go of the sending end.
+    pub(crate) fn close(ring: &ByteRing) {
+        let was_open = with(|holds| {
+            holds
+                .get_mut(&ring.seg.token())
+                .is_some_and(|h| !std::mem::replace(&mut h.closed, true))
+        });
+        if was_open {
+            ring.remove_sender(std::process::id());
+        }
+    }
+
+    /// Whether this process closed its hold on `ring`'s sending end.
+    pub(crate) fn is_closed(ring: &ByteRing) -> bool {
+        with(|holds| holds.get(&ring.seg.token()).is_some_and(|h| h.closed))
+    }
+
+    /// In the parent, right after forking `child` (a `Process`): the child holds what this
+    /// process holds.
+    pub(crate) fn adopt_child(child: u32) {
+        let rings: Vec<ByteRing> = with(|holds| {
+            holds
+                .values()
+                .filter(|h| !h.closed && h.count > 0)
+                .filter_map(|h| h.ring.upgrade())
+                .map(|seg| ByteRing { seg })
+                .collect()
+        });
+        for ring in rings {
+            ring.add_sender(child);
+        }
+    }
+
+    /// In a new pool worker forked from this process: it holds none of the parent's handles.
+    /// The fork lock was held across the fork, so the table is whole; no lock is taken here.
+    pub(crate) fn forget_inherited() {
+        if let Ok(mut holds) = HOLDS.try_lock() {
+            if let Some(map) = holds.take() {
+                std::mem::forget(map); // the parent's: never dropped here
+            }
+        }
     }
 }

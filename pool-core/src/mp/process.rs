@@ -146,6 +146,10 @@ impl Process {
                         return Err(Error::shared(err));
                     }
                 };
+                // The child holds the pipe ends this process holds (as a forked child holds its
+                // parent's descriptors): registered before it runs, so a `close` here right
+                // after `start` leaves the child's end open.
+                super::pipe::local::adopt_child(child.as_raw() as u32);
                 let report_words = report_of(&report);
                 report_words.go.store(1, Ordering::SeqCst);
                 crate::sys::futex_wake(&report_words.go);

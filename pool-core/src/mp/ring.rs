@@ -24,7 +24,9 @@ use crate::sys::{futex_wait_timeout, futex_wake};
 use crate::Error;
 
 /// Where the ring's bytes start in the payload.
-const DATA: usize = 512;
+const DATA: usize = 1024;
+/// How many sending processes a pipe's ring keeps track of (see [`Senders`]).
+const MAX_SENDERS: usize = 32;
 /// Bytes of the length prefix of an item.
 const PREFIX: u64 = 4;
 
@@ -54,9 +56,44 @@ struct State {
     waiting_get: AtomicU32,
     waiting_put: AtomicU32,
     waiting_join: AtomicU32,
+    /// For a pipe's ring: the processes that hold its sending end open.
+    senders: Senders,
+}
+
+/// The processes that hold a pipe's sending end open, so that a reader of an empty pipe learns
+/// that nothing can come any more once all of them have closed their end or died — as a
+/// process's exit closes its descriptors, and a reader of an OS pipe sees end-of-file.
+///
+/// Each entry is a process id with its start time (from `/proc/PID/stat`), so a reused pid is
+/// not taken for the holder. Changed only under the ring's mutex. A pipe with more holders
+/// than there are entries stops tracking (`overflow`): its readers then wait as a queue's do.
+#[repr(C)]
+struct Senders {
+    /// Non-zero for a pipe's ring; a queue's tracks nothing.
+    tracked: AtomicU32,
+    overflow: AtomicU32,
+    pid: [AtomicU32; MAX_SENDERS],
+    start: [AtomicU64; MAX_SENDERS],
 }
 
 const _: () = assert!(std::mem::size_of::<State>() <= DATA);
+
+/// How often a reader waiting on an empty pipe looks whether any sender is still alive.
+const SENDER_CHECK: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// The start time of process `pid` (clock ticks since boot), or `None` if it is gone or a
+/// zombie (a zombie's descriptors are closed already).
+pub(crate) fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    // starttime is field 22 of the line; `state` was field 3.
+    fields.nth(18)?.parse().ok()
+}
 
 /// Why a put did not happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,10 +316,13 @@ impl ByteRing {
                 held.signal(&s.not_full, &s.waiting_put);
                 return Ok(item);
             }
-            if s.closed.load(Ordering::Relaxed) != 0 {
+            if s.closed.load(Ordering::Relaxed) != 0 || Self::senders_gone(s) {
                 return Err(GetFail::Closed);
             }
-            if !self.sleep_on(held, &s.not_empty, &s.waiting_get, wait) {
+            if !self.sleep_on(held, &s.not_empty, &s.waiting_get, Self::sliced(s, wait)) {
+                if Self::sliced_out(wait) {
+                    continue; // a slice ended: look at the senders again
+                }
                 return Err(match wait {
                     Wait::No => GetFail::Empty,
                     _ => GetFail::Timeout,
@@ -299,10 +339,12 @@ impl ByteRing {
             if s.count.load(Ordering::Relaxed) > 0 {
                 return true;
             }
-            if s.closed.load(Ordering::Relaxed) != 0 {
+            if s.closed.load(Ordering::Relaxed) != 0 || Self::senders_gone(s) {
                 return false;
             }
-            if !self.sleep_on(held, &s.not_empty, &s.waiting_get, wait) {
+            if !self.sleep_on(held, &s.not_empty, &s.waiting_get, Self::sliced(s, wait))
+                && !Self::sliced_out(wait)
+            {
                 return false;
             }
         }
@@ -318,6 +360,96 @@ impl ByteRing {
         let max = s.max_items.load(Ordering::Relaxed);
         let used = s.tail.load(Ordering::Relaxed) - s.head.load(Ordering::Relaxed);
         (max != 0 && s.count.load(Ordering::Relaxed) >= max) || used + PREFIX >= self.capacity()
+    }
+
+    /// A reader of a pipe sleeps in slices of [`SENDER_CHECK`], so that it sees the senders die
+    /// (a dead process cannot wake it); a queue's reader sleeps as asked.
+    fn sliced(s: &State, wait: Wait) -> Wait {
+        if s.senders.tracked.load(Ordering::Relaxed) == 0 {
+            return wait;
+        }
+        let slice = Instant::now() + SENDER_CHECK;
+        match wait {
+            Wait::No => Wait::No,
+            Wait::Until(d) => Wait::Until(d.min(slice)),
+            Wait::Forever => Wait::Until(slice),
+        }
+    }
+
+    /// Whether a wait that `sleep_on` ended was only a slice of the caller's `wait`.
+    fn sliced_out(wait: Wait) -> bool {
+        match wait {
+            Wait::No => false,
+            Wait::Until(d) => Instant::now() < d,
+            Wait::Forever => true,
+        }
+    }
+
+    /// Makes this ring a pipe's: it tracks the processes that hold its sending end, starting
+    /// with this one.
+    pub(crate) fn track_senders(&self) {
+        let held = self.lock();
+        held.s.senders.tracked.store(1, Ordering::Relaxed);
+        drop(held);
+        self.add_sender(std::process::id());
+    }
+
+    /// Records that process `pid` holds the sending end (once).
+    pub(crate) fn add_sender(&self, pid: u32) {
+        let Some(start) = start_time(pid) else {
+            return; // already gone: it holds nothing
+        };
+        let held = self.lock();
+        let senders = &held.s.senders;
+        if senders.tracked.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut free = None;
+        for i in 0..MAX_SENDERS {
+            let p = senders.pid[i].load(Ordering::Relaxed);
+            if p == pid && senders.start[i].load(Ordering::Relaxed) == start {
+                return;
+            }
+            let stale = p != 0
+                && start_time(p).is_none_or(|t| t != senders.start[i].load(Ordering::Relaxed));
+            if free.is_none() && (p == 0 || stale) {
+                free = Some(i);
+            }
+        }
+        match free {
+            Some(i) => {
+                senders.pid[i].store(pid, Ordering::Relaxed);
+                senders.start[i].store(start, Ordering::Relaxed);
+            }
+            None => senders.overflow.store(1, Ordering::Relaxed),
+        }
+    }
+
+    /// Records that process `pid` no longer holds the sending end, and wakes the readers so
+    /// they look whether anyone still does.
+    pub(crate) fn remove_sender(&self, pid: u32) {
+        let held = self.lock();
+        let s = held.s;
+        for i in 0..MAX_SENDERS {
+            if s.senders.pid[i].load(Ordering::Relaxed) == pid {
+                s.senders.pid[i].store(0, Ordering::Relaxed);
+            }
+        }
+        held.signal(&s.not_empty, &s.waiting_get);
+    }
+
+    /// For a pipe's ring: whether no process that holds the sending end is alive any more.
+    fn senders_gone(s: &State) -> bool {
+        let senders = &s.senders;
+        if senders.tracked.load(Ordering::Relaxed) == 0
+            || senders.overflow.load(Ordering::Relaxed) != 0
+        {
+            return false;
+        }
+        !(0..MAX_SENDERS).any(|i| {
+            let p = senders.pid[i].load(Ordering::Relaxed);
+            p != 0 && start_time(p) == Some(senders.start[i].load(Ordering::Relaxed))
+        })
     }
 
     /// No more puts; gets drain what is left, then report `Closed`.

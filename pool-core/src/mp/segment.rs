@@ -184,6 +184,11 @@ impl Segment {
         }))
     }
 
+    /// The segment's identity, the same in every process that maps it.
+    pub(crate) fn token(&self) -> u128 {
+        self.token
+    }
+
     /// How to name this segment on the wire.
     pub(crate) fn reference(&self) -> SegmentRef {
         let (creator, fd) = match &self.fd {
