@@ -41,9 +41,9 @@ fn install() {
     });
 }
 
-/// The process a handle was made in.
+/// The process a handle was made in. (Public only for `pool-redis`, through `__private`.)
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Owner {
+pub struct Owner {
     generation: u64,
     pid: u32,
 }
@@ -51,7 +51,7 @@ pub(crate) struct Owner {
 impl Owner {
     /// This process.
     #[inline]
-    pub(crate) fn here() -> Owner {
+    pub fn here() -> Owner {
         install();
         Owner {
             generation: GENERATION.load(Ordering::Relaxed),
@@ -61,13 +61,13 @@ impl Owner {
 
     /// Whether this is the process the handle was made in.
     #[inline]
-    pub(crate) fn is_here(&self) -> bool {
+    pub fn is_here(&self) -> bool {
         GENERATION.load(Ordering::Relaxed) == self.generation
     }
 
     /// `Ok` in the owning process, [`Error::WrongProcess`] anywhere else.
     #[inline]
-    pub(crate) fn check(&self) -> Result<(), Error> {
+    pub fn check(&self) -> Result<(), Error> {
         if self.is_here() {
             Ok(())
         } else {
@@ -75,8 +75,9 @@ impl Owner {
         }
     }
 
+    /// The [`Error::WrongProcess`] for a use in this process.
     #[cold]
-    pub(crate) fn error(&self) -> Error {
+    pub fn error(&self) -> Error {
         Error::WrongProcess {
             owner: self.pid,
             pid: PID.load(Ordering::Relaxed),

@@ -21,6 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use pool_core::__private::Owner;
 use pool_core::Task;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::Value;
@@ -89,6 +90,10 @@ const MAX_DEFAULT_CHUNK: usize = 4096;
 pub struct RedisPool {
     inner: Arc<Inner>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The process that connected: the only one where the submitter and result threads run.
+    /// In a process forked from it, every call fails at once with `WrongProcess`, and a drop
+    /// leaves the parent's connection alone (see `pool_core::Error::WrongProcess`).
+    owner: Owner,
 }
 
 struct Inner {
@@ -193,6 +198,7 @@ impl RedisPool {
         Ok(RedisPool {
             inner,
             threads: Mutex::new(vec![submitter, collector]),
+            owner: Owner::here(),
         })
     }
 
@@ -285,6 +291,10 @@ impl RedisPool {
         items: &[Vec<u8>],
         resolve: impl FnOnce(Result<Vec<Vec<u8>>, Error>) + Send + 'static,
     ) {
+        if let Err(err) = self.owner.check() {
+            resolve(Err(err.into()));
+            return;
+        }
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let sender = lock(&self.inner.submit).clone();
         let Some(sender) = sender else {
@@ -497,7 +507,9 @@ impl RedisPool {
     /// Stops accepting work from this client: later calls fail with [`Error::Closed`]. Work
     /// already submitted goes on.
     pub fn close(&self) {
-        lock(&self.inner.submit).take();
+        if self.owner.is_here() {
+            lock(&self.inner.submit).take();
+        }
     }
 
     /// After [`close`](Self::close), waits until every job this client submitted has its
@@ -516,6 +528,7 @@ impl RedisPool {
     /// # Ok::<(), pool_redis::Error>(())
     /// ```
     pub fn join(&self) -> Result<(), Error> {
+        self.owner.check()?;
         if lock(&self.inner.submit).is_some() {
             return Err(Error::NotClosed);
         }
@@ -717,6 +730,14 @@ pub(crate) fn field_u64(map: &HashMap<String, Value>, name: &str) -> Option<u64>
 
 impl Drop for RedisPool {
     fn drop(&mut self) {
+        if !self.owner.is_here() {
+            // A copy in a forked child: the threads are the parent's. Leak, take no lock.
+            std::mem::forget(Arc::clone(&self.inner));
+            if let Ok(mut threads) = self.threads.try_lock() {
+                std::mem::forget(std::mem::take(&mut *threads));
+            }
+            return;
+        }
         self.close();
         self.inner.stop.store(true, Ordering::Relaxed);
         for t in lock(&self.threads).drain(..) {
@@ -790,6 +811,8 @@ pub struct AsyncResult<T> {
     cell: Arc<Cell>,
     task: String,
     decode: fn(Vec<Vec<u8>>, &str) -> Result<T, Error>,
+    /// In any other process the result resolves at once to `WrongProcess`.
+    owner: Owner,
 }
 
 impl<T> AsyncResult<T> {
@@ -801,11 +824,13 @@ impl<T> AsyncResult<T> {
             }),
             task: task.to_owned(),
             decode,
+            owner: Owner::here(),
         }
     }
 
     /// Waits for the result and returns it.
     pub fn get(self) -> Result<T, Error> {
+        self.owner.check()?;
         let mut v = lock(&self.cell.value);
         loop {
             if let Some(outcome) = v.take() {
@@ -832,6 +857,9 @@ impl<T> AsyncResult<T> {
 
     /// Waits at most `timeout`; whether the result is ready.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        if !self.owner.is_here() {
+            return true; // resolved here, to WrongProcess
+        }
         let deadline = Instant::now() + timeout;
         let mut v = lock(&self.cell.value);
         while v.is_none() {
@@ -851,6 +879,9 @@ impl<T> AsyncResult<T> {
 
     /// Whether the result is ready.
     pub fn ready(&self) -> bool {
+        if !self.owner.is_here() {
+            return true;
+        }
         lock(&self.cell.value).is_some()
     }
 }
@@ -879,6 +910,8 @@ pub struct Imap<'a, T: Task, I> {
     exhausted: bool,
     arrived: BTreeMap<usize, Result<Vec<Vec<u8>>, Error>>,
     ready: VecDeque<Result<T::Output, Error>>,
+    /// A panic of the input, raised again once every item before it has been yielded.
+    input_panic: Option<Box<dyn std::any::Any + Send>>,
     _task: PhantomData<T>,
 }
 
@@ -898,6 +931,7 @@ impl<'a, T: Task, I: Iterator<Item = T::Args>> Imap<'a, T, I> {
             exhausted: false,
             arrived: BTreeMap::new(),
             ready: VecDeque::new(),
+            input_panic: None,
             _task: PhantomData,
         }
     }
@@ -906,7 +940,20 @@ impl<'a, T: Task, I: Iterator<Item = T::Args>> Imap<'a, T, I> {
         while !self.exhausted && self.in_flight < IMAP_WINDOW {
             let mut chunk = Vec::with_capacity(self.chunksize);
             let mut error = None;
-            for args in self.items.by_ref().take(self.chunksize) {
+            for _ in 0..self.chunksize {
+                // A panic of the input is held until every item before it has been yielded (as
+                // the local pool's `imap` and CPython's do).
+                let items = &mut self.items;
+                let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| items.next()));
+                let args = match next {
+                    Ok(Some(args)) => args,
+                    Ok(None) => break,
+                    Err(payload) => {
+                        self.input_panic = Some(payload);
+                        self.exhausted = true;
+                        break;
+                    }
+                };
                 match pool_core::wire::encode(&args) {
                     Ok(b) => chunk.push(b),
                     Err(message) => {
@@ -963,6 +1010,9 @@ impl<T: Task, I: Iterator<Item = T::Args>> Iterator for Imap<'_, T, I> {
                 }
             }
             if self.in_flight == 0 {
+                if let Some(payload) = self.input_panic.take() {
+                    std::panic::resume_unwind(payload);
+                }
                 return None;
             }
             let (index, outcome) = self.rx.recv().ok()?;

@@ -316,3 +316,72 @@ fn a_worker_whose_local_pool_breaks_leaves_its_jobs_to_others_and_exits() {
         assert_eq!(r.get_timeout(Duration::from_secs(30)).unwrap(), 81);
     });
 }
+
+/// A `Process` child that tries a client of its parent and reports what it got.
+struct UsesParentClient {
+    pool: std::sync::Arc<RedisPool>,
+    out: pool_core::Queue<Vec<String>>,
+}
+
+impl pool_core::Runnable for UsesParentClient {
+    fn run(&mut self) {
+        let wrong = |r: Result<u64, Error>| match r {
+            Err(Error::Task(pool_core::Error::WrongProcess { .. })) => "wrong".to_owned(),
+            other => format!("{other:?}"),
+        };
+        let started = Instant::now();
+        let seen = vec![
+            wrong(self.pool.apply(square, 3)),
+            wrong(self.pool.apply_async(square, 4).get()),
+            wrong(self.pool.map(square, 0..10).map(|v| v.len() as u64)),
+            wrong(self.pool.imap(square, 0..3).next().expect("an item")),
+            wrong(self.pool.join().map(|()| 0)),
+            format!("fast={}", started.elapsed() < Duration::from_secs(5)),
+        ];
+        self.out.put(seen).unwrap();
+    }
+}
+
+#[test]
+fn a_client_used_in_a_forked_child_fails_at_once_and_the_parent_goes_on() {
+    deadline(120, "redis client in a forked child", || {
+        let server = RedisServer::start(false);
+        let _w = worker(&server, "fork", 1, "fork");
+        let pool = std::sync::Arc::new(RedisPool::connect(&server.url(), "fork").unwrap());
+        assert_eq!(pool.apply(square, 2).unwrap(), 4);
+        let out = pool_core::Queue::new().unwrap();
+        let child = pool_core::Process::from_runnable(UsesParentClient {
+            pool: std::sync::Arc::clone(&pool),
+            out: out.clone(),
+        })
+        .start()
+        .unwrap();
+        let seen = out
+            .get_timeout(Duration::from_secs(60))
+            .expect("the child reports");
+        child.join();
+        assert_eq!(child.exitcode(), Some(0));
+        assert_eq!(&seen[..5], ["wrong"; 5], "{seen:?}");
+        assert_eq!(seen[5], "fast=true");
+        assert_eq!(pool.map(square, 0..100).unwrap()[99], 99 * 99);
+    });
+}
+
+#[test]
+fn imap_yields_every_result_before_the_inputs_panic() {
+    deadline(120, "redis imap, panicking input", || {
+        let server = RedisServer::start(false);
+        let _w = worker(&server, "panic", 1, "panic");
+        let pool = RedisPool::connect(&server.url(), "panic").unwrap();
+        let input = (0..20u64).inspect(|&i| {
+            if i == 5 {
+                panic!("input broke at 5");
+            }
+        });
+        let mut it = pool.imap_chunked(square, input, 2);
+        let got: Vec<u64> = (0..5).map(|_| it.next().unwrap().unwrap()).collect();
+        assert_eq!(got, [0, 1, 4, 9, 16]);
+        let then = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| it.next()));
+        assert!(then.is_err(), "the input's panic comes after its results");
+    });
+}

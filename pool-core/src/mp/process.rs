@@ -11,7 +11,7 @@
 
 use std::fmt;
 use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -159,6 +159,7 @@ impl Process {
                     daemon,
                     pidfd,
                     report,
+                    owner: crate::owner::Owner::here(),
                     status: Mutex::new(None),
                 })
             }
@@ -238,6 +239,9 @@ pub struct ProcessHandle {
     pidfd: OwnedFd,
     /// The child's own record of its exit code (see `Process::start`).
     report: crate::sys::SharedMapping,
+    /// The child's parent: the one process that may wait for it. A copy of the handle in any
+    /// other process watches the child's pidfd instead.
+    owner: crate::owner::Owner,
     /// `Some` once the child has ended: its exit code, when it can be known (see
     /// [`exitcode`](Self::exitcode)).
     status: Mutex<Option<Option<i32>>>,
@@ -261,6 +265,9 @@ impl ProcessHandle {
 
     /// `None` while it runs; once it has ended, its exit code if that can be known.
     fn reap(&self, block: bool) -> Option<Option<i32>> {
+        if !self.owner.is_here() {
+            return self.observe(block);
+        }
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         if status.is_none() {
             let flags = (!block).then_some(WaitPidFlag::WNOHANG);
@@ -279,6 +286,28 @@ impl ProcessHandle {
             }
         }
         *status
+    }
+
+    /// In a process other than the child's parent (one forked from it, which inherited this
+    /// handle): only the parent may wait for the child, so this one watches its pidfd, which
+    /// turns readable when the child ends, and takes no lock (one held at the fork stays held).
+    fn observe(&self, block: bool) -> Option<Option<i32>> {
+        let timeout = if block {
+            nix::poll::PollTimeout::NONE
+        } else {
+            nix::poll::PollTimeout::ZERO
+        };
+        loop {
+            let mut fds = [nix::poll::PollFd::new(
+                self.pidfd.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            match nix::poll::poll(&mut fds, timeout) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Ok(n) if n > 0 => return Some(self.code_after_reaped()),
+                _ => return None,
+            }
+        }
     }
 
     /// The exit code of a child that someone else reaped: from its pidfd (Linux 6.15 and
@@ -333,6 +362,22 @@ impl ProcessHandle {
     }
 
     fn signal(&self, sig: Signal) {
+        if !self.owner.is_here() {
+            // Not our child: its pid may be reused once its parent reaps it; its pidfd never
+            // names another process.
+            // SAFETY: pidfd_send_signal takes a descriptor we own, a signal number, a null
+            // siginfo and no flags; it touches no memory of ours.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    self.pidfd.as_raw_fd(),
+                    sig as i32,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0u32,
+                )
+            };
+            return;
+        }
         // Under the status lock: an unreaped child's pid cannot name another process.
         let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         if status.is_none() {
@@ -357,6 +402,9 @@ impl ProcessHandle {
 
 impl Drop for ProcessHandle {
     fn drop(&mut self) {
+        if !self.owner.is_here() {
+            return; // only the parent reaps
+        }
         if self.reap(false).is_none() {
             // Still running: reap it when it ends, so it does not stay a zombie.
             let pid = self.pid;
