@@ -74,6 +74,13 @@
 //! | its result does not encode | [`Error::ResultEncode`] | unaffected |
 //! | the pool is terminated or dropped first | [`Error::Terminated`] | — |
 //! | it runs past its time limit | [`Error::Timeout`] | its worker is killed and replaced |
+//! | an outside signal kills its worker (at any phase: starting, initializing, idle, running) | [`Error::WorkerDied`] for the task it ran, if any | a new worker replaces it; the restart guard does not count it |
+//! | initializers (or workers on their own) keep failing | [`Error::PoolBroken`] for work no live worker can take | backs off, then starts workers again; [`PoolStats::degraded`] says why meanwhile |
+//! | it closes its worker's descriptors | its answer | the worker exits after answering and is replaced |
+//! | it builds a pool of its own | that pool's results (pools nest under every start method) | — |
+//! | a `map`'s input breaks its exact `size_hint` | [`Error::BadIterator`] | unaffected |
+//! | an `imap`'s input panics at item k | the results of items 0..k, then the panic resumes from `next` | unaffected |
+//! | the pool, a result or an `Imap` is used in a process forked from the pool's | [`Error::WrongProcess`] at once | the parent's pool is untouched |
 //!
 //! With `map`, a failure of any item fails the whole call, as in Python; with `imap`, each item
 //! gets its own `Result`. When a worker dies, all items of the chunk it was running get the

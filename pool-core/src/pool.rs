@@ -39,6 +39,16 @@ use crate::{panic_capture, sys, AsyncResult, Error, PoolStats, Task};
 /// `with Pool() as p:` block): work not yet finished is lost, and every worker is reaped before
 /// `drop` returns.
 ///
+/// # One process
+///
+/// A pool works in the process that built it: its collector thread, which feeds the workers
+/// and delivers every result, lives there. A copy of the handle in a process forked from it (a
+/// [`Process`](crate::Process) that captured an `Arc<Pool>`, a worker of another pool, a
+/// program's own `fork`) fails every call at once with [`Error::WrongProcess`], as do the
+/// pool's [`AsyncResult`]s and [`Imap`]s there; `close` and `terminate` do nothing there, and
+/// dropping the copy leaves the parent's pool and workers alone. Build a pool in the child
+/// instead: pools nest, under every start method.
+///
 /// # Examples
 ///
 /// ```
