@@ -416,6 +416,7 @@ impl Collector {
             self.retry_at = None;
             self.probation = true;
             self.shared.set_degraded(None);
+            trace::pool_retrying();
         }
     }
 
@@ -521,6 +522,7 @@ impl Collector {
                                 // A worker of the round after a backoff did real work: healed.
                                 self.probation = false;
                                 self.backoff = GUARD_BACKOFF;
+                                trace::pool_healed();
                             }
                             learn(&mut self.estimates, &job, busy_ns);
                             let busy = process.region.header().busy_ns.load(Ordering::Relaxed);

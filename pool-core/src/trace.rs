@@ -25,6 +25,10 @@ mod imp {
     pub(crate) fn worker_recycled(_slot: usize, _pid: i32) {}
     #[inline(always)]
     pub(crate) fn pool_broken(_reason: &str) {}
+    #[inline(always)]
+    pub(crate) fn pool_retrying() {}
+    #[inline(always)]
+    pub(crate) fn pool_healed() {}
 }
 
 #[cfg(feature = "tracing")]
@@ -61,7 +65,15 @@ mod imp {
     }
 
     pub(crate) fn pool_broken(reason: &str) {
-        tracing::error!(target: "pool_core", reason, "restart guard tripped; no more workers will be started");
+        tracing::error!(target: "pool_core", reason, "restart guard tripped; no workers are started until its backoff is over");
+    }
+
+    pub(crate) fn pool_retrying() {
+        tracing::warn!(target: "pool_core", "restart guard: backoff over, starting workers again");
+    }
+
+    pub(crate) fn pool_healed() {
+        tracing::info!(target: "pool_core", "restart guard: a worker answered after the backoff; the pool is healed");
     }
 
     /// Some items of a result frame failed: reports how many, with the first one's error.
