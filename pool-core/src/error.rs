@@ -198,6 +198,13 @@ pub enum Error {
         pid: u32,
     },
 
+    /// The engine that runs the work failed outside any task: for `pool-redis`, Redis could not
+    /// be reached, or a job was given up after its deliveries. The engine's own error is the
+    /// source (a `pool_redis::Error` converts back from this losslessly). Seen by code written
+    /// against [`Executor`](crate::Executor); a local pool never returns it.
+    #[error(transparent)]
+    Engine(Arc<dyn std::error::Error + Send + Sync>),
+
     /// A frame between the parent and a worker was malformed.
     #[error("malformed frame between pool and worker: {0}")]
     Protocol(String),

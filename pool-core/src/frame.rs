@@ -513,6 +513,18 @@ impl<'a> ResultsWriter<'a> {
         }
     }
 
+    /// Appends a return value already encoded as MessagePack (from another engine's worker).
+    pub(crate) fn ok_encoded(&mut self, value: &[u8]) -> Result<(), crate::Error> {
+        self.demote();
+        let len = u32::try_from(value.len())
+            .map_err(|_| crate::Error::Protocol("a result larger than 4 GiB".into()))?;
+        self.buf.push(ITEM_OK);
+        self.buf.extend_from_slice(&len.to_le_bytes());
+        self.buf.extend_from_slice(value);
+        self.count += 1;
+        Ok(())
+    }
+
     /// Appends up to `max` scalar return values taken from `next` (see [`small_run`]); returns
     /// how many, and the panic if `next` panicked (the values before it are kept).
     #[inline]

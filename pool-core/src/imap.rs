@@ -6,11 +6,13 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::engine::{Engine, JobFrame, JobSink};
 use crate::frame::{self, Outcome};
 use crate::job::Sink;
+use crate::owner::Owner;
 use crate::result::{decode_value, frame_error};
 use crate::splice::Spliced;
-use crate::{Error, Pool, Task};
+use crate::{Error, Task};
 
 pub(crate) type Delivery = (u64, Result<Vec<u8>, Error>);
 
@@ -85,8 +87,9 @@ impl Sink for ChannelSink {
     }
 }
 
-/// The iterator returned by [`Pool::imap`] and [`Pool::imap_unordered`] (and their `_chunked`
-/// forms): one `Result` per input item, computed by the pool's workers.
+/// The iterator returned by [`Pool::imap`](crate::Pool::imap) and
+/// [`Pool::imap_unordered`](crate::Pool::imap_unordered) (and their `_chunked` forms), and by
+/// every other [`Executor`](crate::Executor) (`pool_redis::RedisPool`): one `Result` per input item, computed by the pool's workers.
 ///
 /// It pulls its input lazily and keeps at most a few chunks per worker in flight, so it works
 /// over an endless iterator with flat memory (unlike Python's, which drains the input first).
@@ -120,7 +123,10 @@ impl Sink for ChannelSink {
 /// # Ok::<(), pool_core::Error>(())
 /// ```
 pub struct Imap<'a, T: Task, I> {
-    pool: &'a Pool,
+    /// The engine that runs the chunks: a local [`Pool`](crate::Pool), or another (pool-redis).
+    engine: &'a dyn Engine,
+    /// The engine's process: in any other, the iterator yields `WrongProcess` once and ends.
+    owner: Owner,
     input: Option<I>,
     chunksize: usize,
     ordered: bool,
@@ -145,16 +151,19 @@ pub struct Imap<'a, T: Task, I> {
 }
 
 impl<'a, T: Task, I: Iterator<Item = T::Args>> Imap<'a, T, I> {
-    pub(crate) fn new(pool: &'a Pool, input: I, chunksize: usize, ordered: bool) -> Self {
+    /// The results of `T` over `input`, run by `engine`, `chunksize` items a job, in input
+    /// order (`ordered`) or as they come. Public (hidden) for other engines (pool-redis).
+    #[doc(hidden)]
+    pub fn on_engine(engine: &'a dyn Engine, input: I, chunksize: usize, ordered: bool) -> Self {
         let (sink, rx) = ChannelSink::new();
         Imap {
             sink,
-            pool,
+            owner: engine.owner(),
+            engine,
             input: Some(input),
             chunksize: chunksize.max(1),
             ordered,
-            // Enough to keep every worker busy while the consumer works through a chunk.
-            max_in_flight: 2 * pool.processes() + 2,
+            max_in_flight: engine.lookahead().max(1),
             rx,
             next_chunk: 0,
             next_yield: 0,
@@ -206,14 +215,21 @@ impl<'a, T: Task, I: Iterator<Item = T::Args>> Imap<'a, T, I> {
             }
             self.next_chunk += 1;
             self.in_flight.insert(index, count);
+            let (frame, spliced) = builder.finish_spliced();
+            let job = JobFrame {
+                frame,
+                spliced,
+                task: T::NAME.into(),
+            };
             let sink: Arc<dyn Sink> = self.sink.clone();
-            self.pool.submit_frame(
-                builder.finish_spliced(),
-                T::NAME.into(),
-                sink,
-                index as usize,
+            self.engine.submit_job(
+                job,
+                JobSink {
+                    sink,
+                    part: index as usize,
+                },
             );
-            if self.pool.shared.is_closed() {
+            if !self.engine.accepts_work() {
                 // No more work will be accepted: stop pulling input.
                 self.input = None;
             }
@@ -283,12 +299,12 @@ impl<T: Task, I: Iterator<Item = T::Args>> Imap<'_, T, I> {
     ) -> Option<Option<Result<T::Output, Error>>> {
         // In a process forked from the pool's, nothing would ever arrive: one error, then the
         // end, without touching the channel (its lock may have been held at the fork).
-        if !self.pool.shared.owner.is_here() {
+        if !self.owner.is_here() {
             let pending = self.input.take().is_some() || !self.in_flight.is_empty();
             if pending || !self.ready.is_empty() {
                 self.in_flight.clear();
                 self.ready.clear();
-                return Some(Some(Err(self.pool.shared.owner.error())));
+                return Some(Some(Err(self.owner.error())));
             }
             return Some(None);
         }

@@ -841,7 +841,7 @@ impl Pool {
         T: Task,
         I: IntoIterator<Item = T::Args>,
     {
-        Imap::new(self, items.into_iter(), chunksize, true)
+        Imap::on_engine(self, items.into_iter(), chunksize, true)
     }
 
     /// Like [`imap`](Self::imap), but yields each chunk's results as soon as it finishes,
@@ -898,7 +898,7 @@ impl Pool {
         T: Task,
         I: IntoIterator<Item = T::Args>,
     {
-        Imap::new(self, items.into_iter(), chunksize, false)
+        Imap::on_engine(self, items.into_iter(), chunksize, false)
     }
 
     /// Stops accepting work. Work already submitted still runs; then the workers exit. Later
@@ -1110,6 +1110,32 @@ pub(crate) fn encode_chunk<T: Task>(
     let count = builder.count();
     let (frame, spliced) = builder.finish_spliced();
     Ok((frame, spliced, count))
+}
+
+/// The local engine: jobs go to this pool's queue and its workers.
+impl crate::engine::Engine for Pool {
+    #[inline]
+    fn submit_job(&self, job: crate::engine::JobFrame, sink: crate::engine::JobSink) {
+        self.shared.submit(Job::with_spliced(
+            (job.frame, job.spliced),
+            job.task,
+            sink.sink,
+            sink.part,
+        ));
+    }
+
+    fn lookahead(&self) -> usize {
+        // Enough to keep every worker busy while the consumer works through a chunk.
+        2 * self.processes + 2
+    }
+
+    fn owner(&self) -> crate::owner::Owner {
+        self.shared.owner
+    }
+
+    fn accepts_work(&self) -> bool {
+        !self.shared.is_closed()
+    }
 }
 
 impl Drop for Pool {

@@ -12,17 +12,16 @@
 //! a job no longer there (a duplicate, after a redelivery) is dropped. That table is what makes
 //! delivery at-least-once on the wire but exactly-once for the caller.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
-use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
-use pool_core::__private::Owner;
-use pool_core::Task;
+use pool_core::__private::{Engine, JobFrame, JobSink, Owner};
+use pool_core::{AsyncResult, Imap, Task};
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::Value;
 use serde::de::DeserializeOwned;
@@ -219,10 +218,15 @@ impl RedisPool {
     /// # Ok::<(), pool_redis::Error>(())
     /// ```
     pub fn apply<T: Task>(&self, task: T, args: T::Args) -> Result<T::Output, Error> {
-        self.apply_async(task, args).get()
+        self.apply_async(task, args).get().map_err(Error::from)
     }
 
-    /// Submits `task(args)` and returns at once; the result arrives in the [`AsyncResult`].
+    /// Submits `task(args)` and returns at once; the result arrives in the [`AsyncResult`] —
+    /// the same type a local [`pool_core::Pool`] returns: `get`, `get_timeout`, `wait`,
+    /// `wait_timeout`, `ready`, `successful`, `on_success`/`on_error`, and `.await`. Its
+    /// errors are [`pool_core::Error`]s; this crate's own (Redis unreachable, a job given up)
+    /// come as [`pool_core::Error::Engine`], and `pool_redis::Error::from` turns any of them
+    /// back into an [`Error`].
     ///
     /// # Examples
     ///
@@ -231,13 +235,13 @@ impl RedisPool {
     /// # #[task] fn square(x: u64) -> u64 { x * x }
     /// let pool = pool_redis::RedisPool::connect("redis://127.0.0.1/", "jobs")?;
     /// let pending: Vec<_> = (0..10).map(|i| pool.apply_async(square, i)).collect();
-    /// let total: u64 = pending.into_iter().map(|r| r.get()).sum::<Result<_, _>>()?;
+    /// let total: u64 = pending.iter().map(|r| r.get()).sum::<Result<_, _>>()?;
     /// assert_eq!(total, 285);
     /// # Ok::<(), pool_redis::Error>(())
     /// ```
     pub fn apply_async<T: Task>(&self, _task: T, args: T::Args) -> AsyncResult<T::Output> {
         let encoded = pool_core::wire::encode(&args);
-        self.submit_one(T::NAME, encoded)
+        self.submit_one(T::NAME.into(), encoded)
     }
 
     /// Runs the task registered as `name`, with arguments of any serializable type, and decodes
@@ -259,29 +263,32 @@ impl RedisPool {
         args: A,
     ) -> Result<R, Error> {
         let encoded = pool_core::wire::encode(&args);
-        self.submit_one::<R>(name, encoded).get()
+        self.submit_one::<R>(name.to_owned().into(), encoded)
+            .get()
+            .map_err(Error::from)
     }
 
     fn submit_one<R: DeserializeOwned + 'static>(
         &self,
-        name: &str,
+        name: std::borrow::Cow<'static, str>,
         encoded: Result<Vec<u8>, String>,
     ) -> AsyncResult<R> {
-        let result = AsyncResult::new(name, decode_single::<R>);
-        let args = match encoded {
-            Ok(a) => a,
-            Err(message) => {
-                result.cell.set(Err(pool_core::Error::ArgsEncode {
-                    task: name.to_owned(),
-                    message,
-                }
-                .into()));
-                return result;
-            }
-        };
-        let cell = Arc::clone(&result.cell);
-        self.submit(name, &[args], move |outcome| cell.set(outcome));
+        let (result, sink) = AsyncResult::pending_one(name.clone());
+        match encoded {
+            Ok(args) => self.submit_to(&name, &[args], sink),
+            Err(message) => sink.deliver_items(Err(pool_core::Error::ArgsEncode {
+                task: name.into_owned(),
+                message,
+            })),
+        }
         result
+    }
+
+    /// Sends one job and delivers its outcome to `sink`.
+    fn submit_to(&self, task: &str, items: &[Vec<u8>], sink: JobSink) {
+        self.submit(task, items, move |outcome| {
+            sink.deliver_items(outcome.map_err(pool_core::Error::from))
+        });
     }
 
     /// Sends one job (a chunk of encoded items) and arranges for `resolve` to get its outcome.
@@ -332,9 +339,7 @@ impl RedisPool {
         T: Task,
         I: IntoIterator<Item = T::Args>,
     {
-        let items: Vec<T::Args> = items.into_iter().collect();
-        let chunksize = self.default_chunksize(items.len());
-        self.map_async_chunked(task, items, chunksize).get()
+        self.map_async(task, items).get().map_err(Error::from)
     }
 
     /// [`map`](Self::map) with `chunksize` items per job (at least 1).
@@ -358,7 +363,31 @@ impl RedisPool {
         T: Task,
         I: IntoIterator<Item = T::Args>,
     {
-        self.map_async_chunked(task, items, chunksize).get()
+        self.map_async_chunked(task, items, chunksize)
+            .get()
+            .map_err(Error::from)
+    }
+
+    /// [`map`](Self::map) that returns at once with a handle to the whole result.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use pool_core::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// let pool = pool_redis::RedisPool::connect("redis://127.0.0.1/", "jobs")?;
+    /// let r = pool.map_async(square, 0..10);
+    /// assert_eq!(r.get()?[9], 81);
+    /// # Ok::<(), pool_redis::Error>(())
+    /// ```
+    pub fn map_async<T, I>(&self, task: T, items: I) -> AsyncResult<Vec<T::Output>>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        let items: Vec<T::Args> = items.into_iter().collect();
+        let chunksize = self.default_chunksize(items.len());
+        self.map_async_chunked(task, items, chunksize)
     }
 
     /// [`map_chunked`](Self::map_chunked) that returns at once.
@@ -384,8 +413,8 @@ impl RedisPool {
         I: IntoIterator<Item = T::Args>,
     {
         let chunksize = chunksize.max(1);
-        let result = AsyncResult::new(T::NAME, decode_all::<T::Output>);
         let mut chunks: Vec<Vec<Vec<u8>>> = Vec::new();
+        let mut failed = None;
         for args in items {
             match pool_core::wire::encode(&args) {
                 Ok(bytes) => match chunks.last_mut() {
@@ -393,47 +422,32 @@ impl RedisPool {
                     _ => chunks.push(vec![bytes]),
                 },
                 Err(message) => {
-                    result.cell.set(Err(pool_core::Error::ArgsEncode {
+                    failed = Some(pool_core::Error::ArgsEncode {
                         task: T::NAME.to_owned(),
                         message,
-                    }
-                    .into()));
-                    return result;
+                    });
+                    break;
                 }
             }
         }
-        if chunks.is_empty() {
-            result.cell.set(Ok(Vec::new()));
+        if let Some(err) = failed {
+            let (result, sink) = AsyncResult::pending_many(T::NAME, vec![0]);
+            sink.deliver_items(Err(err));
             return result;
         }
-        let gather = Arc::new(Mutex::new(Gather {
-            parts: vec![None; chunks.len()],
-            remaining: chunks.len(),
-        }));
+        let counts = chunks.iter().map(|c| c.len() as u32).collect();
+        let (result, sink) = AsyncResult::pending_many(T::NAME, counts);
+        // The first error resolves the whole map; later parts are ignored.
         for (index, chunk) in chunks.iter().enumerate() {
-            let gather = Arc::clone(&gather);
-            let cell = Arc::clone(&result.cell);
-            self.submit(T::NAME, chunk, move |outcome| match outcome {
-                // The first error resolves the whole map; later parts are ignored.
-                Err(err) => cell.set(Err(err)),
-                Ok(items) => {
-                    let mut g = lock(&gather);
-                    g.parts[index] = Some(items);
-                    g.remaining -= 1;
-                    if g.remaining == 0 {
-                        let parts = std::mem::take(&mut g.parts);
-                        drop(g);
-                        cell.set(Ok(parts.into_iter().flatten().flatten().collect()));
-                    }
-                }
-            });
+            self.submit_to(T::NAME, chunk, sink.part(index));
         }
         result
     }
 
     /// The results of `task` over `items`, in order, as they arrive; items are submitted lazily,
     /// one per job, with a bounded number of jobs in flight. See
-    /// [`imap_chunked`](Self::imap_chunked).
+    /// [`imap_chunked`](Self::imap_chunked). The iterator is [`pool_core::Imap`], as for a local
+    /// pool (a `Stream` too, with pool-core's `stream` feature).
     ///
     /// # Examples
     ///
@@ -455,7 +469,7 @@ impl RedisPool {
     }
 
     /// [`imap`](Self::imap) with `chunksize` items per job. A job that fails yields its error
-    /// once, in place of its items, and iteration goes on with the next job.
+    /// for each of its items, and iteration goes on with the next job.
     pub fn imap_chunked<T, I>(
         &self,
         _task: T,
@@ -466,7 +480,7 @@ impl RedisPool {
         T: Task,
         I: IntoIterator<Item = T::Args>,
     {
-        Imap::new(self, items.into_iter(), chunksize, true)
+        Imap::on_engine(self, items.into_iter(), chunksize, true)
     }
 
     /// Like [`imap`](Self::imap), in the order results arrive.
@@ -501,7 +515,7 @@ impl RedisPool {
         T: Task,
         I: IntoIterator<Item = T::Args>,
     {
-        Imap::new(self, items.into_iter(), chunksize, false)
+        Imap::on_engine(self, items.into_iter(), chunksize, false)
     }
 
     /// Stops accepting work from this client: later calls fail with [`Error::Closed`]. Work
@@ -571,41 +585,6 @@ impl RedisPool {
         }
         n.div_ceil(4 * processes).clamp(1, MAX_DEFAULT_CHUNK)
     }
-}
-
-fn decode<R: DeserializeOwned + 'static>(bytes: &[u8], task: &str) -> Result<R, Error> {
-    pool_core::wire::decode(bytes).map_err(|message| {
-        pool_core::Error::ResultDecode {
-            task: task.to_owned(),
-            message,
-        }
-        .into()
-    })
-}
-
-struct Gather {
-    parts: Vec<Option<Vec<Vec<u8>>>>,
-    remaining: usize,
-}
-
-fn decode_single<R: DeserializeOwned + 'static>(
-    items: Vec<Vec<u8>>,
-    task: &str,
-) -> Result<R, Error> {
-    match &items[..] {
-        [item] => decode(item, task),
-        _ => Err(Error::Protocol(format!(
-            "expected one result, got {}",
-            items.len()
-        ))),
-    }
-}
-
-fn decode_all<R: DeserializeOwned + 'static>(
-    items: Vec<Vec<u8>>,
-    task: &str,
-) -> Result<Vec<R>, Error> {
-    items.iter().map(|item| decode(item, task)).collect()
 }
 
 impl Inner {
@@ -775,263 +754,126 @@ impl fmt::Debug for RedisPool {
 
 /// One place a job's raw outcome is written once and waited for. Results are decoded by the
 /// thread that takes them, so result types need not be `Send`.
-struct Cell {
-    value: Mutex<Option<Result<Vec<Vec<u8>>, Error>>>,
-    ready: Condvar,
-}
-
-impl Cell {
-    fn set(&self, outcome: Result<Vec<Vec<u8>>, Error>) {
-        let mut v = lock(&self.value);
-        if v.is_none() {
-            *v = Some(outcome);
-            self.ready.notify_all();
+/// The Redis engine: a job goes to the queue's task stream as one entry; its outcome comes
+/// back on this client's result stream and is delivered to the job's sink (see
+/// [`pool_core::__private::Engine`]).
+impl Engine for RedisPool {
+    fn submit_job(&self, job: JobFrame, sink: JobSink) {
+        let task = job.task().to_owned();
+        match job.into_items() {
+            Ok(items) => self.submit_to(&task, &items, sink),
+            Err(err) => sink.deliver_items(Err(err)),
         }
+    }
+
+    fn lookahead(&self) -> usize {
+        IMAP_WINDOW
+    }
+
+    fn owner(&self) -> Owner {
+        self.owner
+    }
+
+    fn accepts_work(&self) -> bool {
+        !self.owner.is_here() || lock(&self.inner.submit).is_some()
     }
 }
 
-/// The result of a call submitted with [`RedisPool::apply_async`] or
-/// [`RedisPool::map_async_chunked`].
-///
-/// # Examples
-///
-/// ```no_run
-/// # use pool_core::task;
-/// # #[task] fn square(x: u64) -> u64 { x * x }
-/// use std::time::Duration;
-///
-/// let pool = pool_redis::RedisPool::connect("redis://127.0.0.1/", "jobs")?;
-/// let r = pool.apply_async(square, 5);
-/// if r.wait_timeout(Duration::from_secs(10)) {
-///     assert_eq!(r.get()?, 25);
-/// }
-/// # Ok::<(), pool_redis::Error>(())
-/// ```
-pub struct AsyncResult<T> {
-    cell: Arc<Cell>,
-    task: String,
-    decode: fn(Vec<Vec<u8>>, &str) -> Result<T, Error>,
-    /// In any other process the result resolves at once to `WrongProcess`.
-    owner: Owner,
-}
-
-impl<T> AsyncResult<T> {
-    fn new(task: &str, decode: fn(Vec<Vec<u8>>, &str) -> Result<T, Error>) -> Self {
-        AsyncResult {
-            cell: Arc::new(Cell {
-                value: Mutex::new(None),
-                ready: Condvar::new(),
-            }),
-            task: task.to_owned(),
-            decode,
-            owner: Owner::here(),
-        }
+/// The calls a local [`pool_core::Pool`] serves, with the same result, iterator and error
+/// types, so that `fn work<E: pool_core::Executor>(e: &E)` runs unchanged on either.
+impl pool_core::Executor for RedisPool {
+    fn apply<T: Task>(&self, task: T, args: T::Args) -> Result<T::Output, pool_core::Error> {
+        RedisPool::apply_async(self, task, args).get()
     }
 
-    /// Waits for the result and returns it.
-    pub fn get(self) -> Result<T, Error> {
-        self.owner.check()?;
-        let mut v = lock(&self.cell.value);
-        loop {
-            if let Some(outcome) = v.take() {
-                drop(v);
-                return outcome.and_then(|items| (self.decode)(items, &self.task));
-            }
-            v = self
-                .cell
-                .ready
-                .wait(v)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
+    fn apply_async<T: Task>(&self, task: T, args: T::Args) -> AsyncResult<T::Output> {
+        RedisPool::apply_async(self, task, args)
     }
 
-    /// Waits at most `timeout` for the result; [`Error::WaitTimeout`] if it is not there by
-    /// then (the call goes on; the result is lost to this handle).
-    pub fn get_timeout(self, timeout: Duration) -> Result<T, Error> {
-        if self.wait_timeout(timeout) {
-            self.get()
-        } else {
-            Err(Error::WaitTimeout(timeout))
-        }
+    fn map<T, I>(&self, task: T, items: I) -> Result<Vec<T::Output>, pool_core::Error>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        RedisPool::map_async(self, task, items).get()
     }
 
-    /// Waits at most `timeout`; whether the result is ready.
-    pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        if !self.owner.is_here() {
-            return true; // resolved here, to WrongProcess
-        }
-        let deadline = Instant::now() + timeout;
-        let mut v = lock(&self.cell.value);
-        while v.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            v = self
-                .cell
-                .ready
-                .wait_timeout(v, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-        true
+    fn map_chunked<T, I>(
+        &self,
+        task: T,
+        items: I,
+        chunksize: usize,
+    ) -> Result<Vec<T::Output>, pool_core::Error>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        RedisPool::map_async_chunked(self, task, items, chunksize).get()
     }
 
-    /// Whether the result is ready.
-    pub fn ready(&self) -> bool {
-        if !self.owner.is_here() {
-            return true;
-        }
-        lock(&self.cell.value).is_some()
-    }
-}
-
-impl<T> fmt::Debug for AsyncResult<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AsyncResult")
-            .field("ready", &self.ready())
-            .finish()
-    }
-}
-
-type ChunkOutcome = (usize, Result<Vec<Vec<u8>>, Error>);
-
-/// The lazy iterator of [`RedisPool::imap`] and [`RedisPool::imap_unordered`].
-pub struct Imap<'a, T: Task, I> {
-    pool: &'a RedisPool,
-    items: I,
-    chunksize: usize,
-    ordered: bool,
-    tx: Sender<ChunkOutcome>,
-    rx: Receiver<ChunkOutcome>,
-    submitted: usize,
-    in_flight: usize,
-    next_out: usize,
-    exhausted: bool,
-    arrived: BTreeMap<usize, Result<Vec<Vec<u8>>, Error>>,
-    ready: VecDeque<Result<T::Output, Error>>,
-    /// A panic of the input, raised again once every item before it has been yielded.
-    input_panic: Option<Box<dyn std::any::Any + Send>>,
-    _task: PhantomData<T>,
-}
-
-impl<'a, T: Task, I: Iterator<Item = T::Args>> Imap<'a, T, I> {
-    fn new(pool: &'a RedisPool, items: I, chunksize: usize, ordered: bool) -> Self {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        Imap {
-            pool,
-            items,
-            chunksize: chunksize.max(1),
-            ordered,
-            tx,
-            rx,
-            submitted: 0,
-            in_flight: 0,
-            next_out: 0,
-            exhausted: false,
-            arrived: BTreeMap::new(),
-            ready: VecDeque::new(),
-            input_panic: None,
-            _task: PhantomData,
-        }
+    fn map_async<T, I>(&self, task: T, items: I) -> AsyncResult<Vec<T::Output>>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        RedisPool::map_async(self, task, items)
     }
 
-    fn fill(&mut self) {
-        while !self.exhausted && self.in_flight < IMAP_WINDOW {
-            let mut chunk = Vec::with_capacity(self.chunksize);
-            let mut error = None;
-            for _ in 0..self.chunksize {
-                // A panic of the input is held until every item before it has been yielded (as
-                // the local pool's `imap` and CPython's do).
-                let items = &mut self.items;
-                let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| items.next()));
-                let args = match next {
-                    Ok(Some(args)) => args,
-                    Ok(None) => break,
-                    Err(payload) => {
-                        self.input_panic = Some(payload);
-                        self.exhausted = true;
-                        break;
-                    }
-                };
-                match pool_core::wire::encode(&args) {
-                    Ok(b) => chunk.push(b),
-                    Err(message) => {
-                        error = Some(Error::from(pool_core::Error::ArgsEncode {
-                            task: T::NAME.to_owned(),
-                            message,
-                        }))
-                    }
-                }
-            }
-            if chunk.is_empty() && error.is_none() {
-                self.exhausted = true;
-                break;
-            }
-            let index = self.submitted;
-            self.submitted += 1;
-            self.in_flight += 1;
-            let tx = self.tx.clone();
-            match error {
-                Some(err) => {
-                    let _ = tx.send((index, Err(err)));
-                }
-                None => self.pool.submit(T::NAME, &chunk, move |outcome| {
-                    let _ = tx.send((index, outcome));
-                }),
-            }
-        }
+    fn map_async_chunked<T, I>(
+        &self,
+        task: T,
+        items: I,
+        chunksize: usize,
+    ) -> AsyncResult<Vec<T::Output>>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        RedisPool::map_async_chunked(self, task, items, chunksize)
     }
 
-    fn unpack(&mut self, outcome: Result<Vec<Vec<u8>>, Error>) {
-        match outcome {
-            Ok(items) => self
-                .ready
-                .extend(items.iter().map(|b| decode::<T::Output>(b, T::NAME))),
-            Err(err) => self.ready.push_back(Err(err)),
-        }
+    fn imap<T, I>(&self, task: T, items: I) -> Imap<'_, T, I::IntoIter>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        RedisPool::imap(self, task, items)
     }
-}
 
-impl<T: Task, I: Iterator<Item = T::Args>> Iterator for Imap<'_, T, I> {
-    type Item = Result<T::Output, Error>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some(item) = self.ready.pop_front() {
-                return Some(item);
-            }
-            self.fill();
-            if self.ordered {
-                if let Some(outcome) = self.arrived.remove(&self.next_out) {
-                    self.next_out += 1;
-                    self.unpack(outcome);
-                    continue;
-                }
-            }
-            if self.in_flight == 0 {
-                if let Some(payload) = self.input_panic.take() {
-                    std::panic::resume_unwind(payload);
-                }
-                return None;
-            }
-            let (index, outcome) = self.rx.recv().ok()?;
-            self.in_flight -= 1;
-            if self.ordered {
-                self.arrived.insert(index, outcome);
-            } else {
-                self.unpack(outcome);
-            }
-        }
+    fn imap_chunked<T, I>(&self, task: T, items: I, chunksize: usize) -> Imap<'_, T, I::IntoIter>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        RedisPool::imap_chunked(self, task, items, chunksize)
     }
-}
 
-impl<T: Task, I> fmt::Debug for Imap<'_, T, I> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Imap")
-            .field("task", &T::NAME)
-            .field("ordered", &self.ordered)
-            .field("in_flight", &self.in_flight)
-            .finish_non_exhaustive()
+    fn imap_unordered<T, I>(&self, task: T, items: I) -> Imap<'_, T, I::IntoIter>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        RedisPool::imap_unordered(self, task, items)
+    }
+
+    fn imap_unordered_chunked<T, I>(
+        &self,
+        task: T,
+        items: I,
+        chunksize: usize,
+    ) -> Imap<'_, T, I::IntoIter>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        RedisPool::imap_unordered_chunked(self, task, items, chunksize)
+    }
+
+    fn close(&self) {
+        RedisPool::close(self)
+    }
+
+    fn join(&self) -> Result<(), pool_core::Error> {
+        RedisPool::join(self).map_err(pool_core::Error::from)
     }
 }

@@ -22,7 +22,7 @@ pub enum Error {
     /// its arguments did not decode, or (on this side) its arguments did not encode or its
     /// result did not decode.
     #[error(transparent)]
-    Task(#[from] pool_core::Error),
+    Task(pool_core::Error),
 
     /// Redis refused a command, or could not be reached (after retries, where retrying is safe).
     #[error("redis: {0}")]
@@ -71,5 +71,30 @@ pub enum Error {
 impl From<redis::RedisError> for Error {
     fn from(err: redis::RedisError) -> Self {
         Error::Redis(Arc::new(err))
+    }
+}
+
+/// A pool-core error, as this crate reports it: an engine error that came from this crate is
+/// itself again (see [`pool_core::Error::Engine`]); any other is [`Error::Task`].
+impl From<pool_core::Error> for Error {
+    fn from(err: pool_core::Error) -> Self {
+        if let pool_core::Error::Engine(source) = &err {
+            if let Some(ours) = source.downcast_ref::<Error>() {
+                return ours.clone();
+            }
+        }
+        Error::Task(err)
+    }
+}
+
+/// This crate's errors as the one error type of [`pool_core::Executor`]: a task's failure is
+/// the pool-core error it carries; the rest (Redis, deliveries, the client closed …) are
+/// [`pool_core::Error::Engine`], which converts back.
+impl From<Error> for pool_core::Error {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::Task(inner) => inner,
+            other => pool_core::Error::Engine(Arc::new(other)),
+        }
     }
 }

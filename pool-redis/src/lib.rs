@@ -74,8 +74,10 @@ mod status;
 mod wire;
 mod worker;
 
-pub use client::{AsyncResult, Imap, RedisPool};
+pub use client::RedisPool;
 pub use error::Error;
+/// The result and iterator types are pool-core's, for both engines.
+pub use pool_core::{AsyncResult, Imap};
 pub use status::{status, QueueStatus, WorkerInfo};
 pub use wire::redact_url;
 pub use worker::{ShutdownHandle, Worker};

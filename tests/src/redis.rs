@@ -22,6 +22,15 @@ pub fn slow_square(x: u64, ms: u64) -> u64 {
 }
 
 /// The `POOL_TEST_TAG` of the worker that ran it.
+/// Fails on `bad`: the same failure on every engine.
+#[task]
+pub fn square_unless(x: u64, bad: u64) -> u64 {
+    if x == bad {
+        panic!("{x} is bad");
+    }
+    x * x
+}
+
 #[task]
 pub fn worker_tag() -> String {
     std::env::var("POOL_TEST_TAG").unwrap_or_default()

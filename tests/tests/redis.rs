@@ -219,7 +219,8 @@ fn a_task_that_keeps_killing_its_workers_gives_up_after_max_deliveries() {
             std::thread::sleep(Duration::from_millis(50));
         }
         eprintln!("poison task answered after {:?}", start.elapsed());
-        match poison.get() {
+        // The one result type's error converts back into this crate's, losslessly.
+        match poison.get().map_err(Error::from) {
             Err(Error::GaveUp { task, deliveries }) => {
                 assert_eq!(task, kill_my_worker::NAME);
                 assert_eq!(deliveries, 3);
@@ -332,9 +333,15 @@ impl pool_core::Runnable for UsesParentClient {
         let started = Instant::now();
         let seen = vec![
             wrong(self.pool.apply(square, 3)),
-            wrong(self.pool.apply_async(square, 4).get()),
+            wrong(self.pool.apply_async(square, 4).get().map_err(Error::from)),
             wrong(self.pool.map(square, 0..10).map(|v| v.len() as u64)),
-            wrong(self.pool.imap(square, 0..3).next().expect("an item")),
+            wrong(
+                self.pool
+                    .imap(square, 0..3)
+                    .next()
+                    .expect("an item")
+                    .map_err(Error::from),
+            ),
             wrong(self.pool.join().map(|()| 0)),
             format!("fast={}", started.elapsed() < Duration::from_secs(5)),
         ];
@@ -383,5 +390,106 @@ fn imap_yields_every_result_before_the_inputs_panic() {
         assert_eq!(got, [0, 1, 4, 9, 16]);
         let then = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| it.next()));
         assert!(then.is_err(), "the input's panic comes after its results");
+    });
+}
+
+/// Written once against the trait: what the executor example does, with every call checked.
+fn exercise<E: pool_core::Executor>(engine: &E) -> Vec<String> {
+    use pool_core::Error as CoreError;
+    use pool_tests::redis::square_unless;
+    let mut seen = Vec::new();
+    let mut check = |what: &str, ok: bool| {
+        if !ok {
+            seen.push(what.to_owned());
+        }
+    };
+    check("apply", engine.apply(square, 7).ok() == Some(49));
+    let r = engine.apply_async(square, 9);
+    check("wait_timeout", r.wait_timeout(Duration::from_secs(30)));
+    check("ready", r.ready());
+    check("successful", r.successful() == Some(true));
+    check(
+        "get twice",
+        r.get().ok() == Some(81) && r.get().ok() == Some(81),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let with_callback = engine
+        .apply_async(square, 5)
+        .on_success(move |v| tx.send(v).unwrap());
+    check(
+        "on_success",
+        rx.recv_timeout(Duration::from_secs(30)).ok() == Some(25),
+    );
+    check("callback's result", with_callback.get().ok() == Some(25));
+    let fut = engine.apply_async(square, 6);
+    let waker = pool_tests::park_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let polled = loop {
+        match std::future::Future::poll(fut.as_mut(), &mut cx) {
+            std::task::Poll::Ready(v) => break v.ok(),
+            std::task::Poll::Pending if Instant::now() < deadline => {
+                std::thread::park_timeout(Duration::from_millis(50))
+            }
+            std::task::Poll::Pending => break None,
+        }
+    };
+    check("future", polled == Some(36));
+    let want: Vec<u64> = (0..1000).map(|x| x * x).collect();
+    check(
+        "map",
+        engine.map(square, 0..1000).ok() == Some(want.clone()),
+    );
+    check(
+        "map_chunked",
+        engine.map_chunked(square, 0..1000, 64).ok() == Some(want.clone()),
+    );
+    check(
+        "map_async",
+        engine.map_async(square, 0..1000).get().ok() == Some(want.clone()),
+    );
+    check(
+        "map_async_chunked",
+        engine.map_async_chunked(square, 0..1000, 7).get().ok() == Some(want.clone()),
+    );
+    let ordered: Result<Vec<u64>, _> = engine.imap_chunked(square, 0..1000, 50).collect();
+    check("imap_chunked", ordered.ok() == Some(want.clone()));
+    let mut any: Vec<u64> = engine
+        .imap_unordered(square, 0..100)
+        .collect::<Result<_, _>>()
+        .unwrap_or_default();
+    any.sort();
+    check("imap_unordered", any == want[..100]);
+    // One error type: a task's panic is the same error on every engine.
+    let failed = engine.map_chunked(square_unless, (0..100).map(|x| (x, 42)), 10);
+    check(
+        "panicked",
+        matches!(failed, Err(CoreError::Panicked { ref message, .. }) if message == "42 is bad"),
+    );
+    let per_item: Vec<bool> = engine
+        .imap(square_unless, (40..45).map(|x| (x, 42)))
+        .map(|r| r.is_ok())
+        .collect();
+    check("imap errors", per_item == [true, true, false, true, true]);
+    engine.close();
+    check("join", engine.join().is_ok());
+    seen
+}
+
+#[test]
+fn one_function_runs_unchanged_on_both_engines() {
+    deadline(180, "Executor on both engines", || {
+        let local = pool_core::Pool::builder().processes(2).build().unwrap();
+        assert_eq!(exercise(&local), Vec::<String>::new(), "local");
+        let server = RedisServer::start(false);
+        let _w = worker(&server, "exec", 2, "exec");
+        let redis = RedisPool::connect(&server.url(), "exec").unwrap();
+        wait_for_workers(&redis, 1);
+        assert_eq!(exercise(&redis), Vec::<String>::new(), "redis");
+        // An engine's own failure comes as Engine, and converts back losslessly.
+        let closed = redis.apply_async(square, 1).get().unwrap_err();
+        assert!(matches!(closed, pool_core::Error::Engine(_)), "{closed:?}");
+        assert!(matches!(Error::from(closed), Error::Closed));
     });
 }
