@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::frame::JobBuilder;
+use crate::wire::frame::JobBuilder;
 use crate::{registry, Error, Pool, Task};
 
 /// Configures and starts a [`Pool`].

@@ -286,10 +286,10 @@ impl Slot {
         let at = if job.spliced.is_empty() {
             // Nearly every job: the frame is one buffer.
             let pieces = [&prefix[..], &job.frame[..]];
-            offset + crate::splice::write_from(ring, pieces.into_iter(), offset)
+            offset + crate::wire::splice::write_from(ring, pieces.into_iter(), offset)
         } else {
             let pieces = std::iter::once(&prefix[..]).chain(job.wire_pieces());
-            offset + crate::splice::write_from(ring, pieces, offset)
+            offset + crate::wire::splice::write_from(ring, pieces, offset)
         };
         let moved = at > offset;
         if moved {
@@ -759,7 +759,7 @@ impl Collector {
         slot.retiring = true;
         trace::worker_recycled(i, process.pid().as_raw());
         let ring = process.region.jobs();
-        let frame = crate::frame::shutdown_frame();
+        let frame = crate::wire::frame::shutdown_frame();
         ring.write(&(frame.len() as u64).to_le_bytes());
         ring.write(frame);
         ring.wake_consumer();
@@ -924,7 +924,7 @@ impl Collector {
     fn shutdown(&mut self) {
         for slot in &self.slots {
             if let Some(p) = &slot.process {
-                let frame = crate::frame::shutdown_frame();
+                let frame = crate::wire::frame::shutdown_frame();
                 let ring = p.region.jobs();
                 ring.write(&(frame.len() as u64).to_le_bytes());
                 ring.write(frame);
@@ -996,7 +996,7 @@ fn settle(shared: &Shared, job: Job, outcome: Result<Vec<u8>, Error>) {
     }
     let items = u64::from(job.items);
     let failed = match &outcome {
-        Ok(frame) => match crate::frame::parse_results(frame) {
+        Ok(frame) => match crate::wire::frame::parse_results(frame) {
             Ok(results) => u64::from(results.errors()),
             Err(_) => items,
         },

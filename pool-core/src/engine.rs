@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
-use crate::frame::{self, Request, ResultsWriter};
 use crate::job::{Sink, TaskName};
 use crate::owner::Owner;
 use crate::result::{decode_all, decode_one, Counts, Slot};
-use crate::splice::Spliced;
+use crate::wire::frame::{self, Request, ResultsWriter};
+use crate::wire::splice::Spliced;
 use crate::{AsyncResult, Error};
 
 /// An engine that runs jobs.

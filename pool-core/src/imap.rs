@@ -7,11 +7,11 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::engine::{Engine, JobFrame, JobSink};
-use crate::frame::{self, Outcome};
 use crate::job::Sink;
 use crate::owner::Owner;
 use crate::result::{decode_value, frame_error};
-use crate::splice::Spliced;
+use crate::wire::frame::{self, Outcome};
+use crate::wire::splice::Spliced;
 use crate::{Error, Task};
 
 pub(crate) type Delivery = (u64, Result<Vec<u8>, Error>);

@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::splice::Spliced;
+use crate::wire::splice::Spliced;
 use crate::Error;
 
 /// A task's name as carried with its jobs: borrowed for `#[task]` functions, owned for names
@@ -71,7 +71,7 @@ impl Job {
         part: usize,
     ) -> Self {
         Job {
-            items: crate::frame::job_item_count(&frame),
+            items: crate::wire::frame::job_item_count(&frame),
             frame,
             spliced,
             task,

@@ -160,13 +160,11 @@
 #![warn(rustdoc::broken_intra_doc_links)]
 
 mod builder;
-mod codec;
 mod collector;
 mod engine;
 mod error;
 mod executor;
 mod forkserver;
-mod frame;
 mod imap;
 mod job;
 mod jobqueue;
@@ -180,7 +178,6 @@ mod result;
 mod ring;
 mod shared;
 mod spawn;
-mod splice;
 mod stats;
 mod sys;
 mod task;
@@ -290,39 +287,7 @@ pub use pool_macros::main;
 /// both functions.
 pub use pool_macros::task;
 
-/// The MessagePack encoding of task arguments and results, for code that moves tasks over
-/// other transports (such as `pool-redis`): what [`Pool::apply_encoded`] takes and returns.
-///
-/// It is `rmp-serde`, except that a value that is a whole `Vec<u8>` travels as MessagePack
-/// `bin` (one copy) instead of a sequence of numbers; decoding accepts both. A value that is a
-/// scalar (an integer, a float or a `bool`) is written as the very bytes `rmp-serde` writes,
-/// without going through serde, and decoding reads every MessagePack form of it (a `map` of
-/// scalars sends them in their widest form, which `rmp-serde` reads as well).
-///
-/// # Examples
-///
-/// ```
-/// let bytes = pool_core::wire::encode(&(2u64, "three".to_string()))?;
-/// let back: (u64, String) = pool_core::wire::decode(&bytes)?;
-/// assert_eq!(back, (2, "three".to_string()));
-/// # Ok::<(), String>(())
-/// ```
-pub mod wire {
-    use serde::de::DeserializeOwned;
-    use serde::Serialize;
-
-    /// Encodes `value` as the pool does.
-    pub fn encode<T: Serialize + 'static>(value: &T) -> Result<Vec<u8>, String> {
-        let mut buf = Vec::new();
-        crate::codec::encode(&mut buf, value)?;
-        Ok(buf)
-    }
-
-    /// Decodes one value as the pool does.
-    pub fn decode<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T, String> {
-        crate::codec::decode(bytes)
-    }
-}
+pub mod wire;
 
 /// Entry points for the criterion benches in `pool-core/benches/`. Not a public API.
 #[doc(hidden)]
@@ -364,7 +329,7 @@ pub mod __bench {
 
     /// Encodes `items` as one job frame, as `map` does for a chunk.
     pub fn encode_job<A: Serialize + 'static>(task: &str, items: &[A]) -> Vec<u8> {
-        let mut b = crate::frame::JobBuilder::new(task);
+        let mut b = crate::wire::frame::JobBuilder::new(task);
         for item in items {
             b.push(item).expect("encodes");
         }
@@ -386,12 +351,13 @@ pub mod __bench {
 
     /// Runs a job frame as a worker does, writing the result frame into `out`.
     pub fn run_job(frame: &[u8], out: &mut Vec<u8>) {
-        let Ok(crate::frame::Request::Job { task, items }) = crate::frame::parse_request(frame)
+        let Ok(crate::wire::frame::Request::Job { task, items }) =
+            crate::wire::frame::parse_request(frame)
         else {
             panic!("not a job frame")
         };
         let entry = crate::registry::lookup(task).expect("a registered task");
-        let mut writer = crate::frame::ResultsWriter::new(out);
+        let mut writer = crate::wire::frame::ResultsWriter::new(out);
         (entry.run)(items, &mut writer);
         writer.finish();
     }
@@ -408,13 +374,14 @@ pub mod __bench {
 
     /// Decodes every item of a job frame as `A`, as a worker does, and counts them.
     pub fn decode_job<A: DeserializeOwned + 'static>(frame: &[u8]) -> usize {
-        let Ok(crate::frame::Request::Job { items, .. }) = crate::frame::parse_request(frame)
+        let Ok(crate::wire::frame::Request::Job { items, .. }) =
+            crate::wire::frame::parse_request(frame)
         else {
             panic!("not a job frame")
         };
         let mut count = 0;
         for item in items {
-            let value: A = crate::codec::decode(item.expect("whole")).expect("decodes");
+            let value: A = crate::wire::codec::decode(item.expect("whole")).expect("decodes");
             std::hint::black_box(value);
             count += 1;
         }
@@ -423,38 +390,40 @@ pub mod __bench {
 
     /// Encodes one value as the pool does (MessagePack, byte buffers as `bin`).
     pub fn encode_value<T: Serialize + 'static>(buf: &mut Vec<u8>, value: &T) {
-        crate::codec::encode(buf, value).expect("encodes");
+        crate::wire::codec::encode(buf, value).expect("encodes");
     }
 
     /// Runs every decoder of the wire format over `bytes`, as the fuzz target does: each must
     /// return a value or an error, never panic, hang or read out of bounds.
     pub fn decode_any_frame(bytes: &[u8]) {
-        if let Ok(crate::frame::Request::Job { items, .. }) = crate::frame::parse_request(bytes) {
+        if let Ok(crate::wire::frame::Request::Job { items, .. }) =
+            crate::wire::frame::parse_request(bytes)
+        {
             for item in items.flatten() {
-                let _ = crate::codec::decode::<u64>(item);
-                let _ = crate::codec::decode_fixed::<u64>(item);
-                let _ = crate::codec::decode_fixed::<f32>(item);
-                let _ = crate::codec::decode::<Vec<u8>>(item);
-                let _ = crate::codec::decode::<(String, Vec<i64>)>(item);
+                let _ = crate::wire::codec::decode::<u64>(item);
+                let _ = crate::wire::codec::decode_fixed::<u64>(item);
+                let _ = crate::wire::codec::decode_fixed::<f32>(item);
+                let _ = crate::wire::codec::decode::<Vec<u8>>(item);
+                let _ = crate::wire::codec::decode::<(String, Vec<i64>)>(item);
             }
         }
-        if let Ok(results) = crate::frame::parse_results(bytes) {
+        if let Ok(results) = crate::wire::frame::parse_results(bytes) {
             if let Some((width, values)) = results.fixed_values() {
                 for value in values.chunks_exact(width.into()) {
-                    let _ = crate::codec::decode_fixed::<i64>(value);
+                    let _ = crate::wire::codec::decode_fixed::<i64>(value);
                 }
             }
             for outcome in results.flatten() {
                 let _ = outcome.to_error("fuzz");
             }
         }
-        let _ = crate::frame::job_item_count(bytes);
+        let _ = crate::wire::frame::job_item_count(bytes);
         let _ = crate::result::check_frame(bytes, "fuzz", 3);
     }
 
     /// Decodes one value as the pool does.
     pub fn decode_value<T: DeserializeOwned + 'static>(bytes: &[u8]) -> T {
-        crate::codec::decode(bytes).expect("decodes")
+        crate::wire::codec::decode(bytes).expect("decodes")
     }
 }
 

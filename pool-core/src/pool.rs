@@ -11,12 +11,12 @@ use serde::Serialize;
 
 use crate::builder::{PoolBuilder, WorkerSettings};
 use crate::collector::Collector;
-use crate::frame::JobBuilder;
 use crate::imap::Imap;
 use crate::job::{Job, Sink, TaskName};
 use crate::result::{decode_all, decode_one, encoded_all, Counts, Slot};
 use crate::shared::Shared;
-use crate::splice::Spliced;
+use crate::wire::frame::JobBuilder;
+use crate::wire::splice::Spliced;
 use crate::{panic_capture, sys, AsyncResult, Error, PoolStats, Task};
 
 /// A pool of worker processes that run [`#[task]`](crate::task) functions.
@@ -1067,14 +1067,14 @@ pub(crate) fn encode_chunk<T: Task>(
             "its size_hint promised exactly {n} items and it ended early"
         ))
     };
-    if let Some(width) = crate::codec::fixed_width::<T::Args>() {
+    if let Some(width) = crate::wire::codec::fixed_width::<T::Args>() {
         // Scalars (which always encode): a fixed-width job, written in runs of items in a
         // tight loop. `max_bytes` is checked between runs, so a frame may pass it by one run.
         let mut builder = JobBuilder::fixed_in_buffer(T::NAME, buf, width);
         while builder.count() < count && max_bytes.is_none_or(|max| builder.len() < max) {
             let mut ended = false;
             builder.push_small_run((count - builder.count()) as usize, || match iter.next() {
-                Some(args) => crate::codec::Small::fixed(&args),
+                Some(args) => crate::wire::codec::Small::fixed(&args),
                 None => {
                     ended = true;
                     None

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
-use crate::frame::{self, Outcome};
 use crate::job::TaskName;
 use crate::owner::Owner;
+use crate::wire::frame::{self, Outcome};
 use crate::Error;
 
 /// Turns the result frames of all parts into the caller's value.
@@ -327,7 +327,7 @@ pub(crate) fn decode_value<R: DeserializeOwned + 'static>(
     bytes: &[u8],
     task: &str,
 ) -> Result<R, Error> {
-    crate::codec::decode(bytes).map_err(|message| Error::ResultDecode {
+    crate::wire::codec::decode(bytes).map_err(|message| Error::ResultDecode {
         task: task.to_owned(),
         message,
     })
@@ -379,7 +379,7 @@ pub(crate) fn decode_into<R: DeserializeOwned + 'static>(
     task: &str,
     out: &mut Vec<R>,
 ) -> Result<(), Error> {
-    if crate::codec::is_scalar::<R>() {
+    if crate::wire::codec::is_scalar::<R>() {
         return decode_scalars_into(part, task, out);
     }
     collect_into(part, task, out, |bytes| decode_value(bytes, task))
@@ -419,10 +419,10 @@ fn fill_scalars<R: DeserializeOwned + 'static>(
 ) -> Result<(), Error> {
     let mut i = 0;
     if let Some((width, values)) = results.fixed_values() {
-        if Some(width) == crate::codec::fixed_width::<R>() {
+        if Some(width) == crate::wire::codec::fixed_width::<R>() {
             // A fixed-width frame of values of this very type: the tightest loop.
             for (bytes, slot) in values.chunks_exact(width.into()).zip(spare.iter_mut()) {
-                let value = match crate::codec::decode_fixed::<R>(bytes) {
+                let value = match crate::wire::codec::decode_fixed::<R>(bytes) {
                     Some(value) => value,
                     None => match decode_value(bytes, task) {
                         Ok(value) => value,
@@ -442,7 +442,7 @@ fn fill_scalars<R: DeserializeOwned + 'static>(
     let result = (|| {
         for outcome in results {
             let value = match outcome? {
-                Outcome::Ok(bytes) => match crate::codec::decode_scalar::<R>(bytes) {
+                Outcome::Ok(bytes) => match crate::wire::codec::decode_scalar::<R>(bytes) {
                     Some(value) => value,
                     None => decode_value(bytes, task)?,
                 },

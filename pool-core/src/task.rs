@@ -6,9 +6,9 @@ use std::panic::{self, AssertUnwindSafe};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::codec::Small;
-use crate::frame::{FrameError, Items, ResultsWriter};
 use crate::panic_capture;
+use crate::wire::codec::Small;
+use crate::wire::frame::{FrameError, Items, ResultsWriter};
 
 /// A function that pool workers can run by name.
 ///
@@ -91,7 +91,7 @@ impl TaskEntry {
 /// rather than each item, so the common case pays for none per item: after a panic the run
 /// resumes with the next item.
 fn run_batch<T: Task>(mut items: Items<'_>, out: &mut ResultsWriter<'_>) {
-    if crate::codec::is_scalar::<T::Args>() && crate::codec::is_scalar::<T::Output>() {
+    if crate::wire::codec::is_scalar::<T::Args>() && crate::wire::codec::is_scalar::<T::Output>() {
         return run_scalars::<T>(items, out);
     }
     loop {
@@ -117,7 +117,7 @@ fn run_batch<T: Task>(mut items: Items<'_>, out: &mut ResultsWriter<'_>) {
 #[inline(always)]
 fn run_one<T: Task>(item: Result<&[u8], FrameError>, out: &mut ResultsWriter<'_>) {
     match item {
-        Ok(bytes) => match crate::codec::decode::<T::Args>(bytes) {
+        Ok(bytes) => match crate::wire::codec::decode::<T::Args>(bytes) {
             Ok(args) => {
                 let value = T::call(args);
                 out.ok(&value);
@@ -142,7 +142,7 @@ fn run_scalars<T: Task>(mut items: Items<'_>, out: &mut ResultsWriter<'_>) {
     let fixed_in = items.is_fixed();
     if fixed_in {
         // A `map` of scalars: answer in kind (see `frame`).
-        if let Some(width) = crate::codec::fixed_width::<T::Output>() {
+        if let Some(width) = crate::wire::codec::fixed_width::<T::Output>() {
             out.set_fixed(width);
         }
     }
@@ -153,9 +153,9 @@ fn run_scalars<T: Task>(mut items: Items<'_>, out: &mut ResultsWriter<'_>) {
             let item = items.next()?;
             match item {
                 Ok(bytes) => match fixed_in
-                    .then(|| crate::codec::decode_fixed::<T::Args>(bytes))
+                    .then(|| crate::wire::codec::decode_fixed::<T::Args>(bytes))
                     .flatten()
-                    .or_else(|| crate::codec::decode_scalar::<T::Args>(bytes))
+                    .or_else(|| crate::wire::codec::decode_scalar::<T::Args>(bytes))
                 {
                     Some(args) => {
                         let value = T::call(args);

@@ -78,11 +78,13 @@ mod imp {
 
     /// Some items of a result frame failed: reports how many, with the first one's error.
     pub(crate) fn task_items_failed(task: &str, items: u64, frame: &[u8]) {
-        let first = crate::frame::parse_results(frame).ok().and_then(|results| {
-            results
-                .filter_map(Result::ok)
-                .find_map(|outcome| outcome.to_error(task))
-        });
+        let first = crate::wire::frame::parse_results(frame)
+            .ok()
+            .and_then(|results| {
+                results
+                    .filter_map(Result::ok)
+                    .find_map(|outcome| outcome.to_error(task))
+            });
         task_failed(task, items, first.as_ref());
     }
 }

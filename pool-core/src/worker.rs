@@ -11,9 +11,9 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::frame::{self, Request, ResultsWriter};
 use crate::region::{Bell, Region, EXIT_BELL_LOST};
 use crate::registry;
+use crate::wire::frame::{self, Request, ResultsWriter};
 
 /// Buffers that grew past this for one big job are given back afterwards.
 const KEEP_BUFFER: usize = 256 << 20;
