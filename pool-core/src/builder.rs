@@ -82,7 +82,7 @@ impl Default for StartMethod {
     /// `ForkServer` when [`pool_core::init()`](crate::init) has started the fork server in this
     /// process, `Fork` otherwise.
     fn default() -> Self {
-        if crate::forkserver::running() {
+        if crate::start::forkserver::running() {
             StartMethod::ForkServer
         } else {
             StartMethod::Fork
@@ -335,7 +335,7 @@ impl PoolBuilder {
                 "max_tasks_per_child must be at least 1".into(),
             ));
         }
-        if std::env::var_os(crate::spawn::WORKER_ENV).is_some() {
+        if std::env::var_os(crate::start::spawned::WORKER_ENV).is_some() {
             return Err(Error::Config(
                 "this process was started as a pool worker (start method Spawn), but its `main` \
                  did not call pool_core::init() first"
@@ -344,7 +344,9 @@ impl PoolBuilder {
         }
         registry::check()?;
         self.workers.start_method = self.start_method.unwrap_or_default();
-        if self.workers.start_method == StartMethod::ForkServer && !crate::forkserver::running() {
+        if self.workers.start_method == StartMethod::ForkServer
+            && !crate::start::forkserver::running()
+        {
             return Err(Error::Config(
                 "StartMethod::ForkServer needs pool_core::init() (or #[pool_core::main]) first in \
                  `main`, which starts the fork server"

@@ -31,12 +31,12 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{self, Signal};
 
-use crate::builder::{Initializer, StartMethod, WorkerSettings};
+use crate::builder::{Initializer, WorkerSettings};
 use crate::job::{Job, Sink};
 use crate::jobqueue::{JobReceiver, TryRecvError};
-use crate::region::EXIT_BELL_LOST;
 use crate::shared::Shared;
-use crate::spawn::{self, WorkerProcess};
+use crate::start::{self, WorkerProcess};
+use crate::transport::region::EXIT_BELL_LOST;
 use crate::worker::MAX_FRAME;
 use crate::{sys, trace, Error, ExitCause};
 
@@ -149,7 +149,7 @@ impl Incoming {
     #[allow(clippy::type_complexity)]
     fn pull(
         &mut self,
-        ring: &crate::ring::Ring,
+        ring: &crate::transport::ring::Ring,
         spare: impl FnOnce() -> (Vec<u8>, bool),
     ) -> Result<(usize, Option<(Vec<u8>, u64)>), ()> {
         let mut consumed = 0;
@@ -333,13 +333,11 @@ impl Collector {
     }
 
     fn spawn(&mut self, i: usize) -> Result<(), Error> {
-        let process = match self.settings.start_method {
-            StartMethod::Fork => spawn::fork_worker(self.shared.bell(), self.settings.memory_cap),
-            StartMethod::Spawn => spawn::spawn_worker(self.shared.bell(), self.settings.memory_cap),
-            StartMethod::ForkServer => {
-                spawn::forkserver_worker(self.shared.bell(), self.settings.memory_cap)
-            }
-        }
+        let process = start::start_worker(
+            self.settings.start_method,
+            self.shared.bell(),
+            self.settings.memory_cap,
+        )
         .map_err(Error::spawn);
         let process = match process {
             Ok(process) => process,

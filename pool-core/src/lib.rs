@@ -164,7 +164,6 @@ mod collector;
 mod engine;
 mod error;
 mod executor;
-mod forkserver;
 mod imap;
 mod job;
 mod jobqueue;
@@ -172,16 +171,15 @@ pub mod mp;
 mod owner;
 mod panic_capture;
 mod pool;
-mod region;
 mod registry;
 mod result;
-mod ring;
 mod shared;
-mod spawn;
+mod start;
 mod stats;
 mod sys;
 mod task;
 mod trace;
+mod transport;
 mod worker;
 
 pub use builder::{PoolBuilder, StartMethod};
@@ -222,12 +220,12 @@ pub use task::Task;
 /// ```
 #[allow(clippy::needless_doctest_main)] // where the call goes is the point of the example
 pub fn init() {
-    if let Ok(spec) = std::env::var(spawn::WORKER_ENV) {
-        spawn::run_spawned_worker(&spec);
+    if let Ok(spec) = std::env::var(start::spawned::WORKER_ENV) {
+        start::spawned::run_spawned_worker(&spec);
     }
     // A fork server started again after the first one died (never returns there).
-    forkserver::serve_restarted();
-    forkserver::start();
+    start::forkserver::serve_restarted();
+    start::forkserver::start();
 }
 
 /// Puts [`init()`] first in `main`.
@@ -298,14 +296,14 @@ pub mod __bench {
     /// A ring in a shared mapping, used from one thread (producer and consumer in turn).
     #[derive(Debug)]
     pub struct LoopbackRing {
-        region: crate::region::Region,
+        region: crate::transport::region::Region,
     }
 
     impl LoopbackRing {
         /// A new region; only its job ring is used.
         pub fn new() -> Self {
             LoopbackRing {
-                region: crate::region::Region::new().expect("shared mapping"),
+                region: crate::transport::region::Region::new().expect("shared mapping"),
             }
         }
 

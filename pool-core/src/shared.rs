@@ -10,7 +10,7 @@ use nix::unistd::Pid;
 use crate::job::Job;
 use crate::jobqueue::JobSender;
 use crate::owner::Owner;
-use crate::spawn::ParentFd;
+use crate::start::ParentFd;
 use crate::{sys, Error};
 
 #[derive(Debug)]

@@ -11,8 +11,8 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::region::{Bell, Region, EXIT_BELL_LOST};
 use crate::registry;
+use crate::transport::region::{Bell, Region, EXIT_BELL_LOST};
 use crate::wire::frame::{self, Request, ResultsWriter};
 
 /// Buffers that grew past this for one big job are given back afterwards.

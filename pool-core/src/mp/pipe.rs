@@ -256,7 +256,7 @@ pub(crate) mod local {
 
     use super::ByteRing;
     use crate::mp::segment::Segment;
-    use crate::spawn::with_fork_lock;
+    use crate::start::with_fork_lock;
 
     struct Hold {
         ring: Weak<Segment>,

@@ -125,14 +125,12 @@ impl Process {
         let target = self.target;
         let report =
             crate::sys::SharedMapping::new(std::mem::size_of::<Report>()).map_err(Error::shared)?;
-        let forked = crate::spawn::with_fork_lock(|| {
-            // SAFETY: the child runs only the target and then ends with `_exit`, so no
-            // destructor or `atexit` handler of the parent runs twice. As with any fork of a
-            // multi-threaded program, the target must not need a lock another thread of the
-            // parent held at this moment (see the crate docs on start methods).
-            unsafe { nix::unistd::fork() }
-        });
-        match forked.map_err(|e| Error::shared(std::io::Error::from(e)))? {
+        // SAFETY: the child first releases the inherited tables, then runs only the target and
+        // ends with `_exit`, so no destructor or `atexit` handler of the parent runs twice. As
+        // with any fork of a multi-threaded program, the target must not need a lock another
+        // thread of the parent held at this moment (see the crate docs on start methods).
+        let ((), forked) = unsafe { crate::start::fork::fork(|| ()) }.map_err(Error::shared)?;
+        match forked {
             ForkResult::Child => child(target, daemon, parent, &report),
             ForkResult::Parent { child } => {
                 // The child waits for `go` before it runs anything, so it is alive (and its pid
@@ -174,9 +172,9 @@ fn child(
     report: &crate::sys::SharedMapping,
 ) -> ! {
     // First: the pools' tables of inherited regions and descriptors (see
-    // `spawn::release_inherited`). A `Process` uses none of its parent's pools (their handles
+    // `start::fork::release_inherited`). A `Process` uses none of its parent's pools (their handles
     // refuse to work here), so it keeps none of their resources.
-    crate::spawn::release_inherited(None, None);
+    crate::start::fork::release_inherited(None, None);
     let report = report_of(report);
     while report.go.load(Ordering::SeqCst) == 0 {
         crate::sys::futex_wait(&report.go, 0);
@@ -185,7 +183,7 @@ fn child(
         && (nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()
             || nix::unistd::getppid() != parent)
     {
-        crate::spawn::exit_now(1);
+        crate::start::exit_now(1);
     }
     // A panic is reported by the panic hook (on standard error, like Python's traceback).
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(target));
@@ -200,7 +198,7 @@ fn child(
     let _ = std::io::stdout().flush();
     report.code.store(code, Ordering::SeqCst);
     report.reported.store(1, Ordering::SeqCst);
-    crate::spawn::exit_now(code)
+    crate::start::exit_now(code)
 }
 
 /// What parent and child share about the child's start and end, in a small shared mapping.

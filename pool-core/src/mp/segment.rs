@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use serde::{Deserialize, Serialize};
 
-use crate::spawn::with_fork_lock;
+use crate::start::with_fork_lock;
 use crate::sys::{self, SharedMapping};
 
 const MAGIC: u64 = 0x706f_6f6c_2d6d_7031; // "pool-mp1"

@@ -10,7 +10,7 @@
 //! The buffers stay with the job until it resolves: a job sent back to the queue because its
 //! worker died before beginning it is written again, whole.
 
-use crate::ring::Ring;
+use crate::transport::ring::Ring;
 
 /// Byte buffers at least this long are spliced; shorter ones are cheaper to copy.
 pub(crate) const SPLICE_MIN: usize = 64 << 10;

@@ -8,8 +8,8 @@
 use std::io;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
-use crate::ring::{Padded, Ring, RingCtl};
 use crate::sys::{self, SharedMapping};
+use crate::transport::ring::{Padded, Ring, RingCtl};
 
 /// Bytes of each ring. Frames larger than this stream through in pieces.
 const RING_CAPACITY: usize = 4 << 20;

@@ -49,9 +49,11 @@ use nix::sys::socket::{
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{ForkResult, Pid};
 
-use crate::region::Region;
-use crate::spawn::{self, ParentFd};
-use crate::{panic_capture, registry, ExitCause};
+use super::attach::serve_attached;
+use super::fork::{self, exit_now, release_inherited, ParentFd, RegionSlot};
+use super::process::{Reaper, WorkerProcess};
+use crate::transport::region::Region;
+use crate::{panic_capture, registry, sys, ExitCause};
 
 /// The running server, as the program sees it. Set once, by `init()`.
 static SERVER: OnceLock<Server> = OnceLock::new();
@@ -109,17 +111,15 @@ pub(crate) fn start() {
             return;
         };
         let program = nix::unistd::getpid();
-        let forked = spawn::with_fork_lock(|| {
-            // SAFETY: `init()` runs first in `main`, while the program has one thread, so the
-            // child inherits no lock held by another thread. Even if it did not, `serve` only
-            // makes system calls and forks; it never returns, and ends with `_exit`, so no
-            // destructor or `atexit` handler of the program runs in it.
-            unsafe { nix::unistd::fork() }
-        });
-        match forked {
+        // SAFETY: `init()` runs first in `main`, while the program has one thread, so the
+        // child inherits no lock held by another thread. Even if it did not, `serve` only makes
+        // system calls and forks; it never returns, and ends with `_exit`, so no destructor or
+        // `atexit` handler of the program runs in it.
+        let forked = unsafe { fork::fork(|| ()) };
+        match forked.map(|((), f)| f) {
             Ok(ForkResult::Child) => {
                 // The server keeps nothing of pools the program may have built before `init()`.
-                spawn::release_inherited(None, None);
+                release_inherited(None, None);
                 drop(ours);
                 serve(theirs, program, true)
             }
@@ -250,7 +250,7 @@ impl Server {
         let mut command = std::process::Command::new(std::env::current_exe()?);
         command
             .env(SERVER_ENV, format!("{fd}:{}", std::process::id()))
-            .env_remove(spawn::WORKER_ENV)
+            .env_remove(super::spawned::WORKER_ENV)
             .stdin(std::process::Stdio::null());
         // SAFETY: runs between fork and exec, where only async-signal-safe calls are allowed:
         // fcntl and signal are plain system calls on an integer captured by value.
@@ -287,12 +287,12 @@ pub(crate) fn serve_restarted() {
     };
     let mut fields = spec.split(':').map(|f| f.parse::<i32>().ok());
     let (Some(Some(fd)), Some(Some(program))) = (fields.next(), fields.next()) else {
-        spawn::exit_now(2);
+        exit_now(2);
     };
     // The server's own children (workers) must not think they are servers.
     std::env::remove_var(SERVER_ENV);
     if registry::check().is_err() {
-        spawn::exit_now(2);
+        exit_now(2);
     }
     panic_capture::install();
     // SAFETY: the descriptor was inherited across exec for this process alone; nothing else
@@ -326,15 +326,15 @@ fn retry<T>(mut f: impl FnMut() -> nix::Result<T>) -> nix::Result<T> {
 /// comes when the program dies (every process the program forks closes its end first).
 fn serve(channel: OwnedFd, program: Pid, with_parent_thread: bool) -> ! {
     if with_parent_thread && nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() {
-        spawn::exit_now(1);
+        exit_now(1);
     }
     if nix::unistd::getppid() != program {
-        spawn::exit_now(1);
+        exit_now(1);
     }
     // The socket pair has no address, so only the program holds the other end; check it anyway.
     match socket::getsockopt(&channel, socket::sockopt::PeerCredentials) {
         Ok(peer) if peer.uid() == nix::unistd::getuid().as_raw() => {}
-        _ => spawn::exit_now(1),
+        _ => exit_now(1),
     }
     // Ctrl-C reaches the whole process group; the program decides what happens to its workers.
     // Workers stay zombies until a pool asks for them, so SIGCHLD must not reap them.
@@ -368,7 +368,7 @@ fn serve(channel: OwnedFd, program: Pid, with_parent_thread: bool) -> ! {
         let n = match received {
             Ok(n) if n > 0 => n,
             // End-of-file: the program is gone (or closed its end). So is the reason to serve.
-            _ => spawn::exit_now(0),
+            _ => exit_now(0),
         };
         let answer = match (request[0], &fds[..]) {
             (FORK, [memfd, bell]) if n == 9 => {
@@ -380,7 +380,7 @@ fn serve(channel: OwnedFd, program: Pid, with_parent_thread: bool) -> ! {
                 let pid = i32::from_le_bytes(request[1..5].try_into().unwrap_or_default());
                 reap_one(Pid::from_raw(pid))
             }
-            _ => spawn::exit_now(2), // not the program talking: stop
+            _ => exit_now(2), // not the program talking: stop
         };
         drop(fds); // the worker has its copies
         let mut bytes = [0u8; 12];
@@ -388,7 +388,7 @@ fn serve(channel: OwnedFd, program: Pid, with_parent_thread: bool) -> ! {
             chunk.copy_from_slice(&word.to_le_bytes());
         }
         if retry(|| socket::send(raw, &bytes, MsgFlags::MSG_NOSIGNAL)).is_err() {
-            spawn::exit_now(0);
+            exit_now(0);
         }
     }
 }
@@ -398,7 +398,7 @@ fn fork_one(channel: RawFd, memfd: &OwnedFd, bell: &OwnedFd, cap: Option<u64>) -
     let server = nix::unistd::getpid();
     // SAFETY: the server has one thread, so the child inherits no lock held elsewhere. The
     // child never returns: it serves jobs and ends with `_exit`.
-    match unsafe { nix::unistd::fork() } {
+    match unsafe { fork::fork(|| ()) }.map(|((), f)| f) {
         Ok(ForkResult::Child) => {
             // SAFETY: the server's end of the socket; the worker must not hold it (only the
             // server reads it) and nothing in the worker uses it.
@@ -406,18 +406,18 @@ fn fork_one(channel: RawFd, memfd: &OwnedFd, bell: &OwnedFd, cap: Option<u64>) -
             if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()
                 || nix::unistd::getppid() != server
             {
-                spawn::exit_now(1);
+                exit_now(1);
             }
             let Ok(region) = Region::attach(memfd.as_raw_fd()) else {
-                spawn::exit_now(2);
+                exit_now(2);
             };
             // SAFETY: the region stays mapped without its descriptor, which nothing else in
             // this process owns or uses after this.
             unsafe { libc::close(memfd.as_raw_fd()) };
-            spawn::serve_attached(region, bell.as_raw_fd(), cap)
+            serve_attached(region, bell.as_raw_fd(), cap)
         }
         Ok(ForkResult::Parent { child }) => [0, child.as_raw(), 0],
-        Err(errno) => [1, errno as i32, 0],
+        Err(err) => [1, err.raw_os_error().unwrap_or(libc::EIO), 0],
     }
 }
 
@@ -432,4 +432,58 @@ fn reap_one(pid: Pid) -> [i32; 3] {
         Ok(WaitStatus::Signaled(_, sig, _)) => [1, sig as i32, 0],
         _ => [2, 0, 0],
     }
+}
+
+/// Has the fork server fork a worker (the fork-server start method): a fork of the small
+/// process `pool_core::init()` started, not of this one, attached to a new region (a memfd)
+/// and to the pool's bell.
+pub(crate) fn start_worker(bell: RawFd, memory_cap: Option<u64>) -> io::Result<WorkerProcess> {
+    let (region, memfd) = Region::in_memfd()?;
+    let slot = fork::with_fork_lock(|| RegionSlot::register(region.span()));
+    // Registered, so that workers this process forks meanwhile close it.
+    let memfd = ParentFd::new(memfd);
+    let (pid, generation) = fork_worker(memfd.raw(), bell, memory_cap)?;
+    drop(memfd); // the worker has its own copy now
+                 // The server reaps the worker only when asked (below), so `pid` names it until then.
+    let pidfd = match sys::pidfd_open(pid.as_raw()) {
+        Ok(fd) => ParentFd::new(fd),
+        Err(err) => {
+            let _ = signal::kill(pid, Signal::SIGKILL);
+            reap(pid, generation);
+            return Err(err);
+        }
+    };
+    Ok(WorkerProcess {
+        pid,
+        reaper: Reaper::Server {
+            generation,
+            reap: reap_by_server,
+        },
+        pidfd,
+        _slot: slot,
+        region,
+    })
+}
+
+/// Kills the fork server's worker `pid` if it still runs, waits on its pidfd until it has
+/// exited, and has the server reap it. The pid stays valid throughout: only that request lets
+/// the server reap it.
+fn reap_by_server(pid: Pid, pidfd: &OwnedFd, generation: u64) -> ExitCause {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let exited = |timeout: PollTimeout| {
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        loop {
+            match poll(&mut fds, timeout) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Ok(n) => return n > 0,
+                Err(_) => return true, // cannot tell: let the server's waitpid decide
+            }
+        }
+    };
+    if !exited(PollTimeout::from(1u8)) {
+        let _ = signal::kill(pid, Signal::SIGKILL);
+        exited(PollTimeout::NONE);
+    }
+    reap(pid, generation)
 }
