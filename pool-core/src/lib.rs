@@ -160,20 +160,18 @@
 #![warn(rustdoc::broken_intra_doc_links)]
 
 mod builder;
-mod collector;
+mod driver;
 mod engine;
 mod error;
 mod executor;
 mod imap;
 mod job;
-mod jobqueue;
 pub mod mp;
 mod owner;
 mod panic_capture;
 mod pool;
 mod registry;
 mod result;
-mod shared;
 mod start;
 mod stats;
 mod sys;

@@ -10,11 +10,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::builder::{PoolBuilder, WorkerSettings};
-use crate::collector::Collector;
+use crate::driver::collector::Collector;
+use crate::driver::shared::Shared;
 use crate::imap::Imap;
 use crate::job::{Job, Sink, TaskName};
 use crate::result::{decode_all, decode_one, encoded_all, Counts, Slot};
-use crate::shared::Shared;
 use crate::wire::frame::JobBuilder;
 use crate::wire::splice::Spliced;
 use crate::{panic_capture, sys, AsyncResult, Error, PoolStats, Task};
@@ -87,7 +87,7 @@ impl Pool {
         workers: WorkerSettings,
     ) -> Result<Pool, Error> {
         panic_capture::install();
-        let (sender, queue) = crate::jobqueue::unbounded();
+        let (sender, queue) = crate::driver::jobqueue::unbounded();
         let bell = sys::eventfd().map_err(Error::spawn)?;
         let shared = Arc::new(Shared::new(sender, processes, bell, task_timeout));
         let pool = Pool {

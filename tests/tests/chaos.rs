@@ -405,7 +405,11 @@ fn imap_yields_every_result_before_the_inputs_panic_then_the_panic() {
 fn a_killed_fork_server_is_replaced_and_pools_go_on() {
     let out = deadline(120, "fork server killed", || helper(&["forkserver-killed"]));
     assert_eq!(out["server_was_child"], "true", "{out:?}");
-    assert_eq!(out["failed_after_kill"], "0", "{out:?}");
+    // At most the tasks running on the two workers the server took down with it fail, each
+    // with WorkerDied, as when any worker is killed.
+    let failed: u32 = out["failed_after_kill"].parse().unwrap();
+    assert!(failed <= 2, "{out:?}");
+    assert_eq!(out["failures_all_worker_died"], "true", "{out:?}");
     assert_eq!(out["pool_serves"], "true", "{out:?}");
     assert_eq!(out["fresh"], "Ok(Ok(9801))", "{out:?}");
     assert_eq!(out["new_server_differs"], "true", "{out:?}");

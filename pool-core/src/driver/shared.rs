@@ -7,8 +7,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
+use crate::driver::jobqueue::JobSender;
 use crate::job::Job;
-use crate::jobqueue::JobSender;
 use crate::owner::Owner;
 use crate::start::ParentFd;
 use crate::{sys, Error};

@@ -1,0 +1,388 @@
+//! The parent's side of all of a pool's workers: one thread that feeds them jobs from the shared
+//! queue, delivers their results, and replaces the ones that die.
+//!
+//! # How work flows
+//!
+//! Callers put jobs in the pool's queue. The collector moves them into the workers' job rings —
+//! to the worker with the least work queued, and behind other jobs only while that worker's
+//! queued work stays under [`TARGET_QUEUED_NS`]. Work is estimated per task from how long its
+//! items took before (each result carries the worker's own timing); a task not yet measured goes
+//! only to an idle worker. So tiny tasks stream without a pause, while long ones — or ones not
+//! known to be short — go to whichever worker is free, as with Python's pool. It reads results from
+//! the result rings in the same order and completes the jobs. Everything the collector does is
+//! non-blocking: a frame that does not fit in a ring is sent in pieces as the worker makes room,
+//! and when nothing can progress the collector sleeps in `poll` on the pool's bell (rung by
+//! callers and by workers, only when the collector said it sleeps) and on every worker's pidfd.
+//!
+//! # When a worker dies
+//!
+//! Its pidfd becomes readable. The collector takes the results it finished, then looks at its
+//! `jobs_started` counter: if it began a job it did not answer, that job (the first unanswered
+//! one, since a worker runs its jobs in order) resolves to `WorkerDied`; the jobs behind it were
+//! never begun and go to other workers. The region is discarded and a new worker forked.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::poll::PollTimeout;
+
+use super::guard::{InitSink, RestartGuard};
+use super::jobqueue::{JobReceiver, TryRecvError};
+use super::schedule::Estimates;
+use super::seat::Seat;
+use super::shared::Shared;
+use crate::builder::{Initializer, WorkerSettings};
+use crate::job::Job;
+use crate::start::WorkerProcess;
+use crate::{sys, trace, Error, ExitCause};
+
+/// How often to look for dead workers while busy.
+const DEATH_CHECK: Duration = Duration::from_millis(5);
+/// The longest the collector sleeps while jobs are out at workers. A worker wakes it when it
+/// answers, but a task can sabotage that (it may close the bell: see `region::Bell`); this
+/// bound turns such a lost wake-up into a delay, never a hang.
+const MAX_SLEEP_WITH_JOBS_OUT_NS: u64 = 250_000_000;
+/// How long the collector keeps looking for work before it sleeps.
+const SPIN: Duration = Duration::from_micros(50);
+
+pub(crate) struct Collector {
+    pub(super) shared: Arc<Shared>,
+    pub(super) queue: JobReceiver,
+    pub(super) queue_open: bool,
+    /// Jobs to send before the queue's: their worker died before it began them.
+    pub(super) retry: VecDeque<Job>,
+    pub(super) seats: Vec<Seat>,
+    pub(super) last_death_check: Instant,
+    /// Limits, recycling and the start method.
+    pub(super) settings: WorkerSettings,
+    /// The job every new worker runs first, and where its outcome goes.
+    pub(super) initializer: Option<(Initializer, Arc<InitSink>)>,
+    /// The restart guard (see `guard`).
+    pub(super) guard: RestartGuard,
+    /// What each task's items take (see `schedule`).
+    pub(super) estimates: Estimates,
+}
+
+impl Collector {
+    /// Forks the pool's workers.
+    pub(crate) fn start(
+        shared: Arc<Shared>,
+        queue: JobReceiver,
+        mut settings: WorkerSettings,
+    ) -> Result<Self, Error> {
+        let mut collector = Collector {
+            initializer: settings
+                .initializer
+                .take()
+                .map(|init| (init, Arc::new(InitSink::default()))),
+            settings,
+            guard: RestartGuard::default(),
+            seats: (0..shared.processes()).map(|_| Seat::new()).collect(),
+            shared,
+            queue,
+            queue_open: true,
+            retry: VecDeque::new(),
+            last_death_check: Instant::now(),
+            estimates: Estimates::default(),
+        };
+        for i in 0..collector.seats.len() {
+            collector.spawn(i)?;
+        }
+        Ok(collector)
+    }
+
+    /// Serves jobs until the pool is closed and drained, or terminated.
+    pub(crate) fn run(mut self) {
+        let mut idle = 0u32;
+        let mut idle_since = Instant::now();
+        let mut turns = 0u32;
+        loop {
+            turns = turns.wrapping_add(1);
+            if self.shared.is_terminated() {
+                self.terminate();
+                return;
+            }
+            let mut progress = false;
+            for i in 0..self.seats.len() {
+                progress |= self.receive(i);
+                self.retire_if_done(i);
+            }
+            self.check_initializers();
+            progress |= self.dispatch();
+            self.check_timeouts();
+            if self.finished() {
+                self.shutdown();
+                return;
+            }
+            // Reading the clock costs as much as a turn of a busy loop: look every 64 turns.
+            if turns % 64 == 0 && self.last_death_check.elapsed() >= DEATH_CHECK {
+                self.check_deaths(PollTimeout::ZERO);
+            }
+            if progress {
+                idle = 0;
+            } else {
+                if idle == 0 {
+                    idle_since = Instant::now();
+                }
+                idle += 1;
+                if idle_since.elapsed() < SPIN {
+                    if idle % 16 == 0 {
+                        std::thread::yield_now();
+                    } else {
+                        std::hint::spin_loop();
+                    }
+                } else {
+                    idle = 0;
+                    self.sleep();
+                }
+            }
+        }
+    }
+
+    /// Reads the results worker `i` has written. Returns whether anything was read.
+    pub(super) fn receive(&mut self, i: usize) -> bool {
+        let seat = &mut self.seats[i];
+        // Taken out for the duration, so the seat's other fields can change meanwhile.
+        let Some(process) = seat.process.take() else {
+            return false;
+        };
+        let ring = process.region.results();
+        let mut progress = false;
+        loop {
+            let spare = || {
+                seat.in_flight
+                    .front_mut()
+                    .map(|(job, _)| (std::mem::take(&mut job.frame), job.recycle))
+                    .unwrap_or_default()
+            };
+            match seat.incoming.pull(ring, spare) {
+                Ok((0, None)) => break,
+                Ok((_, None)) => progress = true,
+                Ok((_, Some((frame, busy_ns)))) => {
+                    progress = true;
+                    match seat.pop() {
+                        Some(job) => {
+                            seat.answered += 1;
+                            if !job.internal && self.guard.answered() {
+                                // A worker of the round after a backoff did real work: healed.
+                                trace::pool_healed();
+                            }
+                            self.estimates.learn(&job, busy_ns);
+                            let busy = process.region.header().busy_ns.load(Ordering::Relaxed);
+                            self.shared.counters.busy_ns[i]
+                                .store(seat.busy_base + busy, Ordering::Relaxed);
+                            settle(&self.shared, job, Ok(frame));
+                        }
+                        None => {
+                            // A result for no job: the worker is out of step. Kill it; its
+                            // death is handled like any other.
+                            kill(&process);
+                            break;
+                        }
+                    }
+                }
+                Err(()) => {
+                    kill(&process);
+                    break;
+                }
+            }
+        }
+        if progress {
+            ring.wake_producer();
+        }
+        seat.process = Some(process);
+        progress
+    }
+
+    /// The next job to send: retries first, then the queue.
+    pub(super) fn next_job(&mut self) -> Option<Job> {
+        if let Some(job) = self.retry.pop_front() {
+            return Some(job);
+        }
+        if !self.queue_open {
+            return None;
+        }
+        match self.queue.try_recv() {
+            Ok(job) => Some(job),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => {
+                self.queue_open = false;
+                None
+            }
+        }
+    }
+
+    /// Sends jobs to workers with room for them. Returns whether anything was sent.
+    fn dispatch(&mut self) -> bool {
+        let mut progress = false;
+        for seat in &mut self.seats {
+            progress |= seat.send_more();
+        }
+        self.respawn_missing();
+        if self.seats.iter().all(|s| s.process.is_none()) {
+            self.fail_without_workers();
+            return progress;
+        }
+        while let Some(job) = self.next_job() {
+            let expected = self.estimates.of(&job);
+            let best = self
+                .seats
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.can_take(expected, self.settings.max_tasks_per_child))
+                .min_by_key(|(_, s)| s.load())
+                .map(|(i, _)| i);
+            let Some(i) = best else {
+                self.retry.push_front(job);
+                break;
+            };
+            self.seats[i].push(job, expected);
+            progress = true;
+        }
+        progress
+    }
+
+    /// Whether the pool is closed and every job is answered.
+    pub(super) fn finished(&mut self) -> bool {
+        if !self.retry.is_empty() || self.seats.iter().any(|s| !s.in_flight.is_empty()) {
+            return false;
+        }
+        if self.queue_open {
+            match self.queue.try_recv() {
+                Ok(job) => {
+                    self.retry.push_back(job);
+                    return false;
+                }
+                Err(TryRecvError::Empty) => return false,
+                Err(TryRecvError::Disconnected) => self.queue_open = false,
+            }
+        }
+        !self.queue_open
+    }
+
+    /// Whether something can progress without waiting.
+    fn has_work(&self) -> bool {
+        if self.shared.is_terminated() {
+            return true;
+        }
+        if let Some(job) = self.retry.front() {
+            let expected = self.estimates.of(job);
+            if self
+                .seats
+                .iter()
+                .any(|s| s.can_take(expected, self.settings.max_tasks_per_child))
+            {
+                return true;
+            }
+        } else if !self.queue.is_empty()
+            && self
+                .seats
+                .iter()
+                .any(|s| s.can_take(Some(0), self.settings.max_tasks_per_child))
+        {
+            return true;
+        }
+        self.seats.iter().any(|s| match &s.process {
+            Some(p) => {
+                p.region.results().readable() > 0
+                    || (s.sending.is_some() && p.region.jobs().writable() > 0)
+            }
+            None => false,
+        })
+    }
+
+    /// Sleeps until a caller or a worker rings the bell, or a worker dies.
+    fn sleep(&mut self) {
+        for seat in &self.seats {
+            if let Some(p) = &seat.process {
+                p.region.parent_will_sleep();
+            }
+        }
+        self.shared.set_collector_sleeping(true);
+        if self.has_work() || self.finished() {
+            self.shared.set_collector_sleeping(false);
+            return;
+        }
+        let waiting_to_respawn = self.seats.iter().any(|s| s.process.is_none());
+        let mut wake_in_ns = self.check_timeouts();
+        if waiting_to_respawn {
+            wake_in_ns = Some(wake_in_ns.unwrap_or(u64::MAX).min(100_000_000));
+        }
+        if self.seats.iter().any(|s| !s.in_flight.is_empty()) {
+            wake_in_ns = Some(
+                wake_in_ns
+                    .unwrap_or(u64::MAX)
+                    .min(MAX_SLEEP_WITH_JOBS_OUT_NS),
+            );
+        }
+        let timeout = match wake_in_ns {
+            // Rounded up to whole milliseconds, at most about 24 days.
+            Some(ns) => {
+                let ms = ns.div_ceil(1_000_000).clamp(1, i32::MAX as u64) as i32;
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+            }
+            None => PollTimeout::NONE,
+        };
+        self.check_deaths(timeout);
+        self.shared.set_collector_sleeping(false);
+        sys::eventfd_drain(self.shared.bell_fd());
+    }
+}
+
+/// Resolves a job and counts its items as completed or failed.
+pub(super) fn settle(shared: &Shared, job: Job, outcome: Result<Vec<u8>, Error>) {
+    if job.internal {
+        job.complete(outcome);
+        return;
+    }
+    let items = u64::from(job.items);
+    let failed = match &outcome {
+        Ok(frame) => match crate::wire::frame::parse_results(frame) {
+            Ok(results) => u64::from(results.errors()),
+            Err(_) => items,
+        },
+        Err(_) => items,
+    };
+    if failed > 0 {
+        match &outcome {
+            Ok(frame) => trace::task_items_failed(&job.task, failed, frame),
+            Err(err) => trace::task_failed(&job.task, failed, Some(err)),
+        }
+    }
+    let counters = &shared.counters;
+    counters.failed.fetch_add(failed, Ordering::Relaxed);
+    counters
+        .completed
+        .fetch_add(items.saturating_sub(failed), Ordering::Relaxed);
+    job.complete(outcome);
+}
+
+pub(super) fn kill(process: &WorkerProcess) {
+    let _ = nix::sys::signal::kill(process.pid(), nix::sys::signal::Signal::SIGKILL);
+}
+
+pub(super) fn died(job: &Job, pid: i32, cause: ExitCause, terminated: bool) -> Error {
+    if terminated {
+        Error::Terminated
+    } else {
+        Error::WorkerDied {
+            task: job.task.to_string(),
+            pid,
+            cause,
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        // Normally every worker is reaped already; if the thread unwinds, none is left behind.
+        for i in 0..self.seats.len() {
+            if let Some(p) = self.seats[i].process.take() {
+                self.shared.clear_worker(i);
+                p.reap(Duration::ZERO);
+            }
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! [`Seat`]: one worker's place in the pool — its process, the jobs out at it (oldest first,
+//! answered in that order), the frame being sent and the result being read, and what the
+//! collector knows of it (limits, recycling, why it must go). Owned by the collector thread.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::schedule::{room_behind, Queued};
+use crate::job::Job;
+use crate::start::WorkerProcess;
+use crate::worker::MAX_FRAME;
+use crate::Error;
+
+/// One worker and the jobs at it.
+pub(super) struct Seat {
+    pub(super) process: Option<WorkerProcess>,
+    /// Jobs sent (or being sent), oldest first, with their expected run time (`None`: unknown);
+    /// results come back in this order.
+    pub(super) in_flight: VecDeque<(Job, Option<u64>)>,
+    /// The sum of the known expected run times in flight, and how many are unknown.
+    pub(super) queued_ns: u64,
+    pub(super) unknown: usize,
+    /// How many jobs in flight have a time limit (so the loop need not scan for them).
+    pub(super) limited: usize,
+    /// How many bytes of the newest job's `len ++ frame` are written, while it is incomplete.
+    pub(super) sending: Option<usize>,
+    pub(super) incoming: Incoming,
+    /// Results received from the current process.
+    pub(super) answered: u64,
+    /// Busy time of this slot's earlier processes, in nanoseconds.
+    pub(super) busy_base: u64,
+    /// Why the last fork failed, and when to try again.
+    pub(super) spawn_error: Option<(Error, Instant)>,
+    /// Jobs of the program (not the initializer) sent to the current process, for
+    /// `max_tasks_per_child`.
+    pub(super) sent: u64,
+    /// The current process was asked to exit after its quota of jobs or memory.
+    pub(super) retiring: bool,
+    /// The current process grew past `max_memory_per_child`: no more jobs go to it.
+    pub(super) over_memory: bool,
+    /// Why the collector killed this worker outside any task (its initializer failed).
+    pub(super) doomed: Option<String>,
+    /// The running job ran past `limit`; the worker got SIGTERM and gets SIGKILL at
+    /// `sigkill_at` (monotonic ns) if it is still there.
+    pub(super) timed_out: Option<(Duration, u64)>,
+}
+
+/// A result frame being read: its header (`len:u64 busy_ns:u64`), then its body.
+#[derive(Default)]
+pub(super) struct Incoming {
+    pub(super) head: [u8; 16],
+    pub(super) head_got: usize,
+    pub(super) body: Option<Vec<u8>>,
+    /// The length of the frame being read into `body`.
+    pub(super) want: usize,
+}
+
+impl Incoming {
+    /// Reads what is available; returns the bytes consumed and a completed frame with the
+    /// worker's run time for it, if any. `spare` gives a buffer for a new frame: the frame of
+    /// the job being answered, which the caller allocated and will free, so no buffer is freed
+    /// by a thread other than the one that made it; and whether to use it whatever its size
+    /// (see `Job::recycle`).
+    #[allow(clippy::type_complexity)]
+    pub(super) fn pull(
+        &mut self,
+        ring: &crate::transport::ring::Ring,
+        spare: impl FnOnce() -> (Vec<u8>, bool),
+    ) -> Result<(usize, Option<(Vec<u8>, u64)>), ()> {
+        let mut consumed = 0;
+        if self.body.is_none() {
+            let n = ring.read(&mut self.head[self.head_got..]);
+            consumed += n;
+            self.head_got += n;
+            if self.head_got < 16 {
+                return Ok((consumed, None));
+            }
+            let len = u64::from_le_bytes(self.head[..8].try_into().expect("8 bytes"));
+            if len > MAX_FRAME {
+                return Err(());
+            }
+            let len = len as usize;
+            let (mut body, recycle) = spare();
+            let oversized = body.capacity() > 64 << 10 && body.capacity() / 4 > len;
+            if body.capacity() < len || (oversized && !recycle) {
+                // Too small, or so much larger than needed that holding on to it would waste
+                // memory while the result waits to be read.
+                body = Vec::with_capacity(len);
+            }
+            body.clear();
+            self.body = Some(body);
+            self.want = len;
+        }
+        let body = self.body.as_mut().expect("set above");
+        // Read without zeroing first: the whole body is overwritten.
+        consumed += ring.read_append(body, self.want - body.len());
+        if body.len() < self.want {
+            return Ok((consumed, None));
+        }
+        let busy = u64::from_le_bytes(self.head[8..].try_into().expect("8 bytes"));
+        let frame = self.body.take().map(|f| (f, busy));
+        self.head_got = 0;
+        Ok((consumed, frame))
+    }
+}
+
+impl Seat {
+    pub(super) fn new() -> Self {
+        Seat {
+            process: None,
+            in_flight: VecDeque::new(),
+            limited: 0,
+            queued_ns: 0,
+            unknown: 0,
+            sending: None,
+            incoming: Incoming::default(),
+            answered: 0,
+            busy_base: 0,
+            spawn_error: None,
+            sent: 0,
+            retiring: false,
+            over_memory: false,
+            timed_out: None,
+            doomed: None,
+        }
+    }
+
+    /// Whether a job expected to run `expected` ns (`None`: unknown) may go to this worker now:
+    /// always when it is idle; behind other jobs only when all are known and short.
+    pub(super) fn can_take(&self, expected: Option<u64>, max_jobs: Option<u64>) -> bool {
+        if self.process.is_none()
+            || self.sending.is_some()
+            || self.retiring
+            || self.over_memory
+            || self.timed_out.is_some()
+            || self.doomed.is_some()
+            || max_jobs.is_some_and(|max| self.sent >= max)
+        {
+            return false;
+        }
+        if self.in_flight.is_empty() {
+            return true;
+        }
+        room_behind(
+            Queued {
+                unknown: self.unknown,
+                known_ns: self.queued_ns,
+                depth: self.in_flight.len(),
+            },
+            expected,
+        )
+    }
+
+    /// Work queued here, for choosing the least loaded worker.
+    pub(super) fn load(&self) -> (usize, u64, usize) {
+        (self.unknown, self.queued_ns, self.in_flight.len())
+    }
+
+    pub(super) fn push(&mut self, job: Job, expected: Option<u64>) {
+        if !job.internal {
+            self.sent += 1;
+        }
+        match expected {
+            Some(ns) => self.queued_ns += ns,
+            None => self.unknown += 1,
+        }
+        self.limited += usize::from(job.limit.is_some());
+        self.in_flight.push_back((job, expected));
+        self.sending = Some(0);
+        self.send_more();
+    }
+
+    pub(super) fn pop(&mut self) -> Option<Job> {
+        let (job, expected) = self.in_flight.pop_front()?;
+        self.limited -= usize::from(job.limit.is_some());
+        match expected {
+            Some(ns) => self.queued_ns -= ns,
+            None => self.unknown -= 1,
+        }
+        Some(job)
+    }
+
+    pub(super) fn take_all(&mut self) -> VecDeque<Job> {
+        self.queued_ns = 0;
+        self.unknown = 0;
+        self.limited = 0;
+        self.sending = None;
+        self.in_flight.drain(..).map(|(job, _)| job).collect()
+    }
+
+    /// Writes as much of the newest job as fits. Returns whether any byte moved.
+    pub(super) fn send_more(&mut self) -> bool {
+        let (Some(process), Some(offset), Some((job, _))) =
+            (&self.process, self.sending, self.in_flight.back())
+        else {
+            return false;
+        };
+        let ring = process.region.jobs();
+        let len = job.wire_len();
+        let prefix = (len as u64).to_le_bytes();
+        let at = if job.spliced.is_empty() {
+            // Nearly every job: the frame is one buffer.
+            let pieces = [&prefix[..], &job.frame[..]];
+            offset + crate::wire::splice::write_from(ring, pieces.into_iter(), offset)
+        } else {
+            let pieces = std::iter::once(&prefix[..]).chain(job.wire_pieces());
+            offset + crate::wire::splice::write_from(ring, pieces, offset)
+        };
+        let moved = at > offset;
+        if moved {
+            ring.wake_consumer();
+        }
+        self.sending = (at < prefix.len() + len).then_some(at);
+        moved
+    }
+}

@@ -1,0 +1,384 @@
+//! Supervision: starting a seat's worker, and what happens when one dies, overruns its time
+//! limit, finishes its quota, or fails its initializer — the restart guard decides whether to
+//! start another. Methods of the collector, kept apart from its loop.
+
+use std::mem;
+use std::os::fd::AsFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{self, Signal};
+
+use super::collector::{died, kill, settle, Collector};
+use super::guard::self_inflicted;
+use super::seat::Incoming;
+use crate::job::{Job, Sink};
+use crate::start;
+use crate::{sys, trace, Error};
+
+/// How long a worker asked to exit gets before SIGKILL.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+/// How long a worker whose task ran out of time gets between SIGTERM and SIGKILL.
+const KILL_GRACE_NS: u64 = 100_000_000;
+/// How many times a job goes back to the queue because its worker died before starting it.
+const MAX_REQUEUES: u8 = 3;
+
+impl Collector {
+    pub(super) fn spawn(&mut self, i: usize) -> Result<(), Error> {
+        let process = start::start_worker(
+            self.settings.start_method,
+            self.shared.bell(),
+            self.settings.memory_cap,
+        )
+        .map_err(Error::spawn);
+        let process = match process {
+            Ok(process) => process,
+            Err(err) => {
+                // Retried every 100 ms; meanwhile the pool says why it is short of a worker.
+                self.shared.set_degraded(Some(format!(
+                    "a worker could not be started ({err}); retrying"
+                )));
+                return Err(err);
+            }
+        };
+        self.shared.set_worker(i, process.pid());
+        trace::worker_started(i, process.pid().as_raw());
+        let seat = &mut self.seats[i];
+        seat.process = Some(process);
+        seat.answered = 0;
+        seat.sent = 0;
+        seat.retiring = false;
+        seat.over_memory = false;
+        seat.timed_out = None;
+        seat.doomed = None;
+        seat.incoming = Incoming::default();
+        seat.spawn_error = None;
+        if let Some((init, sink)) = &self.initializer {
+            // First in line at the new worker; its outcome goes to the init sink, keyed by pid.
+            let frame = init.frame.clone().expect("checked at build");
+            let pid = seat.process.as_ref().map_or(0, |p| p.pid().as_raw());
+            let sink: Arc<dyn Sink> = sink.clone();
+            let mut job = Job::new(frame, init.task.into(), sink, pid as usize);
+            job.internal = true;
+            seat.push(job, None);
+        }
+        if self.guard.broken().is_none() && self.seats.iter().all(|s| s.spawn_error.is_none()) {
+            self.shared.set_degraded(None);
+        }
+        Ok(())
+    }
+
+    /// Records a worker failure outside any task; trips the restart guard when they come too
+    /// fast.
+    pub(super) fn guard(&mut self, what: String) {
+        if let Some(reason) = self.guard.failure(&what, Instant::now()) {
+            trace::pool_broken(&reason);
+            self.shared.set_degraded(Some(reason));
+        }
+    }
+
+    /// After the guard's backoff: starts workers again, on probation.
+    pub(super) fn end_backoff(&mut self) {
+        if self.guard.end_backoff(Instant::now()) {
+            self.shared.set_degraded(None);
+            trace::pool_retrying();
+        }
+    }
+
+    /// Kills workers whose initializer failed (they are replaced like any dead worker).
+    pub(super) fn check_initializers(&mut self) {
+        let Some((_, sink)) = &self.initializer else {
+            return;
+        };
+        let failures = sink.take_failures();
+        for (pid, err) in failures {
+            let reason = format!("the initializer failed: {err}");
+            let mut found = false;
+            for seat in &mut self.seats {
+                if let Some(p) = &seat.process {
+                    if p.pid().as_raw() == pid {
+                        kill(p);
+                        seat.doomed = Some(reason.clone());
+                        found = true;
+                    }
+                }
+            }
+            if !found {
+                // The worker is gone already (the initializer killed it).
+                self.guard(reason);
+            }
+        }
+    }
+
+    /// Forks replacements for slots without a worker (after a failed fork, at most every
+    /// 100 ms).
+    pub(super) fn respawn_missing(&mut self) {
+        self.end_backoff();
+        if self.guard.broken().is_some() {
+            return;
+        }
+        for i in 0..self.seats.len() {
+            let seat = &self.seats[i];
+            if seat.process.is_some() {
+                continue;
+            }
+            if matches!(&seat.spawn_error, Some((_, at)) if at.elapsed() < Duration::from_millis(100))
+            {
+                continue;
+            }
+            if let Err(err) = self.spawn(i) {
+                self.seats[i].spawn_error = Some((err, Instant::now()));
+            }
+        }
+    }
+
+    /// No worker could be started: jobs fail with the reason instead of waiting forever.
+    pub(super) fn fail_without_workers(&mut self) {
+        let err = self.guard.broken().cloned().unwrap_or_else(|| {
+            self.seats
+                .iter()
+                .find_map(|s| s.spawn_error.as_ref().map(|(e, _)| e.clone()))
+                .unwrap_or(Error::Terminated)
+        });
+        while let Some(job) = self.next_job() {
+            settle(&self.shared, job, Err(err.clone()));
+        }
+    }
+
+    /// A worker that has answered its quota of jobs (`max_tasks_per_child`) is asked to exit;
+    /// its death is then handled like any other, and a fresh worker takes its seat.
+    pub(super) fn retire_if_done(&mut self, i: usize) {
+        if self.settings.max_tasks_per_child.is_none()
+            && self.settings.max_memory_per_child.is_none()
+        {
+            return;
+        }
+        let seat = &mut self.seats[i];
+        let Some(process) = &seat.process else {
+            return;
+        };
+        if seat.retiring {
+            return;
+        }
+        if let Some(limit) = self.settings.max_memory_per_child {
+            let rss = process.region.header().rss_bytes.load(Ordering::Relaxed);
+            if rss > limit && seat.answered > 0 {
+                // Billiard's rule: checked after a job; the worker gets no more work.
+                seat.over_memory = true;
+            }
+        }
+        let quota_done = self
+            .settings
+            .max_tasks_per_child
+            .is_some_and(|max| seat.sent >= max);
+        if !(quota_done || seat.over_memory) || !seat.in_flight.is_empty() {
+            return;
+        }
+        seat.retiring = true;
+        trace::worker_recycled(i, process.pid().as_raw());
+        let ring = process.region.jobs();
+        let frame = crate::wire::frame::shutdown_frame();
+        ring.write(&(frame.len() as u64).to_le_bytes());
+        ring.write(frame);
+        ring.wake_consumer();
+    }
+
+    /// Kills workers whose running job is past its limit (SIGTERM, then SIGKILL after a grace).
+    /// Returns how long until the next limit or grace ends, if any.
+    pub(super) fn check_timeouts(&mut self) -> Option<u64> {
+        let limited = self
+            .seats
+            .iter()
+            .any(|s| s.timed_out.is_some() || s.limited > 0);
+        if !limited {
+            return None;
+        }
+        let now = sys::monotonic_ns();
+        let mut next: Option<u64> = None;
+        let mut soonest = |ns: u64| next = Some(next.map_or(ns, |n| n.min(ns)));
+        for seat in &mut self.seats {
+            let Some(process) = &seat.process else {
+                continue;
+            };
+            if let Some((_, sigkill_at)) = &mut seat.timed_out {
+                if now >= *sigkill_at {
+                    let _ = signal::kill(process.pid(), Signal::SIGKILL);
+                    *sigkill_at = u64::MAX;
+                } else if *sigkill_at != u64::MAX {
+                    soonest(*sigkill_at - now);
+                }
+                continue;
+            }
+            let header = process.region.header();
+            let started = header.jobs_started.0.load(Ordering::SeqCst);
+            let running = started.checked_sub(seat.answered + 1).map(|i| i as usize);
+            for (index, (job, _)) in seat.in_flight.iter().enumerate() {
+                let Some(limit) = job.limit else { continue };
+                let limit_ns = limit.as_nanos().min(u64::MAX as u128) as u64;
+                if Some(index) == running {
+                    let began = header.job_started_ns.load(Ordering::Relaxed);
+                    let elapsed = now.saturating_sub(began);
+                    if elapsed >= limit_ns {
+                        let _ = signal::kill(process.pid(), Signal::SIGTERM);
+                        trace::task_timed_out(&job.task, limit, process.pid().as_raw());
+                        seat.timed_out = Some((limit, now + KILL_GRACE_NS));
+                        soonest(KILL_GRACE_NS);
+                        break;
+                    }
+                    soonest(limit_ns - elapsed);
+                } else if running.is_none_or(|r| index > r) {
+                    // Not begun yet: its limit cannot run out sooner than a full limit from now.
+                    soonest(limit_ns);
+                }
+            }
+        }
+        next
+    }
+
+    /// Polls the bell and the pidfds; handles every worker that died.
+    pub(super) fn check_deaths(&mut self, timeout: PollTimeout) {
+        self.last_death_check = Instant::now();
+        let dead: Vec<usize> = {
+            let mut fds = vec![PollFd::new(
+                self.shared.bell_fd().as_fd(),
+                PollFlags::POLLIN,
+            )];
+            let mut owners = Vec::new();
+            for (i, seat) in self.seats.iter().enumerate() {
+                if let Some(p) = &seat.process {
+                    fds.push(PollFd::new(p.pidfd().as_fd(), PollFlags::POLLIN));
+                    owners.push(i);
+                }
+            }
+            match poll(&mut fds, timeout) {
+                Ok(n) if n > 0 => fds[1..]
+                    .iter()
+                    .zip(&owners)
+                    .filter(|(fd, _)| fd.any().unwrap_or(false))
+                    .map(|(_, &i)| i)
+                    .collect(),
+                _ => Vec::new(),
+            }
+        };
+        for i in dead {
+            self.bury(i);
+        }
+    }
+
+    /// Worker `i` has died: settles its jobs and forks a replacement.
+    pub(super) fn bury(&mut self, i: usize) {
+        self.receive(i); // what it finished before dying still counts
+        let seat = &mut self.seats[i];
+        let Some(process) = seat.process.take() else {
+            return;
+        };
+        self.shared.clear_worker(i);
+        let header = process.region.header();
+        let started = header.jobs_started.0.load(Ordering::SeqCst);
+        seat.busy_base += header.busy_ns.load(Ordering::Relaxed);
+        let pid = process.pid().as_raw();
+        let cause = process.reap(Duration::ZERO);
+        if seat.retiring {
+            trace::worker_exited(i, pid, cause);
+        } else {
+            trace::worker_died(i, pid, cause);
+        }
+        let began_unanswered = started > seat.answered;
+        let timed_out = seat.timed_out.take();
+        let recycled = mem::replace(&mut seat.retiring, false);
+        let mut jobs = seat.take_all();
+        let terminated = self.shared.is_terminated();
+        if began_unanswered {
+            if let Some(job) = jobs.pop_front() {
+                let err = match timed_out {
+                    Some((limit, _)) if !terminated => Error::Timeout {
+                        task: job.task.to_string(),
+                        limit,
+                        pid,
+                    },
+                    _ => died(&job, pid, cause, terminated),
+                };
+                settle(&self.shared, job, Err(err));
+            }
+        }
+        // The rest were never begun: other workers take them, first.
+        for mut job in jobs.into_iter().rev() {
+            if terminated || job.requeues >= MAX_REQUEUES {
+                let err = died(&job, pid, cause, terminated);
+                settle(&self.shared, job, Err(err));
+            } else {
+                job.requeues += 1;
+                self.retry.push_front(job);
+            }
+        }
+        // The restart guard counts what makes a pool fork-loop: initializers that fail, and
+        // workers that end on their own outside any task (see `self_inflicted`). A worker
+        // killed from outside — by any signal that only comes from outside: an operator's
+        // SIGHUP or SIGKILL, the OOM killer — is replaced without counting, whatever it was
+        // doing (idle, starting, running its initializer).
+        let doomed = seat.doomed.take();
+        if !terminated && !recycled && !began_unanswered {
+            if let Some(reason) = doomed {
+                self.guard(reason);
+            } else if self_inflicted(cause) {
+                self.guard(format!("worker {pid} {cause} while idle"));
+            }
+        }
+        if !terminated && self.guard.broken().is_none() {
+            if !recycled {
+                self.shared
+                    .counters
+                    .replaced
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            if let Err(err) = self.spawn(i) {
+                trace::spawn_failed(i, &err);
+                self.seats[i].spawn_error = Some((err, Instant::now()));
+            }
+        }
+    }
+
+    /// Closed and drained: asks every worker to exit, and reaps them.
+    pub(super) fn shutdown(&mut self) {
+        for seat in &self.seats {
+            if let Some(p) = &seat.process {
+                let frame = crate::wire::frame::shutdown_frame();
+                let ring = p.region.jobs();
+                ring.write(&(frame.len() as u64).to_le_bytes());
+                ring.write(frame);
+                ring.wake_consumer();
+            }
+        }
+        for i in 0..self.seats.len() {
+            if let Some(p) = self.seats[i].process.take() {
+                self.shared.clear_worker(i);
+                let pid = p.pid().as_raw();
+                let cause = p.reap(EXIT_GRACE);
+                trace::worker_exited(i, pid, cause);
+            }
+        }
+    }
+
+    /// Terminated: every worker is killed (by `Shared::terminate`) and reaped, every job
+    /// resolves to `Terminated`.
+    pub(super) fn terminate(&mut self) {
+        for i in 0..self.seats.len() {
+            let seat = &mut self.seats[i];
+            if let Some(p) = seat.process.take() {
+                self.shared.clear_worker(i);
+                p.reap(Duration::ZERO);
+            }
+            for job in seat.take_all() {
+                settle(&self.shared, job, Err(Error::Terminated));
+            }
+        }
+        for job in self.retry.drain(..) {
+            settle(&self.shared, job, Err(Error::Terminated));
+        }
+        while let Ok(job) = self.queue.try_recv() {
+            settle(&self.shared, job, Err(Error::Terminated));
+        }
+    }
+}
