@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use crate::job::{Sink, TaskName};
 use crate::owner::Owner;
-use crate::result::{decode_all, decode_one, Counts, Slot};
+use crate::result::{decode_all, decode_one, Counts, ResultCell};
 use crate::wire::frame::{self, Request, ResultsWriter};
 use crate::wire::splice::Spliced;
 use crate::{AsyncResult, Error};
@@ -112,7 +112,7 @@ impl<T: DeserializeOwned + 'static> AsyncResult<T> {
     /// A result of one item of `task`, pending until its sink's part 0 is delivered.
     #[doc(hidden)]
     pub fn pending_one(task: impl Into<TaskName>) -> (Self, JobSink) {
-        let slot = Slot::new(task.into(), Counts::One(1), decode_one::<T>);
+        let slot = ResultCell::new(task.into(), Counts::One(1), decode_one::<T>);
         let sink = JobSink {
             sink: slot.clone(),
             part: 0,
@@ -126,7 +126,7 @@ impl<T: DeserializeOwned + 'static> AsyncResult<Vec<T>> {
     /// delivered (or one fails).
     #[doc(hidden)]
     pub fn pending_many(task: impl Into<TaskName>, counts: Vec<u32>) -> (Self, JobSink) {
-        let slot = Slot::new(task.into(), Counts::Many(counts), decode_all::<T>);
+        let slot = ResultCell::new(task.into(), Counts::Many(counts), decode_all::<T>);
         let sink = JobSink {
             sink: slot.clone(),
             part: 0,

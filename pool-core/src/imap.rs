@@ -12,7 +12,7 @@ use crate::owner::Owner;
 use crate::result::{decode_value, frame_error};
 use crate::wire::frame::{self, Outcome};
 use crate::wire::splice::Spliced;
-use crate::{Error, Task};
+use crate::{Error, Pool, Task};
 
 pub(crate) type Delivery = (u64, Result<Vec<u8>, Error>);
 
@@ -240,6 +240,123 @@ impl<'a, T: Task, I: Iterator<Item = T::Args>> Imap<'a, T, I> {
     fn unpack(&mut self, index: u64, result: Result<Vec<u8>, Error>) {
         let count = self.in_flight.remove(&index).unwrap_or(0) as usize;
         unpack_into::<T::Output>(T::NAME, count, result, &mut self.ready);
+    }
+}
+
+/// The lazy maps of the local pool.
+impl Pool {
+    /// A lazy, ordered map: an iterator of one `Result` per item, in input order, with chunk
+    /// size 1 (as in Python). See [`Imap`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Pool};
+    ///
+    /// #[task]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// for (i, r) in pool.imap(square, 0..10).enumerate() {
+    ///     assert_eq!(r?, (i * i) as u64);
+    /// }
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
+    pub fn imap<T, I>(&self, task: T, items: I) -> Imap<'_, T, I::IntoIter>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        self.imap_chunked(task, items, 1)
+    }
+
+    /// [`imap`](Self::imap) with `chunksize` items per frame.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Pool};
+    ///
+    /// #[task]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let total: u64 = pool.imap_chunked(square, 0..10_000, 256).map(Result::unwrap).sum();
+    /// assert_eq!(total, (0..10_000u64).map(|x| x * x).sum());
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
+    pub fn imap_chunked<T, I>(
+        &self,
+        _task: T,
+        items: I,
+        chunksize: usize,
+    ) -> Imap<'_, T, I::IntoIter>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        Imap::on_engine(self, items.into_iter(), chunksize, true)
+    }
+
+    /// Like [`imap`](Self::imap), but yields each chunk's results as soon as it finishes,
+    /// whatever its position.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Pool};
+    ///
+    /// #[task]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let mut v: Vec<u64> = pool.imap_unordered(square, 0..5).collect::<Result<_, _>>()?;
+    /// v.sort();
+    /// assert_eq!(v, [0, 1, 4, 9, 16]);
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
+    pub fn imap_unordered<T, I>(&self, task: T, items: I) -> Imap<'_, T, I::IntoIter>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        self.imap_unordered_chunked(task, items, 1)
+    }
+
+    /// [`imap_unordered`](Self::imap_unordered) with `chunksize` items per frame.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Pool};
+    ///
+    /// #[task]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let n = pool.imap_unordered_chunked(square, 0..1000, 50).count();
+    /// assert_eq!(n, 1000);
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
+    pub fn imap_unordered_chunked<T, I>(
+        &self,
+        _task: T,
+        items: I,
+        chunksize: usize,
+    ) -> Imap<'_, T, I::IntoIter>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        Imap::on_engine(self, items.into_iter(), chunksize, false)
     }
 }
 

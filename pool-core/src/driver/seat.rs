@@ -64,7 +64,7 @@ impl Incoming {
     #[allow(clippy::type_complexity)]
     pub(super) fn pull(
         &mut self,
-        ring: &crate::transport::ring::Ring,
+        ring: &crate::transport::spsc_ring::SpscRing,
         spare: impl FnOnce() -> (Vec<u8>, bool),
     ) -> Result<(usize, Option<(Vec<u8>, u64)>), ()> {
         let mut consumed = 0;

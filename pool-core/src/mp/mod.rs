@@ -10,11 +10,11 @@
 
 pub(crate) mod handle;
 mod lock;
+mod locked_ring;
 pub(crate) mod pipe;
 mod process;
 mod queue;
 mod raw;
-mod ring;
 mod segment;
 mod shared_memory;
 mod sync;

@@ -8,8 +8,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::handle::kind;
+use super::locked_ring::{GetFail, LockedRing, PutFail, Wait};
 use super::queue::{GetError, DEFAULT_BUFFER};
-use super::ring::{ByteRing, GetFail, PutFail, Wait};
 use crate::Error;
 
 /// Makes connected pairs of [`Connection`]s (Python's `multiprocessing.Pipe`).
@@ -60,8 +60,8 @@ impl Pipe {
 }
 
 /// A new ring for one direction of a pipe, tracking its senders (this process first).
-fn pipe_ring() -> Result<ByteRing, Error> {
-    let ring = ByteRing::create(DEFAULT_BUFFER, 0, kind::QUEUE)?;
+fn pipe_ring() -> Result<LockedRing, Error> {
+    let ring = LockedRing::create(DEFAULT_BUFFER, 0, kind::QUEUE)?;
     ring.track_senders();
     Ok(ring)
 }
@@ -80,8 +80,8 @@ fn pipe_ring() -> Result<ByteRing, Error> {
 /// and the child keeps its own. A `Process` child holds what its parent held when it was
 /// started; a pool task holds the ends it received as arguments while it runs.
 pub struct Connection<T> {
-    send: Option<ByteRing>,
-    recv: Option<ByteRing>,
+    send: Option<LockedRing>,
+    recv: Option<LockedRing>,
     _t: PhantomData<fn(T) -> T>,
 }
 
@@ -89,7 +89,7 @@ impl<T> Connection<T> {
     /// A handle to the two rings; `fresh`: a new hold on the sending end in this process (a
     /// new pipe, or an end received from elsewhere), which reopens it if this process had
     /// closed it; a clone only adds to the hold it copies.
-    fn new(send: Option<ByteRing>, recv: Option<ByteRing>, fresh: bool) -> Self {
+    fn new(send: Option<LockedRing>, recv: Option<LockedRing>, fresh: bool) -> Self {
         if let Some(ring) = &send {
             local::hold(ring, fresh);
         }
@@ -100,7 +100,7 @@ impl<T> Connection<T> {
         }
     }
 
-    fn sender(&self) -> Result<&ByteRing, Error> {
+    fn sender(&self) -> Result<&LockedRing, Error> {
         let ring = self
             .send
             .as_ref()
@@ -111,7 +111,7 @@ impl<T> Connection<T> {
         Ok(ring)
     }
 
-    fn receiver(&self) -> Result<&ByteRing, GetError> {
+    fn receiver(&self) -> Result<&LockedRing, GetError> {
         self.recv.as_ref().ok_or(GetError::Closed)
     }
 
@@ -228,12 +228,12 @@ impl<'de, T> Deserialize<'de> for Connection<T> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let w = Wire::deserialize(d)?;
         // A received end is this process's own hold: it counts as a sender from now on.
-        let open = |r: Option<super::segment::SegmentRef>| -> Result<Option<ByteRing>, D::Error> {
+        let open = |r: Option<super::segment::SegmentRef>| -> Result<Option<LockedRing>, D::Error> {
             match r {
                 None => Ok(None),
                 Some(r) if r.kind() == kind::QUEUE => {
                     let seg = super::segment::open_ref(&r).map_err(serde::de::Error::custom)?;
-                    Ok(Some(ByteRing { seg }))
+                    Ok(Some(LockedRing { seg }))
                 }
                 Some(_) => Err(serde::de::Error::custom("not a pipe end")),
             }
@@ -244,7 +244,7 @@ impl<'de, T> Deserialize<'de> for Connection<T> {
 
 /// This process's hold on the sending ends of pipes: how many live [`Connection`]s here send on
 /// each ring, and whether this process closed it. The ring's shared table of senders
-/// (`ByteRing::add_sender`) lists this process while it holds a ring it has not closed.
+/// (`LockedRing::add_sender`) lists this process while it holds a ring it has not closed.
 ///
 /// A `Process` child inherits this table with the handles it describes (its parent adds the
 /// child to each ring's senders as it starts it: [`adopt_child`]); a pool worker uses none of
@@ -254,7 +254,7 @@ pub(crate) mod local {
     use std::collections::HashMap;
     use std::sync::{Mutex, PoisonError, Weak};
 
-    use super::ByteRing;
+    use super::LockedRing;
     use crate::mp::segment::Segment;
     use crate::start::with_fork_lock;
 
@@ -274,7 +274,7 @@ pub(crate) mod local {
     }
 
     /// A new handle to `ring`'s sending end in this process; `fresh` reopens a closed hold.
-    pub(crate) fn hold(ring: &ByteRing, fresh: bool) {
+    pub(crate) fn hold(ring: &LockedRing, fresh: bool) {
         let first = with(|holds| {
             let hold = holds.entry(ring.seg.token()).or_insert(Hold {
                 ring: std::sync::Arc::downgrade(&ring.seg),
@@ -293,7 +293,7 @@ pub(crate) mod local {
     }
 
     /// A handle to `ring`'s sending end dropped; the last one lets go.
-    pub(crate) fn release(ring: &ByteRing) {
+    pub(crate) fn release(ring: &LockedRing) {
         let last = with(|holds| {
             let token = ring.seg.token();
             let Some(hold) = holds.get_mut(&token) else {
@@ -313,7 +313,7 @@ pub(crate) mod local {
     }
 
     /// `close()` on a handle: this process lets go of the sending end.
-    pub(crate) fn close(ring: &ByteRing) {
+    pub(crate) fn close(ring: &LockedRing) {
         let was_open = with(|holds| {
             holds
                 .get_mut(&ring.seg.token())
@@ -325,19 +325,19 @@ pub(crate) mod local {
     }
 
     /// Whether this process closed its hold on `ring`'s sending end.
-    pub(crate) fn is_closed(ring: &ByteRing) -> bool {
+    pub(crate) fn is_closed(ring: &LockedRing) -> bool {
         with(|holds| holds.get(&ring.seg.token()).is_some_and(|h| h.closed))
     }
 
     /// In the parent, right after forking `child` (a `Process`): the child holds what this
     /// process holds.
     pub(crate) fn adopt_child(child: u32) {
-        let rings: Vec<ByteRing> = with(|holds| {
+        let rings: Vec<LockedRing> = with(|holds| {
             holds
                 .values()
                 .filter(|h| !h.closed && h.count > 0)
                 .filter_map(|h| h.ring.upgrade())
-                .map(|seg| ByteRing { seg })
+                .map(|seg| LockedRing { seg })
                 .collect()
         });
         for ring in rings {

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::handle::{kind, wire_handle};
-use super::ring::{ByteRing, GetFail, PutFail, Wait};
+use super::locked_ring::{GetFail, LockedRing, PutFail, Wait};
 use super::segment::Segment;
 use crate::Error;
 
@@ -113,7 +113,7 @@ pub enum GetError {
 /// # Ok::<(), pool_core::Error>(())
 /// ```
 pub struct Queue<T> {
-    ring: ByteRing,
+    ring: LockedRing,
     seg: Arc<Segment>,
     _t: PhantomData<fn(T) -> T>,
 }
@@ -137,7 +137,7 @@ impl<T> fmt::Debug for Queue<T> {
 impl<T> Queue<T> {
     fn from_segment(seg: Arc<Segment>) -> Self {
         Queue {
-            ring: ByteRing {
+            ring: LockedRing {
                 seg: Arc::clone(&seg),
             },
             seg,
@@ -159,7 +159,7 @@ impl<T> Queue<T> {
     /// A queue with an optional limit on items and a buffer of `buffer_bytes` (an item's
     /// encoding, plus 4 bytes, must fit in it).
     pub fn with_limits(max_items: Option<usize>, buffer_bytes: usize) -> Result<Queue<T>, Error> {
-        let ring = ByteRing::create(buffer_bytes, max_items.unwrap_or(0) as u64, kind::QUEUE)?;
+        let ring = LockedRing::create(buffer_bytes, max_items.unwrap_or(0) as u64, kind::QUEUE)?;
         Ok(Queue::from_segment(ring.seg))
     }
 

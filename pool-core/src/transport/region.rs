@@ -9,7 +9,7 @@ use std::io;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 use crate::sys::{self, SharedMapping};
-use crate::transport::ring::{Padded, Ring, RingCtl};
+use crate::transport::spsc_ring::{Padded, RingCtl, SpscRing};
 
 /// Bytes of each ring. Frames larger than this stream through in pieces.
 const RING_CAPACITY: usize = 4 << 20;
@@ -47,8 +47,8 @@ const _: () = assert!(std::mem::size_of::<Header>() <= DATA_OFFSET);
 #[derive(Debug)]
 pub(crate) struct Region {
     // Field order: the rings point into the mapping, which is dropped last.
-    job: Ring,
-    result: Ring,
+    job: SpscRing,
+    result: SpscRing,
     map: SharedMapping,
 }
 
@@ -79,12 +79,12 @@ impl Region {
         // control blocks in the header and to disjoint data areas after it, all inside the
         // mapping, which lives as long as the rings (field order above).
         unsafe {
-            let job = Ring::new(
+            let job = SpscRing::new(
                 std::ptr::addr_of!((*header).job),
                 base.add(DATA_OFFSET),
                 RING_CAPACITY,
             );
-            let result = Ring::new(
+            let result = SpscRing::new(
                 std::ptr::addr_of!((*header).result),
                 base.add(DATA_OFFSET + RING_CAPACITY),
                 RING_CAPACITY,
@@ -99,12 +99,12 @@ impl Region {
     }
 
     /// Parent → worker.
-    pub(crate) fn jobs(&self) -> &Ring {
+    pub(crate) fn jobs(&self) -> &SpscRing {
         &self.job
     }
 
     /// Worker → parent.
-    pub(crate) fn results(&self) -> &Ring {
+    pub(crate) fn results(&self) -> &SpscRing {
         &self.result
     }
 

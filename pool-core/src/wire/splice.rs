@@ -10,7 +10,7 @@
 //! The buffers stay with the job until it resolves: a job sent back to the queue because its
 //! worker died before beginning it is written again, whole.
 
-use crate::transport::ring::Ring;
+use crate::transport::spsc_ring::SpscRing;
 
 /// Byte buffers at least this long are spliced; shorter ones are cheaper to copy.
 pub(crate) const SPLICE_MIN: usize = 64 << 10;
@@ -88,7 +88,7 @@ impl std::fmt::Debug for Spliced {
 /// Writes as much of `pieces` (taken as one stream) as fits in `ring`, starting `offset` bytes
 /// into the stream. Returns how many bytes it wrote.
 pub(crate) fn write_from<'a>(
-    ring: &Ring,
+    ring: &SpscRing,
     pieces: impl Iterator<Item = &'a [u8]>,
     offset: usize,
 ) -> usize {

@@ -68,7 +68,7 @@ const SPINS: u32 = 2_000;
 /// `Region` that owns both), `cap` is a power of two, and in each process at most one thread
 /// acts as this ring's producer and at most one as its consumer.
 #[derive(Debug)]
-pub(crate) struct Ring {
+pub(crate) struct SpscRing {
     ctl: *const RingCtl,
     data: *mut u8,
     cap: usize,
@@ -76,18 +76,18 @@ pub(crate) struct Ring {
 
 // SAFETY: a `Ring` is a pair of pointers into shared memory; the producer/consumer discipline
 // of the invariant, not the thread, is what keeps access sound.
-unsafe impl Send for Ring {}
+unsafe impl Send for SpscRing {}
 // SAFETY: as above.
-unsafe impl Sync for Ring {}
+unsafe impl Sync for SpscRing {}
 
-impl Ring {
+impl SpscRing {
     /// # Safety
     ///
     /// `ctl` must point to an initialized `RingCtl` and `data` to `cap` bytes, both valid for the
     /// lifetime of the returned value, and `cap` must be a power of two.
     pub(crate) unsafe fn new(ctl: *const RingCtl, data: *mut u8, cap: usize) -> Self {
         debug_assert!(cap.is_power_of_two());
-        Ring { ctl, data, cap }
+        SpscRing { ctl, data, cap }
     }
 
     fn ctl(&self) -> &RingCtl {
@@ -290,12 +290,12 @@ mod test {
     use super::*;
     use crate::sys::SharedMapping;
 
-    fn ring_in(map: &SharedMapping, cap: usize) -> Ring {
+    fn ring_in(map: &SharedMapping, cap: usize) -> SpscRing {
         assert!(map.len() >= 4096 + cap);
         let ctl = map.as_ptr().cast::<RingCtl>();
         // SAFETY: the mapping is zeroed (a valid RingCtl), large enough, and outlives the ring
         // within each test.
-        unsafe { Ring::new(ctl, map.as_ptr().add(4096), cap) }
+        unsafe { SpscRing::new(ctl, map.as_ptr().add(4096), cap) }
     }
 
     /// A deterministic pseudo-random sequence.

@@ -1,4 +1,4 @@
-//! The byte queue under [`Queue`](crate::Queue), [`JoinableQueue`](crate::JoinableQueue) and
+//! [`LockedRing`]: the byte queue under [`Queue`](crate::Queue), [`JoinableQueue`](crate::JoinableQueue) and
 //! [`Pipe`](crate::Pipe): many producers and consumers in any processes, items as byte
 //! strings in a ring in one shared segment, guarded by a robust mutex.
 //!
@@ -131,7 +131,7 @@ impl Wait {
 
 /// A byte queue in a shared segment. Cheap to clone (the segment is shared).
 #[derive(Clone, Debug)]
-pub(crate) struct ByteRing {
+pub(crate) struct LockedRing {
     pub(crate) seg: Arc<Segment>,
 }
 
@@ -160,15 +160,15 @@ impl<'a> Held<'a> {
     }
 }
 
-impl ByteRing {
+impl LockedRing {
     /// A new ring of `capacity` bytes (at least 64), holding at most `max_items` items (0: no
     /// limit).
-    pub(crate) fn create(capacity: usize, max_items: u64, kind: u64) -> Result<ByteRing, Error> {
+    pub(crate) fn create(capacity: usize, max_items: u64, kind: u64) -> Result<LockedRing, Error> {
         let capacity = capacity.max(64);
         let seg = super::handle::create(DATA + capacity, kind)?;
         // SAFETY: fresh zeroed shared memory, page-aligned, used by nothing yet.
         unsafe { RawMutex::init(seg.payload().cast()) };
-        let ring = ByteRing { seg };
+        let ring = LockedRing { seg };
         let s = ring.state();
         s.capacity.store(capacity as u64, Ordering::Relaxed);
         s.max_items.store(max_items, Ordering::Relaxed);
