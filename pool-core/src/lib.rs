@@ -182,7 +182,7 @@ mod trace;
 mod transport;
 mod worker;
 
-pub use builder::{PoolBuilder, StartMethod};
+pub use builder::PoolBuilder;
 pub use error::{Error, ExitCause};
 pub use executor::Executor;
 pub use imap::Imap;
@@ -193,6 +193,7 @@ pub use mp::{
 };
 pub use pool::Pool;
 pub use result::AsyncResult;
+pub use start::StartMethod;
 pub use stats::PoolStats;
 pub use task::Task;
 

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::builder::{PoolBuilder, WorkerSettings};
 use crate::driver::collector::Collector;
+use crate::driver::settings::WorkerSettings;
 use crate::driver::shared::Shared;
 use crate::job::{Job, Sink, TaskName};
 use crate::wire::splice::Spliced;
@@ -112,37 +112,6 @@ impl Pool {
                 "the collector thread ended before starting the workers",
             ))),
         }
-    }
-
-    /// Starts a pool with one worker per CPU. Same as `Pool::builder().build()`.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let pool = pool_core::Pool::new()?;
-    /// assert!(pool.processes() >= 1);
-    /// # Ok::<(), pool_core::Error>(())
-    /// ```
-    pub fn new() -> Result<Pool, Error> {
-        PoolBuilder::new().build()
-    }
-
-    /// A [`PoolBuilder`] to configure a pool.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::time::Duration;
-    ///
-    /// let pool = pool_core::Pool::builder()
-    ///     .processes(2)
-    ///     .task_timeout(Duration::from_secs(60))
-    ///     .build()?;
-    /// assert_eq!(pool.processes(), 2);
-    /// # Ok::<(), pool_core::Error>(())
-    /// ```
-    pub fn builder() -> PoolBuilder {
-        PoolBuilder::new()
     }
 
     /// The number of worker processes.

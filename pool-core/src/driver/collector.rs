@@ -33,7 +33,7 @@ use super::jobqueue::{JobReceiver, TryRecvError};
 use super::schedule::Estimates;
 use super::seat::Seat;
 use super::shared::Shared;
-use crate::builder::{Initializer, WorkerSettings};
+use crate::driver::settings::{Initializer, WorkerSettings};
 use crate::job::Job;
 use crate::start::WorkerProcess;
 use crate::{sys, trace, Error, ExitCause};

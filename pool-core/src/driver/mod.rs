@@ -10,12 +10,14 @@
 //! - `guard`: the restart guard and its backoff, and what counts as a failure (pure);
 //! - `shared`: what the pool's handle and the collector share (the queue's sending end, the
 //!   worker pids, the bell, the counters);
-//! - `jobqueue`: the queue itself.
+//! - `jobqueue`: the queue itself;
+//! - `settings`: what the collector is told of the pool's configuration.
 
 pub(crate) mod collector;
 mod guard;
 pub(crate) mod jobqueue;
 mod schedule;
 mod seat;
+pub(crate) mod settings;
 pub(crate) mod shared;
 mod supervise;

@@ -26,6 +26,7 @@ pub(crate) mod attach;
 pub(crate) mod fork;
 pub(crate) mod forked;
 pub(crate) mod forkserver;
+mod method;
 pub(crate) mod process;
 pub(crate) mod spawned;
 
@@ -35,7 +36,7 @@ use std::os::fd::RawFd;
 pub(crate) use fork::{exit_now, with_fork_lock, ParentFd};
 pub(crate) use process::WorkerProcess;
 
-use crate::StartMethod;
+pub use method::StartMethod;
 
 /// Starts a worker by `method` that serves a new region and rings `bell` (its pool's eventfd)
 /// when the parent sleeps, with its address space capped at `memory_cap` more than it starts
