@@ -2,42 +2,11 @@
 //! children and descriptors from `/proc`.
 
 pub mod redis;
+pub mod tasks;
 
-use std::sync::mpsc;
 use std::time::Duration;
 
-/// Runs `f` on its own thread and returns its result; if it takes longer than `secs`, prints
-/// what hung and aborts the test binary, so a hang is a failure with a message, never a stuck CI.
-pub fn deadline<T: Send + 'static>(
-    secs: u64,
-    what: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = mpsc::channel();
-    let handle = std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(value) => {
-            let _ = handle.join();
-            value
-        }
-        Err(mpsc::RecvTimeoutError::Disconnected) => match handle.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => unreachable!("the thread sends before it ends"),
-        },
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            // Straight to the descriptor: the test harness's capture of `eprintln!` would be
-            // lost with the abort.
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr().lock(),
-                "HANG: `{what}` did not finish within {secs} s; aborting the test binary"
-            );
-            std::process::abort();
-        }
-    }
-}
+pub use pool_testkit::{deadline, run_helper, HelperOutput};
 
 /// The number of open descriptors of this process.
 pub fn open_fds() -> usize {

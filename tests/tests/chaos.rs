@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,22 +16,7 @@ use pool_tests::{deadline, eventually, is_alive};
 
 /// Runs `chaos-helper ARGS` and returns its `key=value` lines.
 fn helper(args: &[&str]) -> std::collections::HashMap<String, String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_chaos-helper"))
-        .args(args)
-        .output()
-        .expect("chaos-helper runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "chaos-helper {args:?} failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+    pool_tests::run_helper(env!("CARGO_BIN_EXE_chaos-helper"), args, 290).values
 }
 
 // --- 1. nested pools (Fork used to segfault: stale entries in the inherited tables) ---------

@@ -38,7 +38,7 @@ fn panics_are_errors_with_message_and_location() {
                 assert_eq!(task, panics_on::NAME);
                 assert_eq!(message, "item 3 is bad");
                 let location = location.expect("a location");
-                assert!(location.contains("common/mod.rs:"), "{location}");
+                assert!(location.contains("tests/src/tasks.rs:"), "{location}");
             }
             other => panic!("expected Panicked, got {other:?}"),
         }

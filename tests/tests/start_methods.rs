@@ -7,21 +7,9 @@ use std::process::Command;
 use pool_tests::deadline;
 
 fn helper(args: &[&str], secs: u64) -> String {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let what = args.join(" ");
-    let out = deadline(secs, "pool-helper", move || {
-        Command::new(env!("CARGO_BIN_EXE_pool-helper"))
-            .args(&args)
-            .output()
-            .expect("helper runs")
-    });
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "pool-helper {what}: {out:?}\n{stdout}"
-    );
-    eprintln!("pool-helper {what}:\n{stdout}");
-    stdout
+    let out = pool_tests::run_helper(env!("CARGO_BIN_EXE_pool-helper"), args, secs);
+    eprintln!("pool-helper {}:\n{}", args.join(" "), out.stdout);
+    out.stdout
 }
 
 fn assert_lines(stdout: &str, expected: &[&str]) {

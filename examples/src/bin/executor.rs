@@ -14,9 +14,6 @@ use std::time::{Duration, Instant};
 use pool_core::{task, Error, Executor, Pool};
 use pool_redis::{RedisPool, Worker};
 
-#[path = "../redis_server.rs"]
-mod redis_server;
-
 /// How many steps the Collatz sequence from `n` takes to reach 1.
 #[task]
 fn collatz_steps(n: u64) -> u32 {
@@ -79,23 +76,23 @@ fn worker(url: &str, queue: &str) -> Result<(), Error> {
 /// Both engines on this machine: a private redis-server and one worker process.
 fn demo() -> Result<(), Error> {
     run_local()?;
-    let server = redis_server::RedisServer::start().map_err(Error::Config)?;
+    let server = pool_testkit::RedisServer::try_start().map_err(Error::Config)?;
     let exe = std::env::current_exe().map_err(|e| Error::Config(e.to_string()))?;
     let mut child = Command::new(exe)
-        .args(["worker", &server.url, "executor"])
+        .args(["worker", &server.url(), "executor"])
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| Error::Config(e.to_string()))?;
     // Wait for the worker's first heartbeat, so that `map` sizes its chunks for it.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while pool_redis::status(&server.url, "executor")
+    while pool_redis::status(&server.url(), "executor")
         .map(|s| s.workers.iter().all(|w| !w.alive))
         .unwrap_or(true)
         && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let outcome = run_redis(&server.url, "executor");
+    let outcome = run_redis(&server.url(), "executor");
     let _ = child.kill();
     let _ = child.wait();
     outcome

@@ -18,9 +18,6 @@ use std::time::{Duration, Instant};
 use pool_core::task;
 use pool_redis::{RedisPool, Worker};
 
-#[path = "../redis_server.rs"]
-mod redis_server;
-
 /// How many steps the Collatz sequence from `n` takes to reach 1.
 #[task]
 fn collatz_steps(n: u64) -> u32 {
@@ -125,12 +122,12 @@ fn status(url: &str, queue: &str) -> Result<(), pool_redis::Error> {
 /// Everything on this machine: a private redis-server, two worker processes (this binary with
 /// `worker`), a map through them, the status, then everything stopped.
 fn demo() -> Result<(), pool_redis::Error> {
-    let server = redis_server::RedisServer::start().map_err(pool_redis::Error::Config)?;
+    let server = pool_testkit::RedisServer::try_start().map_err(pool_redis::Error::Config)?;
     let exe = std::env::current_exe().map_err(|e| pool_redis::Error::Config(e.to_string()))?;
     let mut workers = Vec::new();
     for _ in 0..2 {
         let child = Command::new(&exe)
-            .args(["worker", &server.url, "demo", "1"])
+            .args(["worker", &server.url(), "demo", "1"])
             .stdin(Stdio::null())
             .spawn()
             .map_err(|e| pool_redis::Error::Config(e.to_string()))?;
@@ -138,7 +135,7 @@ fn demo() -> Result<(), pool_redis::Error> {
     }
     // Wait for both workers' first heartbeat.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while pool_redis::status(&server.url, "demo")?
+    while pool_redis::status(&server.url(), "demo")?
         .workers
         .iter()
         .filter(|w| w.alive)
@@ -153,7 +150,7 @@ fn demo() -> Result<(), pool_redis::Error> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let outcome =
-        submit(&server.url, "demo", 100_000, None).and_then(|()| status(&server.url, "demo"));
+        submit(&server.url(), "demo", 100_000, None).and_then(|()| status(&server.url(), "demo"));
     for mut w in workers {
         let _ = w.kill();
         let _ = w.wait();

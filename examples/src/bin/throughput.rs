@@ -40,8 +40,6 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use pool_core::{task, Pool, Process, Queue};
 
-#[path = "../redis_server.rs"]
-mod redis_server;
 use rayon::prelude::*;
 
 #[task]
@@ -457,12 +455,12 @@ fn bench_rayon(o: &Options, k: u64, rows: &mut Vec<Row>, bar: &ProgressBar) {
 /// pool-redis end to end: a private `redis-server`, one worker process (this binary with
 /// `--redis-worker`) running `o.workers` processes, and a client here.
 fn bench_redis(o: &Options, rows: &mut Vec<Row>, bar: &ProgressBar) -> Result<(), String> {
-    let server = redis_server::RedisServer::start()?;
+    let server = pool_testkit::RedisServer::try_start()?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut worker = Command::new(exe)
         .args([
             "--redis-worker",
-            &server.url,
+            &server.url(),
             "bench",
             &o.workers.to_string(),
         ])
@@ -471,7 +469,7 @@ fn bench_redis(o: &Options, rows: &mut Vec<Row>, bar: &ProgressBar) -> Result<()
         .map_err(|e| e.to_string())?;
     let result = (|| {
         let pool =
-            pool_redis::RedisPool::connect(&server.url, "bench").map_err(|e| e.to_string())?;
+            pool_redis::RedisPool::connect(&server.url(), "bench").map_err(|e| e.to_string())?;
         // Warm-up, which also waits for the worker.
         pool.map_chunked(square, 0..10_000u64, 1000)
             .map_err(|e| e.to_string())?;

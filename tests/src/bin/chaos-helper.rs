@@ -11,21 +11,7 @@
 use std::time::{Duration, Instant};
 
 use pool_core::{task, Pool, StartMethod};
-
-#[task]
-fn square(x: u64) -> u64 {
-    x * x
-}
-
-#[task]
-fn exit_with(code: i32) {
-    std::process::exit(code)
-}
-
-#[task]
-fn abort_now() {
-    std::process::abort()
-}
+use pool_tests::tasks::{abort_now, exit_with, square};
 
 /// Builds a pool inside the worker (with `method`, or the default) and sums a map in it.
 #[task]

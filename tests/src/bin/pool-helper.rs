@@ -16,18 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pool_core::{task, Error, Pool, StartMethod};
-
-#[task]
-fn sleep_forever() {
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
-    }
-}
-
-#[task]
-fn square(x: u64) -> u64 {
-    x * x
-}
+use pool_tests::tasks::{sleep_forever, square};
 
 #[task]
 fn nap(ms: u64) -> u64 {
