@@ -5,20 +5,19 @@
 //! its own, so if it dies at any instruction the parent simply discards the region (it learns of
 //! the death from the worker's pidfd).
 //!
-//! On the job ring, a frame is `len:u64` followed by `len` bytes (see `frame` for their
-//! contents); on the result ring, `len:u64 busy_ns:u64` and the bytes, where `busy_ns` is how
-//! long the job ran, which the parent uses to decide how much work to queue at each worker.
+//! Each frame on the rings is in an envelope (`transport::envelope`): on the result ring it
+//! carries how long the job ran, which the parent uses to decide how much work to queue at
+//! each worker. The frames themselves are `wire::frame`'s.
 
 use std::sync::atomic::Ordering;
 
 use crate::registry;
+use crate::transport::envelope;
 use crate::transport::region::{Bell, Region, EXIT_BELL_LOST};
 use crate::wire::frame::{self, Request, ResultsWriter};
 
 /// Buffers that grew past this for one big job are given back afterwards.
 const KEEP_BUFFER: usize = 256 << 20;
-/// Frames longer than this are refused as corrupt (1 TiB).
-pub(crate) const MAX_FRAME: u64 = 1 << 40;
 
 /// Serves jobs until the parent asks it to stop. Returns the exit code.
 ///
@@ -39,13 +38,11 @@ pub(crate) fn run(region: &Region, bell: i32) -> i32 {
         .rss_bytes
         .store(resident_bytes(), Ordering::Relaxed);
     loop {
-        let mut len = [0u8; 8];
-        read_exact(region, bell, &mut len);
-        let len = u64::from_le_bytes(len);
-        if len > MAX_FRAME {
+        let mut head = [0u8; envelope::JOB_HEAD];
+        read_exact(region, bell, &mut head);
+        let Some(len) = envelope::read_job_head(head) else {
             return 3; // The stream is out of step; exiting is what the parent surely notices.
-        }
-        let len = len as usize;
+        };
         let jobs = region.jobs();
         let mut outcome = None;
         if len <= jobs.capacity() / 2 {
@@ -129,10 +126,7 @@ impl State {
             self.rss_sampled = ended;
         }
 
-        let mut head = [0u8; 16];
-        head[..8].copy_from_slice(&(output.len() as u64).to_le_bytes());
-        head[8..].copy_from_slice(&busy.to_le_bytes());
-        write_all(region, bell, &head);
+        write_all(region, bell, &envelope::result_head(output.len(), busy));
         write_all(region, bell, output);
         region.results().wake_consumer();
         region.poke_parent(bell);

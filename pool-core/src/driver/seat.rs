@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::schedule::{room_behind, Queued};
 use crate::job::Job;
 use crate::start::WorkerProcess;
-use crate::worker::MAX_FRAME;
+use crate::transport::envelope::{self, RESULT_HEAD};
 use crate::Error;
 
 /// One worker and the jobs at it.
@@ -72,14 +72,12 @@ impl Incoming {
             let n = ring.read(&mut self.head[self.head_got..]);
             consumed += n;
             self.head_got += n;
-            if self.head_got < 16 {
+            if self.head_got < RESULT_HEAD {
                 return Ok((consumed, None));
             }
-            let len = u64::from_le_bytes(self.head[..8].try_into().expect("8 bytes"));
-            if len > MAX_FRAME {
+            let Some((len, _)) = envelope::read_result_head(&self.head) else {
                 return Err(());
-            }
-            let len = len as usize;
+            };
             let (mut body, recycle) = spare();
             let oversized = body.capacity() > 64 << 10 && body.capacity() / 4 > len;
             if body.capacity() < len || (oversized && !recycle) {
@@ -97,7 +95,7 @@ impl Incoming {
         if body.len() < self.want {
             return Ok((consumed, None));
         }
-        let busy = u64::from_le_bytes(self.head[8..].try_into().expect("8 bytes"));
+        let (_, busy) = envelope::read_result_head(&self.head).ok_or(())?;
         let frame = self.body.take().map(|f| (f, busy));
         self.head_got = 0;
         Ok((consumed, frame))
@@ -197,7 +195,7 @@ impl Seat {
         };
         let ring = process.region.jobs();
         let len = job.wire_len();
-        let prefix = (len as u64).to_le_bytes();
+        let prefix = envelope::job_head(len);
         let at = if job.spliced.is_empty() {
             // Nearly every job: the frame is one buffer.
             let pieces = [&prefix[..], &job.frame[..]];

@@ -16,6 +16,7 @@ use super::guard::self_inflicted;
 use super::seat::Incoming;
 use crate::job::{Job, Sink};
 use crate::start;
+use crate::transport::envelope;
 use crate::{sys, trace, Error};
 
 /// How long a worker asked to exit gets before SIGKILL.
@@ -178,11 +179,7 @@ impl Collector {
         }
         seat.retiring = true;
         trace::worker_recycled(i, process.pid().as_raw());
-        let ring = process.region.jobs();
-        let frame = crate::wire::frame::shutdown_frame();
-        ring.write(&(frame.len() as u64).to_le_bytes());
-        ring.write(frame);
-        ring.wake_consumer();
+        envelope::send_small(process.region.jobs(), crate::wire::frame::shutdown_frame());
     }
 
     /// Kills workers whose running job is past its limit (SIGTERM, then SIGKILL after a grace).
@@ -344,11 +341,7 @@ impl Collector {
     pub(super) fn shutdown(&mut self) {
         for seat in &self.seats {
             if let Some(p) = &seat.process {
-                let frame = crate::wire::frame::shutdown_frame();
-                let ring = p.region.jobs();
-                ring.write(&(frame.len() as u64).to_le_bytes());
-                ring.write(frame);
-                ring.wake_consumer();
+                envelope::send_small(p.region.jobs(), crate::wire::frame::shutdown_frame());
             }
         }
         for i in 0..self.seats.len() {
