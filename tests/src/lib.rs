@@ -8,6 +8,16 @@ use std::time::Duration;
 
 pub use pool_testkit::{deadline, run_helper, HelperOutput};
 
+/// The start method a helper binary's argument names: `fork`, `forkserver` or `spawn`.
+pub fn start_method(name: &str) -> pool_core::StartMethod {
+    match name {
+        "fork" => pool_core::StartMethod::Fork,
+        "forkserver" => pool_core::StartMethod::ForkServer,
+        "spawn" => pool_core::StartMethod::Spawn,
+        other => panic!("unknown start method {other:?}"),
+    }
+}
+
 /// The number of open descriptors of this process.
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")

@@ -11,6 +11,7 @@
 use std::time::{Duration, Instant};
 
 use pool_core::{task, Pool, StartMethod};
+use pool_tests::start_method;
 use pool_tests::tasks::{abort_now, exit_with, square};
 
 /// Builds a pool inside the worker (with `method`, or the default) and sums a map in it.
@@ -40,15 +41,6 @@ fn close_all_fds(x: u64) -> u64 {
     x + 1
 }
 
-fn method(name: &str) -> StartMethod {
-    match name {
-        "fork" => StartMethod::Fork,
-        "forkserver" => StartMethod::ForkServer,
-        "spawn" => StartMethod::Spawn,
-        other => panic!("unknown start method {other:?}"),
-    }
-}
-
 fn pool_of(method: StartMethod) -> Pool {
     Pool::builder()
         .processes(2)
@@ -61,8 +53,8 @@ fn pool_of(method: StartMethod) -> Pool {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        ["nested", m] => nested(method(m)),
-        ["closefds", m] => closefds(method(m)),
+        ["nested", m] => nested(start_method(m)),
+        ["closefds", m] => closefds(start_method(m)),
         ["forkserver-killed"] => forkserver_killed(),
         ["sigchld-ignored"] => sigchld_ignored(),
         _ => panic!(

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pool_core::{task, Error, Pool, StartMethod};
+use pool_tests::start_method;
 use pool_tests::tasks::{sleep_forever, square};
 
 #[task]
@@ -54,25 +55,16 @@ fn thread_count() -> u64 {
         .unwrap_or(0)
 }
 
-fn method(name: &str) -> StartMethod {
-    match name {
-        "fork" => StartMethod::Fork,
-        "forkserver" => StartMethod::ForkServer,
-        "spawn" => StartMethod::Spawn,
-        other => panic!("unknown start method {other:?}"),
-    }
-}
-
 #[pool_core::main]
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        ["checks", m] => checks(method(m)),
-        ["threads", m] => busy_threads(method(m)),
+        ["checks", m] => checks(start_method(m)),
+        ["threads", m] => busy_threads(start_method(m)),
         ["daemon"] => daemon_and_not(),
         [mode] => {
             let (m, state) = mode.split_once('-').expect("METHOD-idle or METHOD-busy");
-            serve_until_killed(method(m), state == "busy")
+            serve_until_killed(start_method(m), state == "busy")
         }
         _ => panic!(
             "usage: pool-helper (METHOD-idle | METHOD-busy | checks METHOD | threads METHOD)"
