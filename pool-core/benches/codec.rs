@@ -4,7 +4,7 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pool_core::__bench::{
     decode_job, decode_map_results, decode_value, encode_job, encode_map_chunk, encode_value,
-    run_job,
+    run_job, ParsedResults,
 };
 
 #[pool_core::task]
@@ -28,6 +28,7 @@ fn codec(c: &mut Criterion) {
     let job = encode_map_chunk::<square>(Vec::new(), &mut items.iter().copied(), N);
     let mut results = Vec::new();
     run_job(&job, &mut results);
+    let results = ParsedResults::new(results);
     let mut group = c.benchmark_group("map chunk of 10,000 square(u64)");
     group.throughput(Throughput::Elements(N as u64));
     let mut buf = Vec::new();

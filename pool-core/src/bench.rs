@@ -69,14 +69,25 @@ pub fn run_job(frame: &[u8], out: &mut Vec<u8>) {
     writer.finish();
 }
 
+/// A result frame with its header parsed, as the collector hands it on.
+#[derive(Debug)]
+pub struct ParsedResults(crate::wire::frame::ResultFrame);
+
+impl ParsedResults {
+    /// Parses `frame`'s header once.
+    pub fn new(frame: Vec<u8>) -> Self {
+        ParsedResults(crate::wire::frame::ResultFrame::parse(frame))
+    }
+}
+
 /// Decodes a result frame of `count` items onto the end of `out`, as `map` does.
 pub fn decode_map_results<R: DeserializeOwned + 'static>(
-    frame: &[u8],
+    frame: &ParsedResults,
     count: u32,
     out: &mut Vec<R>,
 ) {
-    crate::result::check_frame(frame, "bench", count).expect("a good frame");
-    crate::result::decode_into(frame, "bench", out).expect("decodes");
+    crate::result::check_frame(&frame.0, "bench", count).expect("a good frame");
+    crate::result::decode_into(&frame.0, "bench", out).expect("decodes");
 }
 
 /// Decodes every item of a job frame as `A`, as a worker does, and counts them.
@@ -125,7 +136,8 @@ pub fn decode_any_frame(bytes: &[u8]) {
         }
     }
     let _ = crate::wire::frame::job_item_count(bytes);
-    let _ = crate::result::check_frame(bytes, "fuzz", 3);
+    let parsed = crate::wire::frame::ResultFrame::parse(bytes.to_vec());
+    let _ = crate::result::check_frame(&parsed, "fuzz", 3);
 }
 
 /// Decodes one value as the pool does.

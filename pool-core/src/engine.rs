@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use crate::job::{Sink, TaskName};
 use crate::owner::Owner;
 use crate::result::{decode_all, decode_one, Counts, ResultCell};
-use crate::wire::frame::{self, Request, ResultsWriter};
+use crate::wire::frame::{self, Request, ResultFrame, ResultsWriter};
 use crate::wire::splice::Spliced;
 use crate::{AsyncResult, Error};
 
@@ -88,7 +88,8 @@ impl JobSink {
 
     /// Delivers the job's outcome as a result frame (as a local worker writes it).
     pub(crate) fn deliver(self, outcome: Result<Vec<u8>, Error>) {
-        self.sink.deliver(self.part, outcome);
+        self.sink
+            .deliver(self.part, outcome.map(ResultFrame::parse));
     }
 
     /// Delivers the job's outcome: every item's result (each the MessagePack of its value), or

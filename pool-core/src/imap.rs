@@ -10,11 +10,11 @@ use crate::engine::{Engine, JobFrame, JobSink};
 use crate::job::Sink;
 use crate::owner::Owner;
 use crate::result::{decode_value, frame_error};
-use crate::wire::frame::{self, Outcome};
+use crate::wire::frame::{Outcome, ResultFrame};
 use crate::wire::splice::Spliced;
 use crate::{Error, Pool, Task};
 
-pub(crate) type Delivery = (u64, Result<Vec<u8>, Error>);
+pub(crate) type Delivery = (u64, Result<ResultFrame, Error>);
 
 /// Sends each chunk's outcome, with its index, to the iterator, and wakes it when it is polled
 /// as a `Stream`.
@@ -73,7 +73,7 @@ impl Sink for ChannelSink {
         }
     }
 
-    fn deliver(&self, part: usize, outcome: Result<Vec<u8>, Error>) {
+    fn deliver(&self, part: usize, outcome: Result<ResultFrame, Error>) {
         // The iterator may be gone; then the outcome is simply dropped.
         let _ = self.tx.send((part as u64, outcome));
         let waker = self
@@ -142,7 +142,7 @@ pub struct Imap<'a, T: Task, I> {
     /// Item counts of the chunks submitted and not yet received.
     in_flight: HashMap<u64, u32>,
     /// Chunks that arrived ahead of their turn (ordered form).
-    early: HashMap<u64, Result<Vec<u8>, Error>>,
+    early: HashMap<u64, Result<ResultFrame, Error>>,
     /// Decoded items ready to yield.
     ready: VecDeque<Result<T::Output, Error>>,
     /// The payload of a panic of the input iterator, raised again once every item before it
@@ -178,7 +178,7 @@ impl<'a, T: Task, I: Iterator<Item = T::Args>> Imap<'a, T, I> {
     fn fill(&mut self) {
         while self.in_flight.len() < self.max_in_flight {
             let Some(input) = &mut self.input else { return };
-            let mut builder = frame::JobBuilder::new(T::NAME);
+            let mut builder = crate::wire::frame::JobBuilder::new(T::NAME);
             let mut encode_error = None;
             while (builder.count() as usize) < self.chunksize {
                 // A panic of the input is held until every item before it has been yielded,
@@ -237,7 +237,7 @@ impl<'a, T: Task, I: Iterator<Item = T::Args>> Imap<'a, T, I> {
     }
 
     /// Decodes a received chunk into `ready`.
-    fn unpack(&mut self, index: u64, result: Result<Vec<u8>, Error>) {
+    fn unpack(&mut self, index: u64, result: Result<ResultFrame, Error>) {
         let count = self.in_flight.remove(&index).unwrap_or(0) as usize;
         unpack_into::<T::Output>(T::NAME, count, result, &mut self.ready);
     }
@@ -365,7 +365,7 @@ impl Pool {
 pub(crate) fn unpack_into<R: serde::de::DeserializeOwned + 'static>(
     task: &str,
     count: usize,
-    result: Result<Vec<u8>, Error>,
+    result: Result<ResultFrame, Error>,
     ready: &mut VecDeque<Result<R, Error>>,
 ) {
     let frame = match result {
@@ -375,7 +375,7 @@ pub(crate) fn unpack_into<R: serde::de::DeserializeOwned + 'static>(
             return;
         }
     };
-    let results = match frame::parse_results(&frame) {
+    let results = match frame.results() {
         Ok(results) if results.remaining() as usize == count => results,
         Ok(results) => {
             let err = Error::Protocol(format!(

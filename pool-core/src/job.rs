@@ -4,6 +4,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::wire::frame::ResultFrame;
 use crate::wire::splice::Spliced;
 use crate::Error;
 
@@ -15,7 +16,7 @@ pub(crate) type TaskName = Cow<'static, str>;
 /// every part of a `map` (or every chunk of an `imap`), so a job costs no allocation of its own.
 pub(crate) trait Sink: Send + Sync {
     /// Receives the outcome of part `part`.
-    fn deliver(&self, part: usize, outcome: Result<Vec<u8>, Error>);
+    fn deliver(&self, part: usize, outcome: Result<ResultFrame, Error>);
 
     /// Takes back the buffers spliced into a job of this sink once the job has resolved (just
     /// before its outcome is delivered). By default they are freed here, on the collector's
@@ -95,7 +96,7 @@ impl Job {
     }
 
     /// Resolves the job.
-    pub(crate) fn complete(mut self, outcome: Result<Vec<u8>, Error>) {
+    pub(crate) fn complete(mut self, outcome: Result<ResultFrame, Error>) {
         if let Some(sink) = self.sink.take() {
             if !self.spliced.is_empty() {
                 sink.give_back(std::mem::take(&mut self.spliced));

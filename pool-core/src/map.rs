@@ -220,7 +220,7 @@ impl Pool {
         // back before its turn waits, undecoded, in `early` (workers finish chunks in about the
         // order they took them, so it stays small).
         let mut out: Vec<T::Output> = Vec::with_capacity(n);
-        let mut early: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
+        let mut early: BTreeMap<usize, crate::wire::frame::ResultFrame> = BTreeMap::new();
         // Decoded result frames, whose buffers the next chunks are built in.
         let mut spare: Vec<Vec<u8>> = Vec::new();
         let mut flight = InFlight::default();
@@ -244,7 +244,7 @@ impl Pool {
             while let Some(frame) = early.remove(&next) {
                 sys::prefault(out, flight.chunks[next].0 as usize);
                 crate::result::decode_into(&frame, T::NAME, out)?;
-                spare.push(frame);
+                spare.push(frame.into_bytes());
                 next += 1;
             }
             Ok(())

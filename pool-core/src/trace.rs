@@ -18,7 +18,12 @@ mod imp {
     #[inline(always)]
     pub(crate) fn task_failed(_task: &str, _items: u64, _err: Option<&Error>) {}
     #[inline(always)]
-    pub(crate) fn task_items_failed(_task: &str, _items: u64, _frame: &[u8]) {}
+    pub(crate) fn task_items_failed(
+        _task: &str,
+        _items: u64,
+        _frame: &crate::wire::frame::ResultFrame,
+    ) {
+    }
     #[inline(always)]
     pub(crate) fn task_timed_out(_task: &str, _limit: std::time::Duration, _pid: i32) {}
     #[inline(always)]
@@ -77,14 +82,16 @@ mod imp {
     }
 
     /// Some items of a result frame failed: reports how many, with the first one's error.
-    pub(crate) fn task_items_failed(task: &str, items: u64, frame: &[u8]) {
-        let first = crate::wire::frame::parse_results(frame)
-            .ok()
-            .and_then(|results| {
-                results
-                    .filter_map(Result::ok)
-                    .find_map(|outcome| outcome.to_error(task))
-            });
+    pub(crate) fn task_items_failed(
+        task: &str,
+        items: u64,
+        frame: &crate::wire::frame::ResultFrame,
+    ) {
+        let first = frame.results().ok().and_then(|results| {
+            results
+                .filter_map(Result::ok)
+                .find_map(|outcome| outcome.to_error(task))
+        });
         task_failed(task, items, first.as_ref());
     }
 }

@@ -36,6 +36,7 @@ use super::shared::Shared;
 use crate::driver::settings::{Initializer, WorkerSettings};
 use crate::job::Job;
 use crate::start::WorkerProcess;
+use crate::wire::frame::ResultFrame;
 use crate::{sys, trace, Error, ExitCause};
 
 /// How often to look for dead workers while busy.
@@ -173,7 +174,8 @@ impl Collector {
                             let busy = process.region.header().busy_ns.load(Ordering::Relaxed);
                             self.shared.counters.busy_ns[i]
                                 .store(seat.busy_base + busy, Ordering::Relaxed);
-                            settle(&self.shared, job, Ok(frame));
+                            // The one place the parent parses a result frame's header.
+                            settle(&self.shared, job, Ok(ResultFrame::parse(frame)));
                         }
                         None => {
                             // A result for no job: the worker is out of step. Kill it; its
@@ -332,17 +334,14 @@ impl Collector {
 }
 
 /// Resolves a job and counts its items as completed or failed.
-pub(super) fn settle(shared: &Shared, job: Job, outcome: Result<Vec<u8>, Error>) {
+pub(super) fn settle(shared: &Shared, job: Job, outcome: Result<ResultFrame, Error>) {
     if job.internal {
         job.complete(outcome);
         return;
     }
     let items = u64::from(job.items);
     let failed = match &outcome {
-        Ok(frame) => match crate::wire::frame::parse_results(frame) {
-            Ok(results) => u64::from(results.errors()),
-            Err(_) => items,
-        },
+        Ok(frame) => u64::from(frame.failed(job.items)),
         Err(_) => items,
     };
     if failed > 0 {

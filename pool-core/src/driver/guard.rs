@@ -145,7 +145,7 @@ pub(crate) struct InitSink {
 }
 
 impl Sink for InitSink {
-    fn deliver(&self, pid: usize, outcome: Result<Vec<u8>, Error>) {
+    fn deliver(&self, pid: usize, outcome: Result<crate::wire::frame::ResultFrame, Error>) {
         let failure = match outcome {
             Ok(frame) => crate::result::check_frame(&frame, "initializer", 1).err(),
             Err(Error::Terminated) => None,

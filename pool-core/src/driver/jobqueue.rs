@@ -159,7 +159,7 @@ mod test {
     struct Record(Mutex<Vec<(usize, bool)>>);
 
     impl Sink for Record {
-        fn deliver(&self, part: usize, outcome: Result<Vec<u8>, Error>) {
+        fn deliver(&self, part: usize, outcome: Result<crate::wire::frame::ResultFrame, Error>) {
             self.0.lock().unwrap().push((part, outcome.is_ok()));
         }
     }
@@ -184,7 +184,7 @@ mod test {
         let rest: Vec<u8> = std::iter::from_fn(|| rx.try_recv().ok())
             .map(|j| {
                 let part = j.frame[0];
-                j.complete(Ok(Vec::new()));
+                j.complete(Ok(crate::wire::frame::ResultFrame::empty()));
                 part
             })
             .collect();

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use super::decode::check_frame;
 use crate::job::TaskName;
+use crate::wire::frame::ResultFrame;
 use crate::Error;
 
-type Decode<T> = fn(&[Vec<u8>], &str) -> Result<T, Error>;
+type Decode<T> = fn(&[ResultFrame], &str) -> Result<T, Error>;
 type OnSuccess<T> = Box<dyn FnOnce(T) + Send>;
 type OnError = Box<dyn FnOnce(Error) + Send>;
 
@@ -69,19 +70,19 @@ impl<T> State<T> {
 
 /// The result frames of a slot. One part (an `apply`) needs no allocation of its own.
 pub(super) enum Parts {
-    One(Vec<u8>),
-    Many(Vec<Vec<u8>>),
+    One(ResultFrame),
+    Many(Vec<ResultFrame>),
 }
 
 impl Parts {
-    fn as_slice(&self) -> &[Vec<u8>] {
+    fn as_slice(&self) -> &[ResultFrame] {
         match self {
             Parts::One(frame) => std::slice::from_ref(frame),
             Parts::Many(frames) => frames,
         }
     }
 
-    fn set(&mut self, index: usize, frame: Vec<u8>) {
+    fn set(&mut self, index: usize, frame: ResultFrame) {
         match self {
             Parts::One(slot) => *slot = frame,
             Parts::Many(frames) => frames[index] = frame,
@@ -123,8 +124,10 @@ impl<T> ResultCell<T> {
             decode,
             state: Mutex::new(State {
                 parts: match expected {
-                    Counts::One(_) => Parts::One(Vec::new()),
-                    Counts::Many(_) => Parts::Many(vec![Vec::new(); parts]),
+                    Counts::One(_) => Parts::One(ResultFrame::empty()),
+                    Counts::Many(_) => {
+                        Parts::Many((0..parts).map(|_| ResultFrame::empty()).collect())
+                    }
                 },
                 expected,
                 remaining: parts,
@@ -147,7 +150,7 @@ impl<T> ResultCell<T> {
     }
 
     /// Delivers part `index`. The first error wins; later parts are then ignored.
-    pub(crate) fn complete_part(&self, index: usize, result: Result<Vec<u8>, Error>) {
+    pub(crate) fn complete_part(&self, index: usize, result: Result<ResultFrame, Error>) {
         let mut state = self.lock();
         if state.outcome.is_some() {
             return;
@@ -261,7 +264,7 @@ impl<T> ResultCell<T> {
 }
 
 impl<T: 'static> crate::job::Sink for ResultCell<T> {
-    fn deliver(&self, part: usize, outcome: Result<Vec<u8>, Error>) {
+    fn deliver(&self, part: usize, outcome: Result<ResultFrame, Error>) {
         self.complete_part(part, outcome);
     }
 }

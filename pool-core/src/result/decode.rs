@@ -3,12 +3,12 @@
 
 use serde::de::DeserializeOwned;
 
-use crate::wire::frame::{self, Outcome};
+use crate::wire::frame::{self, Outcome, ResultFrame};
 use crate::Error;
 
 /// Checks a result frame's structure and item count, and returns the first error it carries.
-pub(crate) fn check_frame(frame: &[u8], task: &str, expected: u32) -> Result<(), Error> {
-    let results = frame::parse_results(frame).map_err(|e| frame_error(e, task))?;
+pub(crate) fn check_frame(frame: &ResultFrame, task: &str, expected: u32) -> Result<(), Error> {
+    let results = frame.results().map_err(|e| frame_error(e, task))?;
     if results.remaining() != expected {
         return Err(Error::Protocol(format!(
             "expected {expected} results, the worker sent {}",
@@ -52,7 +52,7 @@ pub(crate) fn decode_value<R: DeserializeOwned + 'static>(
 
 /// Every item of every part, in order, through `item` (the parts are checked already).
 fn collect_items<R>(
-    parts: &[Vec<u8>],
+    parts: &[ResultFrame],
     task: &str,
     mut item: impl FnMut(&[u8]) -> Result<R, Error>,
 ) -> Result<Vec<R>, Error> {
@@ -66,12 +66,12 @@ fn collect_items<R>(
 /// Appends every item of one checked result frame to `out`, through `item`.
 #[inline]
 fn collect_into<R>(
-    part: &[u8],
+    part: &ResultFrame,
     task: &str,
     out: &mut Vec<R>,
     mut item: impl FnMut(&[u8]) -> Result<R, Error>,
 ) -> Result<(), Error> {
-    let results = frame::parse_results(part).map_err(|e| frame_error(e, task))?;
+    let results = part.results().map_err(|e| frame_error(e, task))?;
     out.reserve(results.remaining() as usize);
     for outcome in results {
         match outcome? {
@@ -84,7 +84,7 @@ fn collect_into<R>(
 
 /// Decodes every item of every part, in order (the parts are checked already).
 pub(crate) fn decode_all<R: DeserializeOwned + 'static>(
-    parts: &[Vec<u8>],
+    parts: &[ResultFrame],
     task: &str,
 ) -> Result<Vec<R>, Error> {
     collect_items(parts, task, |bytes| decode_value(bytes, task))
@@ -92,7 +92,7 @@ pub(crate) fn decode_all<R: DeserializeOwned + 'static>(
 
 /// Decodes every item of one checked result frame onto the end of `out`.
 pub(crate) fn decode_into<R: DeserializeOwned + 'static>(
-    part: &[u8],
+    part: &ResultFrame,
     task: &str,
     out: &mut Vec<R>,
 ) -> Result<(), Error> {
@@ -106,11 +106,11 @@ pub(crate) fn decode_into<R: DeserializeOwned + 'static>(
 /// into the spare capacity through a local slice and index, and the length is set once; pushing
 /// would reload the vector's length and capacity after every value.
 fn decode_scalars_into<R: DeserializeOwned + 'static>(
-    part: &[u8],
+    part: &ResultFrame,
     task: &str,
     out: &mut Vec<R>,
 ) -> Result<(), Error> {
-    let results = frame::parse_results(part).map_err(|e| frame_error(e, task))?;
+    let results = part.results().map_err(|e| frame_error(e, task))?;
     let count = results.remaining() as usize;
     out.reserve(count);
     let len = out.len();
@@ -180,13 +180,13 @@ fn fill_scalars<R: DeserializeOwned + 'static>(
 }
 
 /// Every item of every part as its raw MessagePack bytes, in order (the parts are checked).
-pub(crate) fn encoded_all(parts: &[Vec<u8>], task: &str) -> Result<Vec<Vec<u8>>, Error> {
+pub(crate) fn encoded_all(parts: &[ResultFrame], task: &str) -> Result<Vec<Vec<u8>>, Error> {
     collect_items(parts, task, |bytes| Ok(bytes.to_vec()))
 }
 
 /// Decodes the single item of a single part.
 pub(crate) fn decode_one<R: DeserializeOwned + 'static>(
-    parts: &[Vec<u8>],
+    parts: &[ResultFrame],
     task: &str,
 ) -> Result<R, Error> {
     // Without collecting into a vector first: one allocation fewer per `apply`.
@@ -194,7 +194,7 @@ pub(crate) fn decode_one<R: DeserializeOwned + 'static>(
     let [part] = parts else {
         return Err(one());
     };
-    let mut results = frame::parse_results(part).map_err(|e| frame_error(e, task))?;
+    let mut results = part.results().map_err(|e| frame_error(e, task))?;
     if results.remaining() != 1 {
         return Err(one());
     }

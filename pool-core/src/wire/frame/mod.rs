@@ -38,7 +38,7 @@ pub(super) const ITEM_ARGS_DECODE: u8 = 2;
 pub(super) const ITEM_RESULT_ENCODE: u8 = 3;
 
 /// A frame that does not follow the format above.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FrameError(pub(crate) &'static str);
 
 impl From<FrameError> for crate::Error {
@@ -91,4 +91,4 @@ mod test;
 
 pub(crate) use job::parse_request;
 pub(crate) use job::{job_item_count, shutdown_frame, Items, JobBuilder, Request};
-pub(crate) use results::{parse_results, Outcome, Results, ResultsWriter};
+pub(crate) use results::{parse_results, Outcome, ResultFrame, Results, ResultsWriter};

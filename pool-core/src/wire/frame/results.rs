@@ -242,6 +242,72 @@ pub(crate) struct Results<'a> {
     width: Option<u8>,
 }
 
+/// A result frame's header: what [`parse_results`] reads before the outcomes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Header {
+    remaining: u32,
+    errors: u32,
+    width: Option<u8>,
+    /// Where the outcomes start.
+    body: usize,
+}
+
+/// A result frame as it arrived from a worker (or another engine), with its header parsed once,
+/// where it arrives: everything after — counting its failures, checking it against the items
+/// it answers, decoding it — starts from [`results`](Self::results), which does not parse the
+/// header again.
+#[derive(Debug)]
+pub(crate) struct ResultFrame {
+    bytes: Vec<u8>,
+    /// `Err(None)`: the worker does not know the task.
+    header: Result<Header, Option<FrameError>>,
+}
+
+impl ResultFrame {
+    /// Takes a frame's bytes and parses its header.
+    pub(crate) fn parse(bytes: Vec<u8>) -> Self {
+        let header = parse_results(&bytes).map(|r| Header {
+            remaining: r.remaining,
+            errors: r.errors,
+            width: r.width,
+            body: bytes.len() - r.c.rest.len(),
+        });
+        ResultFrame { bytes, header }
+    }
+
+    /// A frame that answers nothing (a placeholder until a part arrives).
+    pub(crate) fn empty() -> Self {
+        ResultFrame {
+            bytes: Vec::new(),
+            header: Err(Some(FrameError("no frame"))),
+        }
+    }
+
+    /// The outcomes, from the header parsed on arrival.
+    pub(crate) fn results(&self) -> Result<Results<'_>, Option<FrameError>> {
+        let h = self.header?;
+        Ok(Results {
+            c: Cursor {
+                rest: &self.bytes[h.body..],
+            },
+            remaining: h.remaining,
+            errors: h.errors,
+            width: h.width,
+        })
+    }
+
+    /// How many of `items` failed, as the worker counted them (all of them if the frame is not
+    /// one the parent can read).
+    pub(crate) fn failed(&self, items: u32) -> u32 {
+        self.header.map_or(items, |h| h.errors)
+    }
+
+    /// The buffer, for reuse.
+    pub(crate) fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+}
+
 /// Parses a result frame's header. `Err(None)` means the worker does not know the task.
 pub(crate) fn parse_results(frame: &[u8]) -> Result<Results<'_>, Option<FrameError>> {
     let mut c = Cursor { rest: frame };
