@@ -36,7 +36,7 @@ pub(crate) trait Sink: Send + Sync {
 pub(crate) struct Job {
     /// The frame's own bytes; with `spliced`, the frame the worker receives.
     pub(crate) frame: Vec<u8>,
-    /// Big buffers that belong inside `frame`, kept until the job resolves (see `splice`).
+    /// Big buffers that belong inside `frame`, kept until the job resolves (see `wire::splice`).
     pub(crate) spliced: Spliced,
     pub(crate) task: TaskName,
     /// How many items the frame carries.

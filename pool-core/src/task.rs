@@ -141,7 +141,7 @@ fn write_panic(payload: Box<dyn std::any::Any + Send>, out: &mut ResultsWriter<'
 fn run_scalars<T: Task>(mut items: Items<'_>, out: &mut ResultsWriter<'_>) {
     let fixed_in = items.is_fixed();
     if fixed_in {
-        // A `map` of scalars: answer in kind (see `frame`).
+        // A `map` of scalars: answer in kind (see `wire::frame`).
         if let Some(width) = crate::wire::codec::fixed_width::<T::Output>() {
             out.set_fixed(width);
         }

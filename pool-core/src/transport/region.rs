@@ -2,7 +2,7 @@
 //! results (worker → parent), and a few counters.
 //!
 //! Each worker has its own region, mapped by the parent just before it forks that worker, and
-//! unmapped in every other worker (see `spawn`). So a worker that dies at any instruction, or
+//! unmapped in every other worker (see `start::fork`). So a worker that dies at any instruction, or
 //! scribbles over its memory, can only damage its own region, which the parent discards with it.
 
 use std::io;
