@@ -37,19 +37,27 @@ use crate::{AsyncResult, Error, Imap, Pool, Task};
 /// # Ok::<(), pool_core::Error>(())
 /// ```
 pub trait Executor {
-    /// Runs `task(args)` and waits for its result.
-    fn apply<T: Task>(&self, task: T, args: T::Args) -> Result<T::Output, Error>;
+    /// Runs `task(args)` and waits for its result. By default, [`apply_async`](Self::apply_async)
+    /// and `get`; an engine with a faster way overrides it.
+    fn apply<T: Task>(&self, task: T, args: T::Args) -> Result<T::Output, Error> {
+        self.apply_async(task, args).get()
+    }
 
     /// Submits `task(args)` and returns at once with a handle to its result.
     fn apply_async<T: Task>(&self, task: T, args: T::Args) -> AsyncResult<T::Output>;
 
     /// Runs `task` over every item, in chunks of the engine's default size; results in order.
+    /// By default, [`map_async`](Self::map_async) and `get`.
     fn map<T, I>(&self, task: T, items: I) -> Result<Vec<T::Output>, Error>
     where
         T: Task,
-        I: IntoIterator<Item = T::Args>;
+        I: IntoIterator<Item = T::Args>,
+    {
+        self.map_async(task, items).get()
+    }
 
-    /// [`map`](Self::map) with `chunksize` items per job.
+    /// [`map`](Self::map) with `chunksize` items per job. By default,
+    /// [`map_async_chunked`](Self::map_async_chunked) and `get`.
     fn map_chunked<T, I>(
         &self,
         task: T,
@@ -58,7 +66,10 @@ pub trait Executor {
     ) -> Result<Vec<T::Output>, Error>
     where
         T: Task,
-        I: IntoIterator<Item = T::Args>;
+        I: IntoIterator<Item = T::Args>,
+    {
+        self.map_async_chunked(task, items, chunksize).get()
+    }
 
     /// [`map`](Self::map) that returns at once with a handle to the whole result.
     fn map_async<T, I>(&self, task: T, items: I) -> AsyncResult<Vec<T::Output>>
@@ -81,7 +92,10 @@ pub trait Executor {
     fn imap<T, I>(&self, task: T, items: I) -> Imap<'_, T, I::IntoIter>
     where
         T: Task,
-        I: IntoIterator<Item = T::Args>;
+        I: IntoIterator<Item = T::Args>,
+    {
+        self.imap_chunked(task, items, 1)
+    }
 
     /// [`imap`](Self::imap) with `chunksize` items per job.
     fn imap_chunked<T, I>(&self, task: T, items: I, chunksize: usize) -> Imap<'_, T, I::IntoIter>
@@ -93,7 +107,10 @@ pub trait Executor {
     fn imap_unordered<T, I>(&self, task: T, items: I) -> Imap<'_, T, I::IntoIter>
     where
         T: Task,
-        I: IntoIterator<Item = T::Args>;
+        I: IntoIterator<Item = T::Args>,
+    {
+        self.imap_unordered_chunked(task, items, 1)
+    }
 
     /// [`imap_unordered`](Self::imap_unordered) with `chunksize` items per job.
     fn imap_unordered_chunked<T, I>(
@@ -113,6 +130,8 @@ pub trait Executor {
     fn join(&self) -> Result<(), Error>;
 }
 
+/// The local pool overrides the blocking calls with its own faster paths (a blocking `map`
+/// decodes chunks as they arrive instead of waiting for all of them).
 impl Executor for Pool {
     fn apply<T: Task>(&self, task: T, args: T::Args) -> Result<T::Output, Error> {
         Pool::apply(self, task, args)
@@ -164,28 +183,12 @@ impl Executor for Pool {
         Pool::map_async_chunked(self, task, items, chunksize)
     }
 
-    fn imap<T, I>(&self, task: T, items: I) -> Imap<'_, T, I::IntoIter>
-    where
-        T: Task,
-        I: IntoIterator<Item = T::Args>,
-    {
-        Pool::imap(self, task, items)
-    }
-
     fn imap_chunked<T, I>(&self, task: T, items: I, chunksize: usize) -> Imap<'_, T, I::IntoIter>
     where
         T: Task,
         I: IntoIterator<Item = T::Args>,
     {
         Pool::imap_chunked(self, task, items, chunksize)
-    }
-
-    fn imap_unordered<T, I>(&self, task: T, items: I) -> Imap<'_, T, I::IntoIter>
-    where
-        T: Task,
-        I: IntoIterator<Item = T::Args>,
-    {
-        Pool::imap_unordered(self, task, items)
     }
 
     fn imap_unordered_chunked<T, I>(

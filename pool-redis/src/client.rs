@@ -780,35 +780,12 @@ impl Engine for RedisPool {
 }
 
 /// The calls a local [`pool_core::Pool`] serves, with the same result, iterator and error
-/// types, so that `fn work<E: pool_core::Executor>(e: &E)` runs unchanged on either.
+/// types, so that `fn work<E: pool_core::Executor>(e: &E)` runs unchanged on either. The
+/// blocking calls and the one-item `imap`s are the trait's defaults (the async forms and `get`,
+/// chunks of one), which is what this client's own methods of those names do too.
 impl pool_core::Executor for RedisPool {
-    fn apply<T: Task>(&self, task: T, args: T::Args) -> Result<T::Output, pool_core::Error> {
-        RedisPool::apply_async(self, task, args).get()
-    }
-
     fn apply_async<T: Task>(&self, task: T, args: T::Args) -> AsyncResult<T::Output> {
         RedisPool::apply_async(self, task, args)
-    }
-
-    fn map<T, I>(&self, task: T, items: I) -> Result<Vec<T::Output>, pool_core::Error>
-    where
-        T: Task,
-        I: IntoIterator<Item = T::Args>,
-    {
-        RedisPool::map_async(self, task, items).get()
-    }
-
-    fn map_chunked<T, I>(
-        &self,
-        task: T,
-        items: I,
-        chunksize: usize,
-    ) -> Result<Vec<T::Output>, pool_core::Error>
-    where
-        T: Task,
-        I: IntoIterator<Item = T::Args>,
-    {
-        RedisPool::map_async_chunked(self, task, items, chunksize).get()
     }
 
     fn map_async<T, I>(&self, task: T, items: I) -> AsyncResult<Vec<T::Output>>
@@ -832,28 +809,12 @@ impl pool_core::Executor for RedisPool {
         RedisPool::map_async_chunked(self, task, items, chunksize)
     }
 
-    fn imap<T, I>(&self, task: T, items: I) -> Imap<'_, T, I::IntoIter>
-    where
-        T: Task,
-        I: IntoIterator<Item = T::Args>,
-    {
-        RedisPool::imap(self, task, items)
-    }
-
     fn imap_chunked<T, I>(&self, task: T, items: I, chunksize: usize) -> Imap<'_, T, I::IntoIter>
     where
         T: Task,
         I: IntoIterator<Item = T::Args>,
     {
         RedisPool::imap_chunked(self, task, items, chunksize)
-    }
-
-    fn imap_unordered<T, I>(&self, task: T, items: I) -> Imap<'_, T, I::IntoIter>
-    where
-        T: Task,
-        I: IntoIterator<Item = T::Args>,
-    {
-        RedisPool::imap_unordered(self, task, items)
     }
 
     fn imap_unordered_chunked<T, I>(
