@@ -174,6 +174,7 @@ mod panic_capture;
 mod pool;
 mod registry;
 mod result;
+mod shared;
 mod start;
 mod stats;
 mod sys;
@@ -193,9 +194,22 @@ pub use mp::{
 };
 pub use pool::Pool;
 pub use result::AsyncResult;
+pub use shared::SharedSlice;
+#[cfg(feature = "rkyv")]
+pub use shared::Shared;
+/// The archive format of [`Shared`] (feature `rkyv`), re-exported so that
+/// `#[derive(rkyv::Archive, rkyv::Serialize)]` with `#[rkyv(crate = pool_core::rkyv)]` needs no
+/// dependency of your own.
+#[cfg(feature = "rkyv")]
+pub use rkyv;
 pub use start::StartMethod;
 pub use stats::PoolStats;
 pub use task::Task;
+
+/// Plain-old-data element types for [`SharedSlice`]: derive [`Pod`] and [`Zeroable`] with
+/// `#[bytemuck(crate = "pool_core::bytemuck")]`, no dependency of your own needed.
+pub use bytemuck;
+pub use bytemuck::{Pod, Zeroable};
 
 /// Call first in `main` (or put [`#[pool_core::main]`](main) on `main`): serves as a pool worker
 /// when this process was started as one, and otherwise starts the fork server.

@@ -139,6 +139,20 @@ pub(crate) fn pidfd_exit_status(pidfd: &OwnedFd) -> Option<i32> {
     (r == 0 && info.mask & PIDFD_INFO_EXIT != 0).then_some(info.exit_code)
 }
 
+/// 128 random bits from the kernel (or, if it cannot give them, the clock, pid and an
+/// address mixed): tokens that name shared objects.
+pub(crate) fn random_u128() -> u128 {
+    let mut bytes = [0u8; 16];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the live local buffer.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        let t = monotonic_ns() as u128;
+        bytes = (t ^ (u128::from(std::process::id()) << 64) ^ (&bytes as *const _ as u128))
+            .to_le_bytes();
+    }
+    u128::from_le_bytes(bytes)
+}
+
 /// A shared anonymous mapping: the same physical pages in this process and in every child
 /// forked while it is mapped. Unmapped on drop (in the process that drops it).
 #[derive(Debug)]
@@ -181,6 +195,28 @@ impl SharedMapping {
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(ptr.cast()).ok_or_else(io::Error::last_os_error)?;
+        Ok(SharedMapping { ptr, len })
+    }
+
+    /// Maps `len` bytes of the file `fd` read-only: a write through the mapping faults, and
+    /// `mprotect` cannot make it writable when the descriptor was opened read-only or the file
+    /// is sealed against writes.
+    pub(crate) fn read_only(fd: RawFd, len: usize) -> io::Result<Self> {
+        // SAFETY: as in `from_fd`, with read access only.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
                 libc::MAP_SHARED,
                 fd,
                 0,

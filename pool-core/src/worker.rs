@@ -96,6 +96,9 @@ impl State {
         // Two clock reads per job (this one and the one after it): a job may be a single tiny
         // task, and in a virtual machine a read can cost as much as the task.
         let started = crate::sys::monotonic_ns();
+        // Shared data whose creator dropped it is unmapped here, between tasks (one atomic
+        // load when this worker keeps none).
+        crate::shared::sweep_if_due(started);
         header.job_started_ns.store(started, Ordering::Relaxed);
         header.jobs_started.0.fetch_add(1, Ordering::SeqCst);
 
@@ -159,7 +162,15 @@ fn read_exact(region: &Region, bell: &Bell, dst: &mut [u8]) {
     while got < dst.len() {
         let n = ring.read(&mut dst[got..]);
         if n == 0 {
-            ring.wait_readable();
+            if crate::shared::keeps_any() {
+                // Idle with shared data mapped: wake now and then to drop what its creator
+                // has dropped, so the memory is freed without waiting for another job.
+                if !ring.wait_readable_for(crate::shared::IDLE_SWEEP) {
+                    crate::shared::sweep();
+                }
+            } else {
+                ring.wait_readable();
+            }
             continue;
         }
         got += n;

@@ -73,18 +73,6 @@ fn table() -> &'static Mutex<HashMap<u128, Weak<Segment>>> {
     TABLE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
-fn random_token() -> u128 {
-    let mut bytes = [0u8; 16];
-    // SAFETY: getrandom writes at most `bytes.len()` bytes into the live local buffer.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if n != bytes.len() as isize {
-        let t = sys::monotonic_ns() as u128;
-        bytes = (t ^ (u128::from(std::process::id()) << 64) ^ (&bytes as *const _ as u128))
-            .to_le_bytes();
-    }
-    u128::from_le_bytes(bytes)
-}
-
 impl Segment {
     /// A new zeroed segment with `payload` bytes after the header, of kind `kind` (which
     /// primitive it holds, checked on open).
@@ -92,7 +80,7 @@ impl Segment {
         let len = HEADER + payload;
         let fd = sys::memfd(len)?;
         let map = SharedMapping::from_fd(fd.as_raw_fd(), len)?;
-        let token = random_token();
+        let token = sys::random_u128();
         let seg = Segment {
             map,
             token,

@@ -138,7 +138,7 @@ impl SpscRing {
     /// Blocks (spinning briefly, then on the futex) until some space is free.
     pub(crate) fn wait_writable(&self) {
         let w = &self.ctl().wait.0;
-        wait(|| self.writable() > 0, &w.producer_waiting, &w.space_signal);
+        wait(|| self.writable() > 0, &w.producer_waiting, &w.space_signal, None);
     }
 
     // --- consumer side ------------------------------------------------------------------------
@@ -234,6 +234,7 @@ impl SpscRing {
             || self.readable() >= len,
             &w.consumer_waiting,
             &w.data_signal,
+            None,
         );
     }
 
@@ -246,7 +247,19 @@ impl SpscRing {
     /// Blocks (spinning briefly, then on the futex) until some data is available.
     pub(crate) fn wait_readable(&self) {
         let w = &self.ctl().wait.0;
-        wait(|| self.readable() > 0, &w.consumer_waiting, &w.data_signal);
+        wait(|| self.readable() > 0, &w.consumer_waiting, &w.data_signal, None);
+    }
+
+    /// [`wait_readable`](Self::wait_readable) for at most about `timeout`: returns whether
+    /// there is something to read.
+    pub(crate) fn wait_readable_for(&self, timeout: std::time::Duration) -> bool {
+        let w = &self.ctl().wait.0;
+        wait(
+            || self.readable() > 0,
+            &w.consumer_waiting,
+            &w.data_signal,
+            Some(timeout),
+        )
     }
 }
 
@@ -261,11 +274,17 @@ fn wake(waiting: &AtomicU32, signal: &AtomicU32) {
 }
 
 /// The sleeping half: spin a little, then raise `waiting`, check `ready` again, and sleep on
-/// `signal` until `ready` holds.
-fn wait(ready: impl Fn() -> bool, waiting: &AtomicU32, signal: &AtomicU32) {
+/// `signal` until `ready` holds — or, with a `timeout`, for at most one sleep of that length.
+/// Returns whether `ready` holds.
+fn wait(
+    ready: impl Fn() -> bool,
+    waiting: &AtomicU32,
+    signal: &AtomicU32,
+    timeout: Option<std::time::Duration>,
+) -> bool {
     for i in 0..SPINS {
         if ready() {
-            return;
+            return true;
         }
         if i % 64 == 63 {
             std::thread::yield_now();
@@ -273,16 +292,23 @@ fn wait(ready: impl Fn() -> bool, waiting: &AtomicU32, signal: &AtomicU32) {
             std::hint::spin_loop();
         }
     }
+    let mut is_ready;
     loop {
         let seen = signal.load(Ordering::SeqCst);
         waiting.store(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        if ready() {
+        is_ready = ready();
+        if is_ready {
             break;
         }
-        sys::futex_wait(signal, seen);
+        sys::futex_wait_timeout(signal, seen, timeout);
+        if timeout.is_some() {
+            is_ready = ready();
+            break;
+        }
     }
     waiting.store(0, Ordering::Relaxed);
+    is_ready
 }
 
 #[cfg(test)]
