@@ -194,14 +194,14 @@ pub use mp::{
 };
 pub use pool::Pool;
 pub use result::AsyncResult;
-pub use shared::SharedSlice;
-#[cfg(feature = "rkyv")]
-pub use shared::Shared;
 /// The archive format of [`Shared`] (feature `rkyv`), re-exported so that
 /// `#[derive(rkyv::Archive, rkyv::Serialize)]` with `#[rkyv(crate = pool_core::rkyv)]` needs no
 /// dependency of your own.
 #[cfg(feature = "rkyv")]
 pub use rkyv;
+#[cfg(feature = "rkyv")]
+pub use shared::Shared;
+pub use shared::SharedSlice;
 pub use start::StartMethod;
 pub use stats::PoolStats;
 pub use task::Task;

@@ -87,8 +87,10 @@ where
     {
         let bytes = rkyv::to_bytes::<rancor::Error>(value)
             .map_err(|e| Error::shared(io::Error::other(e)))?;
-        let frozen = Frozen::stream(kind::<T>(), Some(TypeId::of::<T>()), |w| w.write_all(&bytes))
-            .map_err(Error::shared)?;
+        let frozen = Frozen::stream(kind::<T>(), Some(TypeId::of::<T>()), |w| {
+            w.write_all(&bytes)
+        })
+        .map_err(Error::shared)?;
         Ok(Shared {
             frozen,
             _t: PhantomData,

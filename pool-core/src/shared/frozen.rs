@@ -29,12 +29,12 @@
 //!   already mapped by receivers stay valid (they hold the pages); new receivers cannot open
 //!   them and get an error naming the creator.
 
+use std::any::TypeId;
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::any::TypeId;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
@@ -200,11 +200,7 @@ impl Frozen {
         let total = file.metadata()?.len() as usize;
         let bytes = total - HEADER;
         let token = sys::random_u128();
-        std::os::unix::fs::FileExt::write_all_at(
-            &file,
-            &header_bytes(token, bytes, kind),
-            0,
-        )?;
+        std::os::unix::fs::FileExt::write_all_at(&file, &header_bytes(token, bytes, kind), 0)?;
         Self::seal(OwnedFd::from(file), token, kind, bytes, checked)
     }
 
@@ -218,8 +214,7 @@ impl Frozen {
         checked: Option<TypeId>,
     ) -> io::Result<Arc<Frozen>> {
         // SAFETY: fcntl on a descriptor we own; no writable mapping of it remains.
-        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, SEALS | libc::F_SEAL_SEAL) }
-            != 0
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, SEALS | libc::F_SEAL_SEAL) } != 0
         {
             return Err(io::Error::last_os_error());
         }

@@ -9,7 +9,7 @@ mod archived;
 mod frozen;
 mod slice;
 
-pub(crate) use frozen::{keeps_any, sweep, sweep_if_due, IDLE_SWEEP};
 #[cfg(feature = "rkyv")]
 pub use archived::Shared;
+pub(crate) use frozen::{keeps_any, sweep, sweep_if_due, IDLE_SWEEP};
 pub use slice::SharedSlice;

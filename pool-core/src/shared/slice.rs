@@ -105,7 +105,9 @@ fn kind<T: Pod>() -> u64 {
             "SharedSlice supports element alignment up to 128 bytes"
         );
     }
-    0x736c_0000_0000_0000 | ((std::mem::size_of::<T>() as u64) << 8) | std::mem::align_of::<T>() as u64
+    0x736c_0000_0000_0000
+        | ((std::mem::size_of::<T>() as u64) << 8)
+        | std::mem::align_of::<T>() as u64
 }
 
 impl<T: Pod> SharedSlice<T> {
@@ -122,8 +124,10 @@ impl<T: Pod> SharedSlice<T> {
     /// Shared data holding a copy of `data` (written straight into the shared memory: one
     /// copy).
     pub fn from_slice(data: &[T]) -> Result<Self, Error> {
-        let frozen = Frozen::stream(kind::<T>(), None, |w| w.write_all(bytemuck::cast_slice(data)))
-            .map_err(Error::shared)?;
+        let frozen = Frozen::stream(kind::<T>(), None, |w| {
+            w.write_all(bytemuck::cast_slice(data))
+        })
+        .map_err(Error::shared)?;
         Ok(Self::whole(frozen))
     }
 
@@ -155,10 +159,14 @@ impl<T: Pod> SharedSlice<T> {
     /// fastest way to build a large dataset: no copy at all.
     pub fn build(len: usize, fill: impl FnOnce(&mut [T])) -> Result<Self, Error> {
         let bytes = len.checked_mul(std::mem::size_of::<T>()).ok_or_else(|| {
-            Error::Config(format!("a SharedSlice of {len} items does not fit in memory"))
+            Error::Config(format!(
+                "a SharedSlice of {len} items does not fit in memory"
+            ))
         })?;
-        let frozen = Frozen::fill(kind::<T>(), None, bytes, |b| fill(bytemuck::cast_slice_mut(b)))
-            .map_err(Error::shared)?;
+        let frozen = Frozen::fill(kind::<T>(), None, bytes, |b| {
+            fill(bytemuck::cast_slice_mut(b))
+        })
+        .map_err(Error::shared)?;
         Ok(Self::whole(frozen))
     }
 
@@ -295,7 +303,9 @@ impl<'de, T: Pod> Deserialize<'de> for SharedSlice<T> {
         let frozen = Frozen::resolve(&w.data).map_err(D::Error::custom)?;
         let whole = frozen.payload().len() / std::mem::size_of::<T>();
         if frozen.kind() != kind::<T>()
-            || w.start.checked_add(w.len).is_none_or(|end| end > whole as u64)
+            || w.start
+                .checked_add(w.len)
+                .is_none_or(|end| end > whole as u64)
         {
             return Err(D::Error::custom(
                 "a SharedSlice handle out of its data's bounds, or of another element type",

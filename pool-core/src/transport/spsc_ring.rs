@@ -138,7 +138,12 @@ impl SpscRing {
     /// Blocks (spinning briefly, then on the futex) until some space is free.
     pub(crate) fn wait_writable(&self) {
         let w = &self.ctl().wait.0;
-        wait(|| self.writable() > 0, &w.producer_waiting, &w.space_signal, None);
+        wait(
+            || self.writable() > 0,
+            &w.producer_waiting,
+            &w.space_signal,
+            None,
+        );
     }
 
     // --- consumer side ------------------------------------------------------------------------
@@ -247,7 +252,12 @@ impl SpscRing {
     /// Blocks (spinning briefly, then on the futex) until some data is available.
     pub(crate) fn wait_readable(&self) {
         let w = &self.ctl().wait.0;
-        wait(|| self.readable() > 0, &w.consumer_waiting, &w.data_signal, None);
+        wait(
+            || self.readable() > 0,
+            &w.consumer_waiting,
+            &w.data_signal,
+            None,
+        );
     }
 
     /// [`wait_readable`](Self::wait_readable) for at most about `timeout`: returns whether
