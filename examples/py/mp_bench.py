@@ -4,6 +4,7 @@ Run by `cargo run --release -p pool-examples --bin throughput`; prints one JSON 
 {"workload": ..., "value": ..., "unit": ..., "n": ...}.
 Usage: mp_bench.py WORKERS SCALE   (SCALE 1.0 = full sizes, 0.1 = --quick)
 """
+import array
 import json
 import os
 import statistics
@@ -27,6 +28,59 @@ def checksum(b):
     return sum(b[::4096]) + len(b)
 
 
+try:
+    import numpy
+except ImportError:  # the shared-scan row then sums in pure Python
+    numpy = None
+
+_SHM = None
+WINDOW = 1 << 17  # u64s: 1 MiB
+
+
+def attach(name):
+    """Pool initializer: open the shared-scan block once per worker."""
+    global _SHM
+    from multiprocessing import shared_memory
+    # Forked workers share the parent's resource tracker, so this attach registers nothing new
+    # and the parent's unlink is the only one.
+    _SHM = shared_memory.SharedMemory(name=name)
+
+
+def window_sum(i):
+    a = i * WINDOW
+    if numpy is not None:
+        return int(numpy.frombuffer(_SHM.buf, dtype=numpy.uint64, count=WINDOW, offset=a * 8).sum())
+    return sum(_SHM.buf.cast("Q")[a:a + WINDOW]) & 0xFFFFFFFFFFFFFFFF
+
+
+def shared_scan(workers, scale):
+    """shared-scan: distinct 1 MiB windows of a 1 GiB shared_memory block of u64 i at i."""
+    from multiprocessing import shared_memory
+    windows = max(int(1000 * scale), 10)
+    length = -(-windows * 1024 // 1000) * WINDOW
+    shm = shared_memory.SharedMemory(create=True, size=length * 8)
+    try:
+        if numpy is not None:
+            numpy.frombuffer(shm.buf, dtype=numpy.uint64)[:] = numpy.arange(length, dtype=numpy.uint64)
+        else:
+            view = shm.buf.cast("Q")
+            for a in range(0, length, WINDOW):
+                view[a:a + WINDOW] = memoryview(array.array("Q", range(a, a + WINDOW)))
+            del view
+        with Pool(workers, initializer=attach, initargs=(shm.name,)) as p:
+            p.apply(square, (1,))
+            first = timed(lambda: p.map(window_sum, range(windows)))
+            # Warm: the median of five maps after two untimed ones, as for pool-core.
+            warm = sorted([timed(lambda: p.map(window_sum, range(windows))) for _ in range(7)][2:])
+        scanned = windows * WINDOW * 8
+        how = "numpy" if numpy is not None else "pure Python"
+        emit("shared-scan", scanned / warm[2] / 1e9, "GB/s", windows, how)
+        emit("shared-scan-first", scanned / first / 1e9, "GB/s", windows, how)
+    finally:
+        shm.close()
+        shm.unlink()
+
+
 def produce(q, n, item):
     for i in range(n):
         q.put(item if item is not None else i)
@@ -45,8 +99,11 @@ def queue_rate(n, item):
     return n / dt
 
 
-def emit(workload, value, unit, n):
-    print(json.dumps({"workload": workload, "value": value, "unit": unit, "n": n}), flush=True)
+def emit(workload, value, unit, n, how=None):
+    row = {"workload": workload, "value": value, "unit": unit, "n": n}
+    if how:
+        row["how"] = how
+    print(json.dumps(row), flush=True)
 
 
 def timed(fn):
@@ -112,6 +169,8 @@ def main():
         blobs = [blob[i:] + blob[:i] for i in range(count)]
         dt = timed(lambda: p.map(checksum, blobs))
         emit("bytes", count * (1 << 20) / dt / 1e9, "GB/s", count)
+
+    shared_scan(workers, scale)
 
     n = int(200_000 * scale)
     emit("queue-small", queue_rate(n, None), "items/s", n)

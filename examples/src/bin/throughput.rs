@@ -17,6 +17,8 @@
 //! | `apply-latency-p50/p99` | sequential `apply(square, i)`, round trip | µs |
 //! | `cpu` | 400 tasks of ~3 ms of pure computation: speed-up over one core | × |
 //! | `bytes` | `map` over 200 distinct 1 MiB `Vec<u8>`, each returning a checksum | GB/s |
+//! | `shared-scan` | 1,000 tasks, each summing a distinct 1 MiB window of a 1 GiB `SharedSlice<u64>` (built once, outside the timing; warm: the median of 5 maps after 2 untimed ones); rayon sums the same windows of a `Vec<u64>`, Python's `Pool` the same windows of a `multiprocessing.shared_memory` block | GB/s scanned |
+//! | `shared-scan-first` | the first such map after the data is built: workers map it and fault its pages in | GB/s scanned |
 //! | `startup-first-result` | `Pool::new()` to the first result | ms |
 //! | `startup-join-idle` | `close()` + `join()` of an idle pool | ms |
 //! | `queue-small` | a `Queue<u64>` (bounded to 1,024 items) from a producer `Process` to the consumer here; rayon's column: a crossbeam channel between two threads | items/s |
@@ -38,7 +40,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use pool_core::{task, Pool, Process, Queue};
+use pool_core::{task, Pool, Process, Queue, SharedSlice};
 
 use rayon::prelude::*;
 
@@ -62,6 +64,83 @@ fn busy(iters: u64) -> u64 {
 #[task]
 fn checksum(bytes: Vec<u8>) -> u64 {
     sample_sum(&bytes)
+}
+
+/// One window of the `shared-scan` data, summed: the handle arrives, the numbers are read
+/// where the parent wrote them.
+#[task]
+fn window_sum(window: SharedSlice<u64>) -> u64 {
+    scan(&window)
+}
+
+fn scan(xs: &[u64]) -> u64 {
+    xs.iter().fold(0u64, |a, &x| a.wrapping_add(x))
+}
+
+/// 1 MiB of `u64`s: one `shared-scan` window.
+const WINDOW: usize = 1 << 17;
+
+/// `shared-scan`: the same windows of the same numbers, summed by pool-core workers from a
+/// `SharedSlice` and by rayon threads from a `Vec`.
+fn bench_shared(o: &Options, rows: &mut Vec<Row>, bar: &ProgressBar) -> Result<(), pool_core::Error> {
+    let windows = n(1000, o.scale).max(10);
+    // 1 GiB at full scale: 1,024 windows, of which the map reads 1,000 distinct ones.
+    let len = (windows * 1024).div_ceil(1000) * WINDOW;
+    let bytes = (windows * WINDOW * 8) as f64;
+    let pool = Pool::builder().processes(o.workers).build()?;
+    pool.apply(square, 1)?;
+    let data = SharedSlice::build(len, |s| {
+        for (i, x) in s.iter_mut().enumerate() {
+            *x = i as u64;
+        }
+    })?;
+    let handles = || data.chunks_of(WINDOW).take(windows);
+    let (first, d) = timed(|| pool.map(window_sum, handles()));
+    let first = first?;
+    // Warm: the median of five maps after two more untimed ones. A window lands on whichever
+    // worker is free, so for the first few maps a worker still faults in pages it has not
+    // touched yet; after that each has every page mapped.
+    let mut warm = Vec::new();
+    for i in 0..7 {
+        let (v, d) = timed(|| pool.map(window_sum, handles()));
+        assert_eq!(v?, first);
+        if i >= 2 {
+            warm.push(secs(d));
+        }
+    }
+    warm.sort_by(f64::total_cmp);
+    {
+        let mut push = recorder("pool-core", rows, bar);
+        push("shared-scan", bytes / warm[2] / 1e9, "GB/s", windows);
+        push("shared-scan-first", bytes / secs(d) / 1e9, "GB/s", windows);
+    }
+    pool.close();
+    pool.join()?;
+    drop(data);
+
+    let vec: Vec<u64> = (0..len as u64).collect();
+    let threads = rayon::ThreadPoolBuilder::new()
+        .num_threads(o.workers)
+        .build()
+        .expect("rayon pool");
+    let mut warm = Vec::new();
+    for i in 0..7 {
+        let (v, d) = timed(|| {
+            threads.install(|| {
+                vec.par_chunks(WINDOW)
+                    .take(windows)
+                    .map(scan)
+                    .collect::<Vec<_>>()
+            })
+        });
+        assert_eq!(v, first, "rayon and pool-core summed different numbers");
+        if i >= 2 {
+            warm.push(secs(d));
+        }
+    }
+    warm.sort_by(f64::total_cmp);
+    recorder("rayon", rows, bar)("shared-scan", bytes / warm[2] / 1e9, "GB/s", windows);
+    Ok(())
 }
 
 fn sample_sum(bytes: &[u8]) -> u64 {
@@ -523,6 +602,9 @@ fn bench_python(o: &Options, rows: &mut Vec<Row>, bar: &ProgressBar) {
         };
         bar.inc(1);
         bar.set_message(format!("python {w}"));
+        if let Some(how) = field("how") {
+            eprintln!("python {w}: summed with {how}");
+        }
         rows.push(Row {
             workload: w,
             system: "python",
@@ -534,7 +616,7 @@ fn bench_python(o: &Options, rows: &mut Vec<Row>, bar: &ProgressBar) {
     let _ = child.wait();
 }
 
-const WORKLOADS: [&str; 14] = [
+const WORKLOADS: [&str; 16] = [
     "map-tiny",
     "map-chunk1",
     "apply-async",
@@ -542,6 +624,8 @@ const WORKLOADS: [&str; 14] = [
     "apply-latency-p99",
     "cpu",
     "bytes",
+    "shared-scan",
+    "shared-scan-first",
     "startup-first-result",
     "startup-join-idle",
     "queue-small",
@@ -713,7 +797,7 @@ fn main() -> Result<(), pool_core::Error> {
     let mut rows = Vec::new();
     let systems = if o.python { 3 } else { 2 };
     let bar = if o.progress {
-        let bar = ProgressBar::new(systems * 11);
+        let bar = ProgressBar::new(systems * 13);
         bar.set_style(
             ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
                 .expect("a valid template"),
@@ -724,6 +808,7 @@ fn main() -> Result<(), pool_core::Error> {
     };
     bench_pool(&o, k, &mut rows, &bar)?;
     bench_rayon(&o, k, &mut rows, &bar);
+    bench_shared(&o, &mut rows, &bar)?;
     if o.python {
         bench_python(&o, &mut rows, &bar);
     }

@@ -70,6 +70,7 @@ pub(crate) struct Frozen {
     _fd: Option<OwnedFd>,
     /// The type a typed view has checked the payload as, in this process (archives are checked
     /// once per mapping, not per task).
+    #[cfg_attr(not(feature = "rkyv"), allow(dead_code))]
     checked: OnceLock<TypeId>,
 }
 
@@ -354,6 +355,7 @@ impl Frozen {
     /// Runs `check` on the payload as type `as_type`, once per mapping in this process: later
     /// calls for the same type succeed at once. (The creator's object counts as checked as the
     /// type that wrote it.)
+    #[cfg_attr(not(feature = "rkyv"), allow(dead_code))]
     pub(crate) fn check_once(
         &self,
         as_type: TypeId,
