@@ -50,6 +50,15 @@
 //! effects should therefore be idempotent — keyed writes, upserts, checks before acting — or
 //! accept being repeated.
 //!
+//! # Big datasets
+//!
+//! `pool_core::SharedSlice` and `Shared` share memory between processes of one machine: their
+//! handles name a descriptor of the creating process, so a worker on another machine cannot
+//! map them (its task gets an argument error, never other memory). Across machines, put the
+//! dataset where every worker can read it — a file on shared storage that each worker maps
+//! (with `memmap2`, say) once per process, or an object store — and send its path and the
+//! window each task reads as the task's arguments; keep what a task sends through Redis small.
+//!
 //! # Security
 //!
 //! A worker runs only tasks registered in its own binary, with arguments decoded as their typed

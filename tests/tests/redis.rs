@@ -79,7 +79,7 @@ fn a_hundred_thousand_tasks_through_two_workers() {
         assert_eq!(unordered, (0..500u64).map(|i| i * i).collect::<Vec<_>>());
         let pending: Vec<_> = (0..1000).map(|i| pool.apply_async(square, i)).collect();
         let sum: u64 = pending.into_iter().map(|r| r.get().unwrap()).sum();
-        assert_eq!(sum, (0..1000u64).map(|i| i * i).sum());
+        assert_eq!(sum, (0..1000u64).map(|i| i * i).sum::<u64>());
         assert_eq!(
             pool.map(square, Vec::<u64>::new()).unwrap(),
             Vec::<u64>::new()

@@ -82,7 +82,11 @@ const WINDOW: usize = 1 << 17;
 
 /// `shared-scan`: the same windows of the same numbers, summed by pool-core workers from a
 /// `SharedSlice` and by rayon threads from a `Vec`.
-fn bench_shared(o: &Options, rows: &mut Vec<Row>, bar: &ProgressBar) -> Result<(), pool_core::Error> {
+fn bench_shared(
+    o: &Options,
+    rows: &mut Vec<Row>,
+    bar: &ProgressBar,
+) -> Result<(), pool_core::Error> {
     let windows = n(1000, o.scale).max(10);
     // 1 GiB at full scale: 1,024 windows, of which the map reads 1,000 distinct ones.
     let len = (windows * 1024).div_ceil(1000) * WINDOW;

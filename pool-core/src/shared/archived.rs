@@ -61,8 +61,11 @@ use crate::Error;
 /// ```
 pub struct Shared<T: Archive> {
     frozen: Arc<Frozen>,
-    _t: PhantomData<(fn() -> T, Archived<T>)>,
+    _t: Marker<T>,
 }
+
+/// `Shared<T>` is `Send`/`Sync` as `&Archived<T>` is, whatever `T` itself is.
+type Marker<T> = PhantomData<(fn() -> T, Archived<T>)>;
 
 /// What names `T` on the wire: a hash of its type name. A receiver of another type gets an
 /// error; a collision would still be caught by the archive check.

@@ -322,7 +322,7 @@ impl Frozen {
                     keep: Some(frozen.clone()),
                 },
             );
-            if !old.is_some_and(|e| e.keep.is_some()) {
+            if old.is_none_or(|e| e.keep.is_none()) {
                 KEPT.fetch_add(1, Ordering::Relaxed);
             }
             frozen
