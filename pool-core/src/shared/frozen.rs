@@ -19,7 +19,8 @@
 //!   and the creator no longer holds the object (`/proc/CREATOR/fd/N` is gone or names another
 //!   file). A worker checks this between jobs (at most every [`SWEEP_NS`]) and, while idle, on a
 //!   timer ([`IDLE_SWEEP`]); so the memory is freed shortly after the creator drops its last
-//!   handle, whether or not more jobs come.
+//!   handle, whether or not more jobs come. Other processes check whenever they receive a
+//!   handle.
 //! - **Fork.** A child forked while the object exists inherits its mapping and descriptor, as it
 //!   inherits all memory; they go when the child exits. (Pool workers forked *before* the object
 //!   was made hold nothing of it until a handle reaches them.) The table changes only under the
@@ -249,6 +250,9 @@ impl Frozen {
     /// The object `r` names: this process's mapping if it has one, else opened through the
     /// creator's descriptor and kept for later handles.
     pub(crate) fn resolve(r: &FrozenRef) -> io::Result<Arc<Frozen>> {
+        // Processes that are not workers (a `Process`, the parent receiving a handle back)
+        // have no job loop to sweep from: each handle they receive does it.
+        sweep_if_due(sys::monotonic_ns());
         let found = table(|t| t.get(&r.token).and_then(|e| e.weak.upgrade()));
         let frozen = match found {
             Some(f) => f,
