@@ -188,40 +188,20 @@ pub(crate) fn memfd(len: usize) -> io::Result<OwnedFd> {
 impl SharedMapping {
     /// Maps `len` bytes of the shared-memory file `fd`.
     pub(crate) fn from_fd(fd: RawFd, len: usize) -> io::Result<Self> {
-        // SAFETY: a shared mapping of a file at an address of the kernel's choosing aliases no
-        // memory of ours; the file is at least `len` bytes long (the caller made it so).
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(ptr.cast()).ok_or_else(io::Error::last_os_error)?;
-        Ok(SharedMapping { ptr, len })
+        Self::map_file(fd, len, libc::PROT_READ | libc::PROT_WRITE)
     }
 
     /// Maps `len` bytes of the file `fd` read-only: a write through the mapping faults, and
     /// `mprotect` cannot make it writable when the descriptor was opened read-only or the file
     /// is sealed against writes.
     pub(crate) fn read_only(fd: RawFd, len: usize) -> io::Result<Self> {
-        // SAFETY: as in `from_fd`, with read access only.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
+        Self::map_file(fd, len, libc::PROT_READ)
+    }
+
+    fn map_file(fd: RawFd, len: usize, prot: libc::c_int) -> io::Result<Self> {
+        // SAFETY: a shared mapping of a file at an address of the kernel's choosing aliases no
+        // memory of ours; the file is at least `len` bytes long (the caller made it so).
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, 0) };
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }

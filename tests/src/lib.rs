@@ -18,6 +18,15 @@ pub fn start_method(name: &str) -> pool_core::StartMethod {
     }
 }
 
+/// A pool of two workers started with `method`, for the helper binaries.
+pub fn pool_of(method: pool_core::StartMethod) -> pool_core::Pool {
+    pool_core::Pool::builder()
+        .processes(2)
+        .start_method(method)
+        .build()
+        .expect("pool starts")
+}
+
 /// The number of open descriptors of this process.
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")

@@ -11,8 +11,8 @@
 use std::time::{Duration, Instant};
 
 use pool_core::{task, Pool, StartMethod};
-use pool_tests::start_method;
 use pool_tests::tasks::{abort_now, exit_with, square};
+use pool_tests::{pool_of, start_method};
 
 /// Builds a pool inside the worker (with `method`, or the default) and sums a map in it.
 #[task]
@@ -39,14 +39,6 @@ fn close_all_fds(x: u64) -> u64 {
     // SAFETY: close_range only closes descriptors; nothing in this task uses one afterwards.
     unsafe { libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) };
     x + 1
-}
-
-fn pool_of(method: StartMethod) -> Pool {
-    Pool::builder()
-        .processes(2)
-        .start_method(method)
-        .build()
-        .expect("pool starts")
 }
 
 #[pool_core::main]

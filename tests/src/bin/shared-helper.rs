@@ -18,8 +18,8 @@
 use std::time::{Duration, Instant};
 
 use pool_core::rkyv::{self, Archive};
-use pool_core::{task, Pool, Shared, SharedSlice, StartMethod};
-use pool_tests::start_method;
+use pool_core::{task, Pool, Shared, SharedSlice};
+use pool_tests::{pool_of, start_method};
 
 /// The value at index `i` of the test data: distinct everywhere, so a wrong offset shows.
 fn pattern(i: usize) -> u64 {
@@ -121,14 +121,6 @@ struct Table {
 fn lookup(t: Shared<Table>, i: u32) -> (String, String) {
     let row = &t.rows[i as usize];
     (t.name.to_string(), format!("{}:{}", row.0, row.1))
-}
-
-fn pool_of(method: StartMethod) -> Pool {
-    Pool::builder()
-        .processes(2)
-        .start_method(method)
-        .build()
-        .expect("pool starts")
 }
 
 fn devshm() -> Vec<String> {
