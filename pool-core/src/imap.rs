@@ -286,7 +286,7 @@ impl Pool {
     ///
     /// let pool = Pool::builder().processes(2).build()?;
     /// let total: u64 = pool.imap_chunked(square, 0..10_000, 256).map(Result::unwrap).sum();
-    /// assert_eq!(total, (0..10_000u64).map(|x| x * x).sum());
+    /// assert_eq!(total, (0..10_000u64).map(|x| x * x).sum::<u64>());
     /// # Ok::<(), pool_core::Error>(())
     /// ```
     pub fn imap_chunked<T, I>(

@@ -30,6 +30,10 @@ use crate::Error;
 /// an argument error, never undefined behaviour; that check reads the whole archive once per
 /// worker.
 ///
+/// Turning the feature on brings in rkyv's comparisons between native and archived integers
+/// (`u64 == Archived<u64>` …); a `sum()` or `parse()` whose type was inferred from an
+/// `assert_eq!` may then need its type spelled out (`sum::<u64>()`).
+///
 /// The archived form is what `#[derive(rkyv::Archive)]` makes of `T` (`ArchivedString`,
 /// `ArchivedVec`, `ArchivedHashMap` …); call [`rkyv::deserialize`] on it for an owned `T`.
 ///
