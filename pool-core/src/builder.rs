@@ -89,6 +89,56 @@ impl PoolBuilder {
         self
     }
 
+    /// A soft time limit per task: once a task has run this long, [`cancelled()`](crate::cancelled)
+    /// turns true inside it, so it can clean up and return (its value is delivered as usual).
+    /// A task still running after the [`cancel_grace`](Self::cancel_grace) more is stopped:
+    /// its worker exits and is replaced, and the call fails with [`Error::Timeout`](crate::Error::Timeout).
+    /// Celery's `soft_time_limit`; a hard [`task_timeout`](Self::task_timeout) still applies
+    /// on its own. For a chunk of a `map` the limit is per item, times the chunk's items.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Error, Pool};
+    /// use std::time::Duration;
+    ///
+    /// #[task]
+    /// fn polite() -> String {
+    ///     while !pool_core::cancelled() {
+    ///         std::thread::sleep(Duration::from_millis(1));
+    ///     }
+    ///     "cleaned up".to_string()
+    /// }
+    ///
+    /// #[task]
+    /// fn stubborn() {
+    ///     loop {
+    ///         std::hint::spin_loop();
+    ///     }
+    /// }
+    ///
+    /// let pool = Pool::builder()
+    ///     .processes(1)
+    ///     .soft_timeout(Duration::from_millis(100))
+    ///     .build()?;
+    /// assert_eq!(pool.apply(polite, ())?, "cleaned up");
+    /// assert!(matches!(pool.apply(stubborn, ()), Err(Error::Timeout { .. })));
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
+    pub fn soft_timeout(mut self, limit: Duration) -> Self {
+        self.workers.soft_timeout = Some(limit);
+        self
+    }
+
+    /// How long a task asked to stop — its call cancelled
+    /// ([`AsyncResult::cancel`](crate::AsyncResult::cancel)) or past the
+    /// [`soft_timeout`](Self::soft_timeout) — may take to return before its worker is stopped
+    /// (the worker exits and is replaced). Default: 50 ms. Zero stops the worker at once.
+    pub fn cancel_grace(mut self, grace: Duration) -> Self {
+        self.workers.cancel_grace = Some(grace);
+        self
+    }
+
     /// Replaces each worker after it has run `n` jobs (a call, or a chunk of a `map`), as
     /// Python's `maxtasksperchild` does: a way to bound what a leaky library can accumulate.
     /// Default: never. Must be at least 1.

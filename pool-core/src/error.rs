@@ -162,6 +162,11 @@ pub enum Error {
     #[error("the input iterator broke its contract: {0}")]
     BadIterator(String),
 
+    /// The work was cancelled ([`AsyncResult::cancel`](crate::AsyncResult::cancel), or an
+    /// [`Imap`](crate::Imap) cancelled or dropped) before it finished.
+    #[error("the work was cancelled")]
+    Cancelled,
+
     /// The pool was configured with values it cannot work with.
     #[error("invalid pool configuration: {0}")]
     Config(String),

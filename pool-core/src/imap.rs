@@ -24,6 +24,9 @@ pub(crate) struct ChannelSink {
     /// Spliced buffers given back, for the receiver to free on its own thread; `None` when
     /// they are freed where they are given back (see [`Sink::give_back`]).
     given_back: Option<std::sync::Mutex<Vec<Spliced>>>,
+    /// Set when the iterator is cancelled or dropped with chunks out: the engine must not
+    /// begin them, and stops the ones running.
+    cancelled: std::sync::atomic::AtomicBool,
 }
 
 impl ChannelSink {
@@ -43,8 +46,16 @@ impl ChannelSink {
             tx,
             waker: std::sync::Mutex::new(None),
             given_back: given_back.then(|| std::sync::Mutex::new(Vec::new())),
+            cancelled: std::sync::atomic::AtomicBool::new(false),
         });
         (sink, rx)
+    }
+
+    /// Marks every chunk of this sink cancelled; returns whether it was not already.
+    pub(crate) fn cancel(&self) -> bool {
+        !self
+            .cancelled
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Frees the buffers given back so far, on the calling thread.
@@ -61,6 +72,10 @@ impl ChannelSink {
 }
 
 impl Sink for ChannelSink {
+    fn is_cancelled(&self, _part: usize) -> bool {
+        self.cancelled.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn give_back(&self, spliced: Spliced) {
         match &self.given_back {
             Some(given_back) => {
@@ -96,7 +111,9 @@ impl Sink for ChannelSink {
 /// The ordered form yields results in input order; the unordered form yields chunks as they
 /// finish. A failed item yields its error and the iteration goes on.
 ///
-/// Dropping the iterator early is fine: chunks already submitted finish and are discarded.
+/// Dropping the iterator early cancels the chunks it has not received, as
+/// [`cancel`](Self::cancel) does: those not begun never begin, and running ones are stopped
+/// (on a local pool; see [`AsyncResult::cancel`](crate::AsyncResult::cancel)).
 ///
 /// If the input iterator panics, the items it yielded before the panic are still computed and
 /// yielded, in order; the panic then resumes from `next` (as CPython's `imap` raises the
@@ -454,6 +471,57 @@ impl<T: Task, I: Iterator<Item = T::Args>> Imap<'_, T, I> {
                 self.next_yield += 1;
             }
             self.unpack(index, result);
+        }
+    }
+}
+
+impl<T: Task, I> Imap<'_, T, I> {
+    /// Cancels the chunks not yet received and ends the iteration: chunks not begun never
+    /// begin, and running ones are asked to stop ([`cancelled()`](crate::cancelled) turns true
+    /// in their tasks) and stopped after the pool's cancel grace, as with
+    /// [`AsyncResult::cancel`](crate::AsyncResult::cancel). No more input is read. Returns
+    /// whether anything was left to cancel. Dropping the iterator does the same.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Pool};
+    /// use std::time::Duration;
+    ///
+    /// #[task]
+    /// fn slow(x: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(20));
+    ///     x
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let mut it = pool.imap(slow, 0..1_000);
+    /// assert_eq!(it.next().transpose()?, Some(0));
+    /// assert!(it.cancel()); // the other 999 are not run
+    /// assert!(it.next().is_none());
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
+    pub fn cancel(&mut self) -> bool {
+        if !self.owner.is_here() {
+            return false;
+        }
+        let pending = self.input.is_some() || !self.in_flight.is_empty();
+        self.input = None;
+        self.input_panic = None;
+        self.in_flight.clear();
+        self.early.clear();
+        self.ready.clear();
+        if self.sink.cancel() {
+            crate::cancel::requested();
+        }
+        pending
+    }
+}
+
+impl<T: Task, I> Drop for Imap<'_, T, I> {
+    fn drop(&mut self) {
+        if !self.in_flight.is_empty() && self.owner.is_here() && self.sink.cancel() {
+            crate::cancel::requested();
         }
     }
 }

@@ -24,6 +24,12 @@ pub(crate) trait Sink: Send + Sync {
     fn give_back(&self, spliced: Spliced) {
         drop(spliced);
     }
+
+    /// Whether the caller cancelled part `part`: the job must then not begin, or must be
+    /// stopped (see `cancel`). Asked only once something in the process was cancelled.
+    fn is_cancelled(&self, _part: usize) -> bool {
+        false
+    }
 }
 
 /// One frame of work (one `apply`, or one chunk of a `map`) and what to do with its result.
@@ -57,6 +63,13 @@ pub(crate) struct Job {
 }
 
 impl Job {
+    /// Whether the caller cancelled this job (see [`Sink::is_cancelled`]).
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.sink
+            .as_ref()
+            .is_some_and(|s| s.is_cancelled(self.part))
+    }
+
     #[inline]
     pub(crate) fn new(frame: Vec<u8>, task: TaskName, sink: Arc<dyn Sink>, part: usize) -> Self {
         Self::with_spliced((frame, Spliced::default()), task, sink, part)

@@ -176,6 +176,7 @@
 
 mod apply;
 mod builder;
+mod cancel;
 mod driver;
 mod engine;
 mod error;
@@ -199,6 +200,7 @@ mod transport;
 mod worker;
 
 pub use builder::PoolBuilder;
+pub use cancel::cancelled;
 pub use error::{Error, ExitCause};
 pub use executor::Executor;
 pub use imap::Imap;

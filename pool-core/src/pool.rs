@@ -83,6 +83,8 @@ impl Pool {
         let (sender, queue) = crate::driver::jobqueue::unbounded();
         let bell = sys::eventfd().map_err(Error::spawn)?;
         let shared = Arc::new(Shared::new(sender, processes, bell, task_timeout));
+        let listener: Arc<dyn crate::cancel::Listener> = shared.clone();
+        crate::cancel::register(Arc::downgrade(&listener));
         let pool = Pool {
             shared: Arc::clone(&shared),
             collector: Mutex::new(None),

@@ -40,6 +40,8 @@ pub struct PoolStats {
     pub tasks_completed: u64,
     /// Tasks that ended in an error (a panic, a dead worker, bad arguments, termination …).
     pub tasks_failed: u64,
+    /// Tasks whose caller cancelled them before they finished (not counted as failed).
+    pub tasks_cancelled: u64,
     /// Worker processes running now.
     pub workers_alive: usize,
     /// Workers that died and were replaced.
@@ -63,6 +65,7 @@ impl PoolStats {
             tasks_submitted: c.submitted.load(Ordering::Relaxed),
             tasks_completed: c.completed.load(Ordering::Relaxed),
             tasks_failed: c.failed.load(Ordering::Relaxed),
+            tasks_cancelled: c.cancelled.load(Ordering::Relaxed),
             workers_alive: shared.worker_pids().len(),
             workers_replaced: c.replaced.load(Ordering::Relaxed),
             queue_depth: shared.queue_len(),

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 
 use crate::registry;
 use crate::transport::envelope;
-use crate::transport::region::{Bell, Region, EXIT_BELL_LOST};
+use crate::transport::region::{Bell, Region, EXIT_BELL_LOST, SKIP_SLOTS};
 use crate::wire::frame::{self, Request, ResultsWriter};
 
 /// Buffers that grew past this for one big job are given back afterwards.
@@ -27,6 +27,11 @@ const KEEP_BUFFER: usize = 256 << 20;
 /// ring's end, are copied out first.
 pub(crate) fn run(region: &Region, bell: i32) -> i32 {
     let bell = &Bell::new(bell);
+    // SAFETY: the region is mapped for the rest of this process's life (a worker never
+    // returns from serving but to exit), so its header may be taken as `'static`.
+    let header: &'static crate::transport::region::Header =
+        unsafe { &*(region.header() as *const crate::transport::region::Header) };
+    crate::cancel::enter_worker(&header.stop.0);
     let mut state = State {
         output: Vec::new(),
         last: None,
@@ -100,7 +105,16 @@ impl State {
         // load when this worker keeps none).
         crate::shared::sweep_if_due(started);
         header.job_started_ns.store(started, Ordering::Relaxed);
-        header.jobs_started.0.fetch_add(1, Ordering::SeqCst);
+        let seq = header.jobs_started.0.fetch_add(1, Ordering::SeqCst);
+        // After counting the job as begun (see `cancel`): a job cancelled before it began is
+        // answered without running.
+        let skip = &header.skip[seq as usize % SKIP_SLOTS];
+        if skip.load(Ordering::SeqCst) == seq + 1 {
+            ResultsWriter::skipped(&mut self.output);
+            self.send(region, bell, started);
+            return None;
+        }
+        crate::cancel::begin(seq);
 
         let output = &mut self.output;
         match frame::parse_request(frame) {
@@ -120,6 +134,15 @@ impl State {
             },
             Err(_) => return Some(3),
         }
+        crate::cancel::end();
+        self.send(region, bell, started);
+        None
+    }
+
+    /// Sends the result frame in `output` for a job begun at `started`.
+    fn send(&mut self, region: &Region, bell: &Bell, started: u64) {
+        let header = region.header();
+        let output = &mut self.output;
         let ended = crate::sys::monotonic_ns();
         let busy = ended.saturating_sub(started);
         header.busy_ns.fetch_add(busy, Ordering::Relaxed);
@@ -133,7 +156,6 @@ impl State {
         write_all(region, bell, output);
         region.results().wake_consumer();
         region.poke_parent(bell);
-        None
     }
 }
 

@@ -64,6 +64,8 @@ pub(crate) struct Collector {
     pub(super) guard: RestartGuard,
     /// What each task's items take (see `schedule`).
     pub(super) estimates: Estimates,
+    /// The process's cancel epoch when this collector last looked at its jobs (see `cancel`).
+    pub(super) cancel_epoch: u64,
 }
 
 impl Collector {
@@ -87,6 +89,7 @@ impl Collector {
             retry: VecDeque::new(),
             last_death_check: Instant::now(),
             estimates: Estimates::default(),
+            cancel_epoch: 0,
         };
         for i in 0..collector.seats.len() {
             collector.spawn(i)?;
@@ -111,6 +114,11 @@ impl Collector {
                 self.retire_if_done(i);
             }
             self.check_initializers();
+            let epoch = crate::cancel::epoch();
+            if epoch != self.cancel_epoch {
+                self.cancel_epoch = epoch;
+                self.stop_cancelled();
+            }
             progress |= self.dispatch();
             self.check_timeouts();
             if self.finished() {
@@ -166,6 +174,9 @@ impl Collector {
                     match seat.pop() {
                         Some(job) => {
                             seat.answered += 1;
+                            if seat.stopping.is_some_and(|s| s.seq < seat.answered) {
+                                seat.stopping = None; // the stopped job returned
+                            }
                             if !job.internal && self.guard.answered() {
                                 // A worker of the round after a backoff did real work: healed.
                                 trace::pool_healed();
@@ -198,8 +209,20 @@ impl Collector {
         progress
     }
 
-    /// The next job to send: retries first, then the queue.
+    /// The next job to send: retries first, then the queue. Jobs cancelled meanwhile are
+    /// answered here, never sent.
     pub(super) fn next_job(&mut self) -> Option<Job> {
+        loop {
+            let job = self.next_queued()?;
+            if self.cancel_epoch != 0 && job.is_cancelled() {
+                settle(&self.shared, job, Err(Error::Cancelled));
+                continue;
+            }
+            return Some(job);
+        }
+    }
+
+    fn next_queued(&mut self) -> Option<Job> {
         if let Some(job) = self.retry.pop_front() {
             return Some(job);
         }
@@ -213,6 +236,26 @@ impl Collector {
                 self.queue_open = false;
                 None
             }
+        }
+    }
+
+    /// Something was cancelled: answers the cancelled jobs waiting here and stops the ones at
+    /// workers (see `cancel`).
+    fn stop_cancelled(&mut self) {
+        let (cancelled, kept): (VecDeque<Job>, VecDeque<Job>) =
+            self.retry.drain(..).partition(Job::is_cancelled);
+        self.retry = kept;
+        for job in cancelled {
+            settle(&self.shared, job, Err(Error::Cancelled));
+        }
+        let now = sys::monotonic_ns();
+        let grace = self
+            .settings
+            .cancel_grace()
+            .as_nanos()
+            .min(u64::MAX as u128) as u64;
+        for seat in &mut self.seats {
+            seat.stop_cancelled(now, grace);
         }
     }
 
@@ -333,13 +376,22 @@ impl Collector {
     }
 }
 
-/// Resolves a job and counts its items as completed or failed.
+/// Resolves a job and counts its items as completed, failed or cancelled. A cancelled job's
+/// outcome is `Cancelled`, whatever its worker answered.
 pub(super) fn settle(shared: &Shared, job: Job, outcome: Result<ResultFrame, Error>) {
     if job.internal {
         job.complete(outcome);
         return;
     }
     let items = u64::from(job.items);
+    if crate::cancel::epoch() != 0 && job.is_cancelled() {
+        shared
+            .counters
+            .cancelled
+            .fetch_add(items, Ordering::Relaxed);
+        job.complete(Err(Error::Cancelled));
+        return;
+    }
     let failed = match &outcome {
         Ok(frame) => u64::from(frame.failed(job.items)),
         Err(_) => items,

@@ -121,7 +121,7 @@ impl RestartGuard {
 /// initializer always crashes still stops fork-looping there.
 pub(super) fn self_inflicted(cause: ExitCause) -> bool {
     match cause {
-        ExitCause::Exited(code) => code != EXIT_BELL_LOST,
+        ExitCause::Exited(code) => code != EXIT_BELL_LOST && code != crate::cancel::EXIT_STOPPED,
         ExitCause::Signal(sig) => matches!(
             sig,
             libc::SIGSEGV

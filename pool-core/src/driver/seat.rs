@@ -9,6 +9,7 @@ use super::schedule::{room_behind, Queued};
 use crate::job::Job;
 use crate::start::WorkerProcess;
 use crate::transport::envelope::{self, RESULT_HEAD};
+use crate::transport::region::SKIP_SLOTS;
 use crate::Error;
 
 /// One worker and the jobs at it.
@@ -43,7 +44,24 @@ pub(super) struct Seat {
     /// The running job ran past `limit`; the worker got SIGTERM and gets SIGKILL at
     /// `sigkill_at` (monotonic ns) if it is still there.
     pub(super) timed_out: Option<(Duration, u64)>,
+    /// The running job was asked to stop (cancelled, or past its soft limit): see `cancel`.
+    pub(super) stopping: Option<Stop>,
 }
+
+/// A running job asked to stop, and when its worker gets the stop signal and SIGKILL
+/// (monotonic ns; `u64::MAX` once sent).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Stop {
+    /// The job's sequence number at its worker (see `cancel`).
+    pub(super) seq: u64,
+    pub(super) signal_at: u64,
+    pub(super) kill_at: u64,
+    /// `Some(limit)` for a soft time limit: the job fails with `Timeout` if its worker dies.
+    pub(super) timeout: Option<Duration>,
+}
+
+/// How long after the stop signal a worker still on the same job gets SIGKILL.
+const STOP_KILL_AFTER_NS: u64 = 1_000_000_000;
 
 /// A result frame being read: its header (`len:u64 busy_ns:u64`), then its body.
 #[derive(Default)]
@@ -120,7 +138,68 @@ impl Seat {
             over_memory: false,
             timed_out: None,
             doomed: None,
+            stopping: None,
         }
+    }
+
+    /// Stops this worker's cancelled jobs: the ones not begun are marked to be skipped, the
+    /// running one is asked to stop, with its stop signal due after `grace_ns`.
+    pub(super) fn stop_cancelled(&mut self, now: u64, grace_ns: u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let Some(process) = &self.process else {
+            return;
+        };
+        let header = process.region.header();
+        let mut running = None;
+        for index in 0..self.in_flight.len() {
+            if !self.in_flight[index].0.is_cancelled() {
+                continue;
+            }
+            let seq = self.answered + index as u64;
+            if header.jobs_started.0.load(SeqCst) <= seq {
+                header.skip[seq as usize % SKIP_SLOTS].store(seq + 1, SeqCst);
+                if header.jobs_started.0.load(SeqCst) <= seq {
+                    continue; // the worker will see the slot as it begins the job
+                }
+            }
+            // Begun: stop it if it is still the one running (else it is answered already).
+            if header.jobs_started.0.load(SeqCst) == seq + 1 {
+                running = Some(seq);
+            }
+        }
+        if let Some(seq) = running {
+            self.stop_running(seq, now, grace_ns, None);
+        }
+    }
+
+    /// Asks the running job `seq` to stop (its worker's `stop` word), with the stop signal due
+    /// after `grace_ns`. Does nothing if a stop is under way already.
+    pub(super) fn stop_running(
+        &mut self,
+        seq: u64,
+        now: u64,
+        grace_ns: u64,
+        timeout: Option<Duration>,
+    ) {
+        let Some(process) = &self.process else {
+            return;
+        };
+        if self.stopping.is_some() {
+            return;
+        }
+        process
+            .region
+            .header()
+            .stop
+            .0
+            .store(seq + 1, std::sync::atomic::Ordering::SeqCst);
+        let signal_at = now.saturating_add(grace_ns);
+        self.stopping = Some(Stop {
+            seq,
+            signal_at,
+            kill_at: signal_at.saturating_add(STOP_KILL_AFTER_NS),
+            timeout,
+        });
     }
 
     /// Whether a job expected to run `expected` ns (`None`: unknown) may go to this worker now:
@@ -131,6 +210,7 @@ impl Seat {
             || self.retiring
             || self.over_memory
             || self.timed_out.is_some()
+            || self.stopping.is_some()
             || self.doomed.is_some()
             || max_jobs.is_some_and(|max| self.sent >= max)
         {

@@ -44,6 +44,7 @@ pub(crate) struct Counters {
     pub(crate) submitted: AtomicU64,
     pub(crate) completed: AtomicU64,
     pub(crate) failed: AtomicU64,
+    pub(crate) cancelled: AtomicU64,
     pub(crate) replaced: AtomicU64,
     /// Nanoseconds each worker slot has spent running tasks, over all its processes.
     pub(crate) busy_ns: Vec<AtomicU64>,
@@ -231,5 +232,12 @@ impl Shared {
             .iter()
             .filter_map(|slot| lock(slot).map(Pid::as_raw))
             .collect()
+    }
+}
+
+impl crate::cancel::Listener for Shared {
+    /// Something was cancelled: the collector looks at its jobs when it wakes.
+    fn cancel_requested(&self) {
+        self.wake_collector();
     }
 }

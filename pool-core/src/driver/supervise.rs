@@ -19,6 +19,11 @@ use crate::start;
 use crate::transport::envelope;
 use crate::{sys, trace, Error};
 
+/// The stop signal, as `nix` names it.
+fn cancel_signal() -> Signal {
+    Signal::try_from(crate::cancel::STOP_SIGNAL).unwrap_or(Signal::SIGKILL)
+}
+
 /// How long a worker asked to exit gets before SIGKILL.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// How long a worker whose task ran out of time gets between SIGTERM and SIGKILL.
@@ -182,16 +187,25 @@ impl Collector {
         envelope::send_small(process.region.jobs(), crate::wire::frame::shutdown_frame());
     }
 
-    /// Kills workers whose running job is past its limit (SIGTERM, then SIGKILL after a grace).
-    /// Returns how long until the next limit or grace ends, if any.
+    /// Kills workers whose running job is past its limit (SIGTERM, then SIGKILL after a grace);
+    /// asks running jobs past the soft limit to stop, and sends the stop signal (then SIGKILL)
+    /// to workers whose stopped job outlived the cancel grace (see `cancel`). Returns how long
+    /// until the next limit or grace ends, if any.
     pub(super) fn check_timeouts(&mut self) -> Option<u64> {
-        let limited = self
-            .seats
-            .iter()
-            .any(|s| s.timed_out.is_some() || s.limited > 0);
+        let soft = self.settings.soft_timeout;
+        let limited = soft.is_some()
+            || self
+                .seats
+                .iter()
+                .any(|s| s.timed_out.is_some() || s.limited > 0 || s.stopping.is_some());
         if !limited {
             return None;
         }
+        let grace_ns = self
+            .settings
+            .cancel_grace()
+            .as_nanos()
+            .min(u64::MAX as u128) as u64;
         let now = sys::monotonic_ns();
         let mut next: Option<u64> = None;
         let mut soonest = |ns: u64| next = Some(next.map_or(ns, |n| n.min(ns)));
@@ -209,25 +223,75 @@ impl Collector {
                 continue;
             }
             let header = process.region.header();
+            if let Some(stop) = &mut seat.stopping {
+                // Signals only while the stopped job is still the one running.
+                let still = header.jobs_started.0.load(Ordering::SeqCst) == stop.seq + 1;
+                if now >= stop.signal_at && stop.signal_at != u64::MAX {
+                    if still {
+                        let _ = signal::kill(process.pid(), cancel_signal());
+                    }
+                    stop.signal_at = u64::MAX;
+                }
+                if now >= stop.kill_at && stop.kill_at != u64::MAX {
+                    if still {
+                        let _ = signal::kill(process.pid(), Signal::SIGKILL);
+                    }
+                    stop.kill_at = u64::MAX;
+                }
+                for at in [stop.signal_at, stop.kill_at] {
+                    if at != u64::MAX {
+                        soonest(at.saturating_sub(now));
+                    }
+                }
+            }
             let started = header.jobs_started.0.load(Ordering::SeqCst);
             let running = started.checked_sub(seat.answered + 1).map(|i| i as usize);
+            let mut soft_stop = None;
             for (index, (job, _)) in seat.in_flight.iter().enumerate() {
-                let Some(limit) = job.limit else { continue };
-                let limit_ns = limit.as_nanos().min(u64::MAX as u128) as u64;
+                let per_item = |d: Duration| d * job.items.max(1);
+                let hard = job
+                    .limit
+                    .map(|l| (l, l.as_nanos().min(u64::MAX as u128) as u64));
+                let soft = soft.filter(|_| !job.internal).map(|s| {
+                    let s = per_item(s);
+                    (s, s.as_nanos().min(u64::MAX as u128) as u64)
+                });
+                if hard.is_none() && soft.is_none() {
+                    continue;
+                }
                 if Some(index) == running {
                     let began = header.job_started_ns.load(Ordering::Relaxed);
                     let elapsed = now.saturating_sub(began);
-                    if elapsed >= limit_ns {
-                        let _ = signal::kill(process.pid(), Signal::SIGTERM);
-                        trace::task_timed_out(&job.task, limit, process.pid().as_raw());
-                        seat.timed_out = Some((limit, now + KILL_GRACE_NS));
-                        soonest(KILL_GRACE_NS);
-                        break;
+                    if let Some((limit, soft_ns)) = soft {
+                        if seat.stopping.is_none() {
+                            if elapsed >= soft_ns {
+                                soft_stop = Some((started - 1, limit));
+                            } else {
+                                soonest(soft_ns - elapsed);
+                            }
+                        }
                     }
-                    soonest(limit_ns - elapsed);
+                    if let Some((limit, limit_ns)) = hard {
+                        if elapsed >= limit_ns {
+                            let _ = signal::kill(process.pid(), Signal::SIGTERM);
+                            trace::task_timed_out(&job.task, limit, process.pid().as_raw());
+                            seat.timed_out = Some((limit, now + KILL_GRACE_NS));
+                            soonest(KILL_GRACE_NS);
+                            break;
+                        }
+                        soonest(limit_ns - elapsed);
+                    }
                 } else if running.is_none_or(|r| index > r) {
-                    // Not begun yet: its limit cannot run out sooner than a full limit from now.
-                    soonest(limit_ns);
+                    // Not begun yet: its limits cannot run out sooner than in full from now.
+                    for (_, ns) in [hard, soft].into_iter().flatten() {
+                        soonest(ns);
+                    }
+                }
+            }
+            if let Some((seq, limit)) = soft_stop {
+                if seat.timed_out.is_none() {
+                    seat.stop_running(seq, now, grace_ns, Some(limit));
+                    soonest(grace_ns);
                 }
             }
         }
@@ -283,14 +347,19 @@ impl Collector {
             trace::worker_died(i, pid, cause);
         }
         let began_unanswered = started > seat.answered;
-        let timed_out = seat.timed_out.take();
+        let stopped_at_soft_limit = seat.stopping.take().and_then(|s| s.timeout);
+        let timed_out = seat
+            .timed_out
+            .take()
+            .map(|(limit, _)| limit)
+            .or(stopped_at_soft_limit);
         let recycled = mem::replace(&mut seat.retiring, false);
         let mut jobs = seat.take_all();
         let terminated = self.shared.is_terminated();
         if began_unanswered {
             if let Some(job) = jobs.pop_front() {
                 let err = match timed_out {
-                    Some((limit, _)) if !terminated => Error::Timeout {
+                    Some(limit) if !terminated => Error::Timeout {
                         task: job.task.to_string(),
                         limit,
                         pid,

@@ -25,6 +25,9 @@ pub(crate) struct ResultCell<T> {
     ready: Condvar,
     /// `state.done`, readable without the lock, for a short spin before sleeping.
     done: AtomicBool,
+    /// Set by [`cancel`](Self::cancel): the engine must not begin this result's jobs, and
+    /// stops the ones running.
+    cancelled: AtomicBool,
 }
 
 /// How long a waiter spins before it sleeps: most round trips to a worker are shorter, and a
@@ -138,6 +141,7 @@ impl<T> ResultCell<T> {
             }),
             ready: Condvar::new(),
             done: AtomicBool::new(false),
+            cancelled: AtomicBool::new(false),
         });
         if parts == 0 {
             slot.finish(slot.lock(), Ok(()));
@@ -168,6 +172,18 @@ impl<T> ResultCell<T> {
                 }
             }
         }
+    }
+
+    /// Resolves the result to [`Error::Cancelled`] if it has no outcome yet, and marks it so
+    /// that its jobs are not begun or are stopped. Returns whether it did.
+    pub(crate) fn cancel(&self) -> bool {
+        let state = self.lock();
+        if state.outcome.is_some() {
+            return false;
+        }
+        self.cancelled.store(true, Ordering::SeqCst);
+        self.finish(state, Err(Error::Cancelled));
+        true
     }
 
     /// Records the outcome, runs the callbacks (outside the lock), then wakes the waiters.
@@ -266,6 +282,10 @@ impl<T> ResultCell<T> {
 impl<T: 'static> crate::job::Sink for ResultCell<T> {
     fn deliver(&self, part: usize, outcome: Result<ResultFrame, Error>) {
         self.complete_part(part, outcome);
+    }
+
+    fn is_cancelled(&self, _part: usize) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
     }
 }
 

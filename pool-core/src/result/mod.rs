@@ -201,6 +201,55 @@ impl<T> AsyncResult<T> {
         self.slot.lock().done
     }
 
+    /// Cancels the work: if it has no result yet, it resolves at once to
+    /// [`Error::Cancelled`] (callbacks get that error, waiters wake), and returns `true`;
+    /// if it is finished already, nothing changes and it returns `false`.
+    ///
+    /// On a local [`Pool`](crate::Pool), a job not yet begun never begins (queued, or already
+    /// sent to a worker), and a running one is asked to stop: [`cancelled()`](crate::cancelled)
+    /// turns true in the task, and if the task has not returned after the pool's
+    /// [`cancel_grace`](crate::PoolBuilder::cancel_grace) (50 ms unless set), its worker is
+    /// stopped and replaced. For a `map_async` result this covers every chunk. The
+    /// [`PoolStats::tasks_cancelled`](crate::PoolStats::tasks_cancelled) counter counts the
+    /// items. On `pool-redis` the caller gets `Cancelled` the same way, but the job is not yet
+    /// taken back from the queue or stopped on its worker: it runs, and its answer is ignored.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Error, Pool};
+    /// use std::time::{Duration, Instant};
+    ///
+    /// #[task]
+    /// fn spin() {
+    ///     loop {
+    ///         std::hint::spin_loop(); // never looks at `cancelled()`
+    ///     }
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(1).build()?;
+    /// let running = pool.apply_async(spin, ());
+    /// let queued = pool.apply_async(spin, ()); // behind it: never begins
+    /// std::thread::sleep(Duration::from_millis(50));
+    /// let t = Instant::now();
+    /// assert!(queued.cancel());
+    /// assert!(running.cancel());
+    /// assert!(matches!(running.get(), Err(Error::Cancelled)));
+    /// assert!(!running.cancel()); // finished already
+    /// assert!(t.elapsed() < Duration::from_secs(1));
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
+    pub fn cancel(&self) -> bool {
+        if self.foreign().is_some() {
+            return false;
+        }
+        let cancelled = self.slot.cancel();
+        if cancelled {
+            crate::cancel::requested();
+        }
+        cancelled
+    }
+
     /// `Some(true)` if the work finished without error, `Some(false)` if it failed, `None` while
     /// it is not ready. (Python raises `ValueError` for the last case.)
     ///

@@ -39,7 +39,19 @@ pub(crate) struct Header {
     /// Set by a spawned worker once it has attached: the sign that its binary called
     /// `pool_core::init()`.
     pub(crate) attached: AtomicU32,
+    /// `seq + 1` of the job the parent asks to stop (cancelled, or past its soft time limit),
+    /// where `seq` counts the jobs this worker has begun (its `jobs_started` before the job);
+    /// 0: none. Written only by the parent; the worker's `pool_core::cancelled()` and its stop
+    /// signal handler read it (see `cancel`).
+    pub(crate) stop: Padded<AtomicU64>,
+    /// Jobs sent but not begun that must not run: slot `seq % SKIP_SLOTS` holds `seq + 1`.
+    /// Written only by the parent; the worker reads its slot as it begins each job.
+    pub(crate) skip: [AtomicU64; SKIP_SLOTS],
 }
+
+/// How many cancelled-but-not-begun jobs a worker can be told to skip at once; with more in
+/// flight at one worker, a later one may run anyway (its result is then thrown away).
+pub(crate) const SKIP_SLOTS: usize = 32;
 
 const _: () = assert!(std::mem::size_of::<Header>() <= DATA_OFFSET);
 

@@ -31,6 +31,7 @@ pub(super) const KIND_JOB_FIXED: u8 = 4;
 pub(super) const RESULTS_OK: u8 = 0;
 pub(super) const RESULTS_UNKNOWN_TASK: u8 = 1;
 pub(super) const RESULTS_FIXED: u8 = 2;
+pub(super) const RESULTS_SKIPPED: u8 = 3;
 
 pub(super) const ITEM_OK: u8 = 0;
 pub(super) const ITEM_PANIC: u8 = 1;

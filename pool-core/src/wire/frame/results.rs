@@ -78,6 +78,14 @@ impl<'a> ResultsWriter<'a> {
         buf.push(RESULTS_UNKNOWN_TASK);
     }
 
+    /// Clears `buf` and writes the frame that answers a job cancelled before it began (the
+    /// parent, which cancelled it, answers the caller itself).
+    pub(crate) fn skipped(buf: &mut Vec<u8>) {
+        buf.clear();
+        buf.push(KIND_RESULTS);
+        buf.push(RESULTS_SKIPPED);
+    }
+
     /// Appends a return value, or an encoding error if it does not encode.
     #[inline]
     pub(crate) fn ok<R: Serialize + 'static>(&mut self, value: &R) {
@@ -334,6 +342,7 @@ pub(crate) fn parse_results(frame: &[u8]) -> Result<Results<'_>, Option<FrameErr
             })
         }
         RESULTS_UNKNOWN_TASK => Err(None),
+        RESULTS_SKIPPED => Err(Some(FrameError("the job was cancelled before it began"))),
         _ => Err(Some(FrameError("results: unknown status"))),
     }
 }
