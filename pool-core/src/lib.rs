@@ -74,6 +74,8 @@
 //! | its result does not encode | [`Error::ResultEncode`] | unaffected |
 //! | the pool is terminated or dropped first | [`Error::Terminated`] | — |
 //! | it runs past its time limit | [`Error::Timeout`] | its worker is killed and replaced |
+//! | its caller cancels it ([`AsyncResult::cancel`], [`Imap::cancel`], dropping an `Imap`) | [`Error::Cancelled`] at once; a job not begun never begins, and [`cancelled()`] turns true in a running one | a task that returns within the cancel grace keeps its worker; one that does not is stopped and its worker replaced |
+//! | it runs past its soft time limit ([`PoolBuilder::soft_timeout`]) | its value if it returns within the cancel grace, else [`Error::Timeout`] | as for a cancel |
 //! | an outside signal kills its worker (at any phase: starting, initializing, idle, running) | [`Error::WorkerDied`] for the task it ran, if any | a new worker replaces it; the restart guard does not count it |
 //! | initializers (or workers on their own) keep failing | [`Error::PoolBroken`] for work no live worker can take | backs off, then starts workers again; [`PoolStats::degraded`] says why meanwhile |
 //! | it closes its worker's descriptors | its answer | the worker exits after answering and is replaced |

@@ -19,6 +19,7 @@
 //! | `bytes` | `map` over 200 distinct 1 MiB `Vec<u8>`, each returning a checksum | GB/s |
 //! | `shared-scan` | 1,000 tasks, each summing a distinct 1 MiB window of a 1 GiB `SharedSlice<u64>` (built once, outside the timing; warm: the median of 5 maps after 2 untimed ones); rayon sums the same windows of a `Vec<u64>`, Python's `Pool` the same windows of a `multiprocessing.shared_memory` block | GB/s scanned |
 //! | `shared-scan-first` | the first such map after the data is built: workers map it and fault its pages in | GB/s scanned |
+//! | `cancel-latency` | `AsyncResult::cancel` of a task spinning in a loop that never looks at `cancelled()`, to a replacement worker serving (default 50 ms cancel grace; median of 20) | ms |
 //! | `startup-first-result` | `Pool::new()` to the first result | ms |
 //! | `startup-join-idle` | `close()` + `join()` of an idle pool | ms |
 //! | `queue-small` | a `Queue<u64>` (bounded to 1,024 items) from a producer `Process` to the consumer here; rayon's column: a crossbeam channel between two threads | items/s |
@@ -64,6 +65,44 @@ fn busy(iters: u64) -> u64 {
 #[task]
 fn checksum(bytes: Vec<u8>) -> u64 {
     sample_sum(&bytes)
+}
+
+/// Spins until its worker is stopped: the `cancel-latency` workload.
+#[task]
+fn spin_forever() {
+    loop {
+        std::hint::spin_loop();
+    }
+}
+
+/// `cancel-latency`: from `cancel()` of a running task that never looks at `cancelled()` to a
+/// replacement worker that has answered a task.
+fn bench_cancel(
+    o: &Options,
+    rows: &mut Vec<Row>,
+    bar: &ProgressBar,
+) -> Result<(), pool_core::Error> {
+    let pool = Pool::builder().processes(o.workers).build()?;
+    pool.apply(square, 1)?;
+    let count = n(20, o.scale).max(5);
+    let mut lat = Vec::with_capacity(count);
+    for i in 0..count {
+        let before = pool.stats().workers_replaced;
+        let r = pool.apply_async(spin_forever, ());
+        std::thread::sleep(Duration::from_millis(20)); // it is running by now
+        let t = Instant::now();
+        assert!(r.cancel());
+        while pool.stats().workers_replaced == before || pool.stats().workers_alive < o.workers {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        // Served by every worker, the new one included.
+        pool.map_chunked(square, 0..o.workers as u64 * 2, 1)?;
+        lat.push(secs(t.elapsed()) * 1e3);
+        black_box(i);
+    }
+    lat.sort_by(f64::total_cmp);
+    recorder("pool-core", rows, bar)("cancel-latency", percentile(&lat, 0.5), "ms", count);
+    Ok(())
 }
 
 /// One window of the `shared-scan` data, summed: the handle arrives, the numbers are read
@@ -620,7 +659,7 @@ fn bench_python(o: &Options, rows: &mut Vec<Row>, bar: &ProgressBar) {
     let _ = child.wait();
 }
 
-const WORKLOADS: [&str; 16] = [
+const WORKLOADS: [&str; 17] = [
     "map-tiny",
     "map-chunk1",
     "apply-async",
@@ -630,6 +669,7 @@ const WORKLOADS: [&str; 16] = [
     "bytes",
     "shared-scan",
     "shared-scan-first",
+    "cancel-latency",
     "startup-first-result",
     "startup-join-idle",
     "queue-small",
@@ -801,7 +841,7 @@ fn main() -> Result<(), pool_core::Error> {
     let mut rows = Vec::new();
     let systems = if o.python { 3 } else { 2 };
     let bar = if o.progress {
-        let bar = ProgressBar::new(systems * 13);
+        let bar = ProgressBar::new(systems * 14);
         bar.set_style(
             ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
                 .expect("a valid template"),
@@ -813,6 +853,7 @@ fn main() -> Result<(), pool_core::Error> {
     bench_pool(&o, k, &mut rows, &bar)?;
     bench_rayon(&o, k, &mut rows, &bar);
     bench_shared(&o, &mut rows, &bar)?;
+    bench_cancel(&o, &mut rows, &bar)?;
     if o.python {
         bench_python(&o, &mut rows, &bar);
     }

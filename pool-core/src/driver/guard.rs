@@ -116,7 +116,8 @@ impl RestartGuard {
 /// under the memory cap —, SIGSYS, SIGTRAP) and resource limits (SIGXCPU, SIGXFSZ) are raised
 /// by the process's own code; every other signal (SIGHUP, SIGINT, SIGQUIT, SIGKILL, SIGTERM,
 /// SIGUSR1, …) is sent from outside. An exit with a code is the worker's own doing, except
-/// [`EXIT_BELL_LOST`] (a task closed the worker's bell; the worker answered and left). A status
+/// [`EXIT_BELL_LOST`] (a task closed the worker's bell; the worker answered and left) and
+/// `cancel::EXIT_STOPPED` (the collector stopped a cancelled or overdue job). A status
 /// that could not be read (the program ignores SIGCHLD) counts, so that a pool whose
 /// initializer always crashes still stops fork-looping there.
 pub(super) fn self_inflicted(cause: ExitCause) -> bool {
@@ -254,6 +255,9 @@ mod test {
         }
         assert!(self_inflicted(ExitCause::Exited(1)));
         assert!(!self_inflicted(ExitCause::Exited(EXIT_BELL_LOST)));
+        assert!(!self_inflicted(ExitCause::Exited(
+            crate::cancel::EXIT_STOPPED
+        )));
         assert!(self_inflicted(ExitCause::Unknown));
     }
 }
