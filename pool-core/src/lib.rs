@@ -220,7 +220,7 @@ pub use result::AsyncResult;
 pub use rkyv;
 #[cfg(feature = "rkyv")]
 pub use shared::Shared;
-pub use shared::SharedSlice;
+pub use shared::{windows_of, SharedSlice};
 pub use start::StartMethod;
 pub use stats::PoolStats;
 pub use task::Task;

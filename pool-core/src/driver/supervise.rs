@@ -224,8 +224,9 @@ impl Collector {
             }
             let header = process.region.header();
             if let Some(stop) = &mut seat.stopping {
-                // Signals only while the stopped job is still the one running.
-                let still = header.jobs_started.0.load(Ordering::SeqCst) == stop.seq + 1;
+                // Signals only while the stopped job is unanswered and still the one running.
+                let still = seat.answered <= stop.seq
+                    && header.jobs_started.0.load(Ordering::SeqCst) == stop.seq + 1;
                 if now >= stop.signal_at && stop.signal_at != u64::MAX {
                     if still {
                         let _ = signal::kill(process.pid(), cancel_signal());

@@ -12,4 +12,4 @@ mod slice;
 #[cfg(feature = "rkyv")]
 pub use archived::Shared;
 pub(crate) use frozen::{keeps_any, sweep, sweep_if_due, IDLE_SWEEP};
-pub use slice::SharedSlice;
+pub use slice::{windows_of, SharedSlice};

@@ -227,6 +227,31 @@ impl<T: Pod> SharedSlice<T> {
     }
 }
 
+/// Handles to consecutive, non-overlapping windows of `len` items of `data` (the last may be
+/// shorter): the same as [`data.chunks_of(len)`](SharedSlice::chunks_of), for a map over a
+/// large dataset in pieces, `pool.map(sum_window, windows_of(&data, 1 << 17))`.
+///
+/// # Panics
+///
+/// If `len` is 0.
+///
+/// # Examples
+///
+/// ```
+/// use pool_core::{windows_of, SharedSlice};
+///
+/// let data = SharedSlice::from_vec((0..10u32).collect())?;
+/// let lens: Vec<usize> = windows_of(&data, 4).map(|w| w.len()).collect();
+/// assert_eq!(lens, [4, 4, 2]);
+/// # Ok::<(), pool_core::Error>(())
+/// ```
+pub fn windows_of<T: Pod>(
+    data: &SharedSlice<T>,
+    len: usize,
+) -> impl ExactSizeIterator<Item = SharedSlice<T>> {
+    data.chunks_of(len)
+}
+
 impl<T: Pod> Deref for SharedSlice<T> {
     type Target = [T];
 
