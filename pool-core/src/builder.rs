@@ -139,6 +139,60 @@ impl PoolBuilder {
         self
     }
 
+    /// Runs a call again, up to `n` more times, when its worker died under it (a crash, an
+    /// abort, an outside kill) or it ran out of time (`task_timeout`, `soft_timeout`), each
+    /// time after a backoff ([`retry_backoff`](Self::retry_backoff)). Only when the last
+    /// attempt fails too does its error reach the caller, saying how many attempts were made
+    /// (`attempts` in [`Error::WorkerDied`](crate::Error::WorkerDied) and
+    /// [`Error::Timeout`](crate::Error::Timeout)). Panics, bad arguments and results that do
+    /// not encode are not retried (a task opts in for panics with `#[task(retry_on_panic)]`);
+    /// a task's own `#[task(retries = N)]` overrides this. Cancelled calls are never retried.
+    /// [`PoolStats::tasks_retried`](crate::PoolStats::tasks_retried) counts the retries.
+    /// Default: 0.
+    ///
+    /// For a chunk of a `map`, the chunk is the unit that runs again.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Pool};
+    /// use std::time::Duration;
+    ///
+    /// /// Dies (as a crash would) on its first two runs; the third succeeds.
+    /// #[task]
+    /// fn flaky(marker: String) -> u32 {
+    ///     let runs = std::fs::read_to_string(&marker).map_or(0, |s| s.len());
+    ///     std::fs::write(&marker, "x".repeat(runs + 1)).unwrap();
+    ///     if runs < 2 {
+    ///         std::process::abort();
+    ///     }
+    ///     runs as u32 + 1
+    /// }
+    ///
+    /// let marker = std::env::temp_dir().join(format!("flaky-doc-{}", std::process::id()));
+    /// let pool = Pool::builder()
+    ///     .processes(1)
+    ///     .retries(2)
+    ///     .retry_backoff(Duration::from_millis(10), Duration::from_millis(100))
+    ///     .build()?;
+    /// assert_eq!(pool.apply(flaky, marker.display().to_string())?, 3);
+    /// assert_eq!(pool.stats().tasks_retried, 2);
+    /// # std::fs::remove_file(&marker).ok();
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
+    pub fn retries(mut self, n: u32) -> Self {
+        self.workers.retries = n;
+        self
+    }
+
+    /// The wait before each retry: `first` before the first, doubling each time up to `max`,
+    /// with jitter (each wait is between half and all of that, at random), so that retries of
+    /// calls that failed together do not all come back at once. Default: 100 ms, up to 10 s.
+    pub fn retry_backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.workers.retry_backoff = Some((first, max.max(first)));
+        self
+    }
+
     /// Replaces each worker after it has run `n` jobs (a call, or a chunk of a `map`), as
     /// Python's `maxtasksperchild` does: a way to bound what a leaky library can accumulate.
     /// Default: never. Must be at least 1.

@@ -50,28 +50,33 @@ pub enum Error {
 
     /// The worker process running the task died (killed by a signal, aborted, crashed, or called
     /// `process::exit`). A replacement worker has been started.
-    #[error("the worker (pid {pid}) running task `{task}` died: {cause}")]
+    #[error("the worker (pid {pid}) running task `{task}` died: {cause}{}", after_attempts(*.attempts))]
     WorkerDied {
         /// The task's registered name.
         task: String,
-        /// The process id of the worker that died.
+        /// The process id of the worker that died (the last one, after retries).
         pid: i32,
         /// How it ended.
         cause: ExitCause,
+        /// How many times the task was run, retries included (1 without retries).
+        attempts: u32,
     },
 
     /// The task ran past its time limit; its worker was killed (SIGTERM, then SIGKILL after
     /// 100 ms) and replaced.
     #[error(
-        "task `{task}` ran past its time limit of {limit:?} and its worker (pid {pid}) was killed"
+        "task `{task}` ran past its time limit of {limit:?} and its worker (pid {pid}) was killed{}",
+        after_attempts(*.attempts)
     )]
     Timeout {
         /// The task's registered name.
         task: String,
         /// The limit it exceeded (for a chunk: the per-item limit times its items).
         limit: Duration,
-        /// The process id of the worker that was killed.
+        /// The process id of the worker that was killed (the last one, after retries).
         pid: i32,
+        /// How many times the task was run, retries included (1 without retries).
+        attempts: u32,
     },
 
     /// No task of this name is registered in the worker's binary.
@@ -219,6 +224,15 @@ fn location_suffix(location: &Option<String>) -> String {
     match location {
         Some(loc) => format!(" at {loc}"),
         None => String::new(),
+    }
+}
+
+/// ", after N attempts" when a task was retried; nothing otherwise.
+fn after_attempts(attempts: u32) -> String {
+    if attempts > 1 {
+        format!(", after {attempts} attempts")
+    } else {
+        String::new()
     }
 }
 

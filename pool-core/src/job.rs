@@ -53,6 +53,11 @@ pub(crate) struct Job {
     pub(crate) internal: bool,
     /// How many times the job went back to the queue because its worker died before it began.
     pub(crate) requeues: u8,
+    /// How many times the job ran and failed in a way its retry policy retries.
+    pub(crate) attempts: u32,
+    /// The frame is kept once sent, because a panic may send the job again
+    /// (`#[task(retry_on_panic)]`).
+    pub(crate) keep_frame: bool,
     /// The result is read into `frame`'s buffer whatever its size, because the submitter
     /// consumes the result at once and builds its next job in the same buffer (a blocking
     /// `map`). Otherwise a buffer much larger than the result is set aside, so that results
@@ -90,6 +95,8 @@ impl Job {
             spliced,
             task,
             requeues: 0,
+            attempts: 0,
+            keep_frame: false,
             recycle: false,
             limit: None,
             internal: false,

@@ -41,3 +41,11 @@ pub(crate) fn check() -> Result<(), Error> {
 pub(crate) fn lookup(name: &str) -> Option<&'static TaskEntry> {
     table().as_ref().ok()?.get(name).copied()
 }
+
+/// Whether any registered task retries its panics (`#[task(retry_on_panic)]`): if none does, the
+/// collector never needs to keep a job's frame once it is sent.
+pub(crate) fn any_retries_panics() -> bool {
+    table()
+        .as_ref()
+        .is_ok_and(|t| t.values().any(|e| e.retry_on_panic))
+}

@@ -42,6 +42,9 @@ pub struct PoolStats {
     pub tasks_failed: u64,
     /// Tasks whose caller cancelled them before they finished (not counted as failed).
     pub tasks_cancelled: u64,
+    /// Times a task was run again after its worker died, it ran out of time or (when its
+    /// task opts in) it panicked ([`PoolBuilder::retries`](crate::PoolBuilder::retries)).
+    pub tasks_retried: u64,
     /// Worker processes running now.
     pub workers_alive: usize,
     /// Workers that died and were replaced.
@@ -66,6 +69,7 @@ impl PoolStats {
             tasks_completed: c.completed.load(Ordering::Relaxed),
             tasks_failed: c.failed.load(Ordering::Relaxed),
             tasks_cancelled: c.cancelled.load(Ordering::Relaxed),
+            tasks_retried: c.retried.load(Ordering::Relaxed),
             workers_alive: shared.worker_pids().len(),
             workers_replaced: c.replaced.load(Ordering::Relaxed),
             queue_depth: shared.queue_len(),

@@ -51,6 +51,14 @@ pub trait Task: Copy + Send + Sync + 'static {
     /// The name workers know the task by: the module path and function name, or the name given
     /// with `#[task(name = "…")]`.
     const NAME: &'static str;
+    /// How many more times a call of this task runs after its worker died or it ran out of
+    /// time (and, with [`RETRY_ON_PANIC`](Self::RETRY_ON_PANIC), after it panicked) before
+    /// its error reaches the caller; `None` (the default) takes the pool's
+    /// [`retries`](crate::PoolBuilder::retries). Set with `#[task(retries = N)]`.
+    const RETRIES: Option<u32> = None;
+    /// Whether a panic is retried too (by default it is not: a panic is usually a bug, not bad
+    /// luck). Set with `#[task(retry_on_panic)]`.
+    const RETRY_ON_PANIC: bool = false;
     /// Runs the function in this process.
     fn call(args: Self::Args) -> Self::Output;
 }
@@ -64,6 +72,8 @@ pub struct TaskEntry {
     pub(crate) file: &'static str,
     pub(crate) line: u32,
     pub(crate) run: fn(Items<'_>, &mut ResultsWriter<'_>),
+    pub(crate) retries: Option<u32>,
+    pub(crate) retry_on_panic: bool,
 }
 
 impl TaskEntry {
@@ -75,6 +85,8 @@ impl TaskEntry {
             file,
             line,
             run: run_batch::<T>,
+            retries: T::RETRIES,
+            retry_on_panic: T::RETRY_ON_PANIC,
         }
     }
 

@@ -27,6 +27,8 @@ mod imp {
     #[inline(always)]
     pub(crate) fn task_timed_out(_task: &str, _limit: std::time::Duration, _pid: i32) {}
     #[inline(always)]
+    pub(crate) fn task_retrying(_task: &str, _attempt: u32, _wait: std::time::Duration) {}
+    #[inline(always)]
     pub(crate) fn worker_recycled(_slot: usize, _pid: i32) {}
     #[inline(always)]
     pub(crate) fn pool_broken(_reason: &str) {}
@@ -63,6 +65,10 @@ mod imp {
 
     pub(crate) fn task_timed_out(task: &str, limit: std::time::Duration, pid: i32) {
         tracing::warn!(target: "pool_core", task, ?limit, pid, "task ran past its time limit; killing its worker");
+    }
+
+    pub(crate) fn task_retrying(task: &str, attempt: u32, wait: std::time::Duration) {
+        tracing::warn!(target: "pool_core", task, attempt, ?wait, "task failed; running it again after a backoff");
     }
 
     pub(crate) fn worker_recycled(slot: usize, pid: i32) {

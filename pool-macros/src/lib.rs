@@ -61,39 +61,66 @@ pub fn main(attr: TokenStream, item: TokenStream) -> TokenStream {
     quote!(#func).into()
 }
 
-/// The attribute's own arguments: nothing, or `name = "…"`.
+/// The attribute's own arguments: `name = "…"`, `retries = N`, `retry_on_panic`, in any order.
 struct TaskArgs {
     name: Option<LitStr>,
+    retries: Option<syn::LitInt>,
+    retry_on_panic: bool,
 }
 
 impl Parse for TaskArgs {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
-        let mut name = None;
+        let mut args = TaskArgs {
+            name: None,
+            retries: None,
+            retry_on_panic: false,
+        };
+        let twice =
+            |key: &syn::Ident| syn::Error::new_spanned(key, format!("`{key}` is given twice"));
         while !input.is_empty() {
             let key: syn::Ident = input.parse()?;
-            if key != "name" {
+            if key == "name" {
+                input.parse::<Token![=]>()?;
+                let value: LitStr = input.parse()?;
+                if value.value().is_empty() {
+                    return Err(syn::Error::new_spanned(
+                        &value,
+                        "a task name cannot be empty",
+                    ));
+                }
+                if args.name.is_some() {
+                    return Err(twice(&key));
+                }
+                args.name = Some(value);
+            } else if key == "retries" {
+                input.parse::<Token![=]>()?;
+                let value: syn::LitInt = input.parse()?;
+                value.base10_parse::<u32>().map_err(|_| {
+                    syn::Error::new_spanned(&value, "`retries` takes a whole number (a u32)")
+                })?;
+                if args.retries.is_some() {
+                    return Err(twice(&key));
+                }
+                args.retries = Some(value);
+            } else if key == "retry_on_panic" {
+                if args.retry_on_panic {
+                    return Err(twice(&key));
+                }
+                args.retry_on_panic = true;
+            } else {
                 return Err(syn::Error::new_spanned(
                     &key,
-                    format!("unknown #[task] option `{key}`; the only option is `name = \"…\"`"),
+                    format!(
+                        "unknown #[task] option `{key}`; the options are `name = \"…\"`, \
+                         `retries = N` and `retry_on_panic`"
+                    ),
                 ));
             }
-            input.parse::<Token![=]>()?;
-            let value: LitStr = input.parse()?;
-            if value.value().is_empty() {
-                return Err(syn::Error::new_spanned(
-                    &value,
-                    "a task name cannot be empty",
-                ));
-            }
-            if name.is_some() {
-                return Err(syn::Error::new_spanned(&key, "`name` is given twice"));
-            }
-            name = Some(value);
             if !input.is_empty() {
                 input.parse::<Token![,]>()?;
             }
         }
-        Ok(TaskArgs { name })
+        Ok(args)
     }
 }
 
@@ -156,6 +183,14 @@ fn expand(args: TaskArgs, func: ItemFn) -> syn::Result<TokenStream2> {
         )),
     };
     let krate = quote!(::pool_core::__private);
+    let retries = args.retries.as_ref().map(
+        |n| quote!(const RETRIES: ::core::option::Option<u32> = ::core::option::Option::Some(#n);),
+    );
+    let retry_on_panic = args.retry_on_panic.then(|| {
+        quote!(
+            const RETRY_ON_PANIC: bool = true;
+        )
+    });
 
     let struct_doc = if outer_attrs.iter().any(|a| a.path().is_ident("doc")) {
         quote!()
@@ -188,6 +223,8 @@ fn expand(args: TaskArgs, func: ItemFn) -> syn::Result<TokenStream2> {
                 type Args = #args_ty;
                 type Output = #output;
                 const NAME: &'static str = #task_name;
+                #retries
+                #retry_on_panic
                 fn call(args: Self::Args) -> Self::Output {
                     #destructure
                     #inner(#(#idents),*)

@@ -80,11 +80,16 @@ pub(crate) enum WireError {
         pid: i32,
         signal: Option<i32>,
         code: Option<i32>,
+        /// Absent from workers older than retries: one attempt.
+        #[serde(default = "one")]
+        attempts: u32,
     },
     Timeout {
         task: String,
         limit_ms: u64,
         pid: i32,
+        #[serde(default = "one")]
+        attempts: u32,
     },
     UnknownTask {
         name: String,
@@ -104,6 +109,10 @@ pub(crate) enum WireError {
     Other(String),
 }
 
+fn one() -> u32 {
+    1
+}
+
 impl WireError {
     pub(crate) fn from_pool(err: &pool_core::Error) -> Self {
         use pool_core::{Error as E, ExitCause};
@@ -117,7 +126,12 @@ impl WireError {
                 message: message.clone(),
                 location: location.clone(),
             },
-            E::WorkerDied { task, pid, cause } => {
+            E::WorkerDied {
+                task,
+                pid,
+                cause,
+                attempts,
+            } => {
                 let (signal, code) = match cause {
                     ExitCause::Signal(s) => (Some(*s), None),
                     ExitCause::Exited(c) => (None, Some(*c)),
@@ -128,12 +142,19 @@ impl WireError {
                     pid: *pid,
                     signal,
                     code,
+                    attempts: *attempts,
                 }
             }
-            E::Timeout { task, limit, pid } => WireError::Timeout {
+            E::Timeout {
+                task,
+                limit,
+                pid,
+                attempts,
+            } => WireError::Timeout {
                 task: task.clone(),
                 limit_ms: limit.as_millis() as u64,
                 pid: *pid,
+                attempts: *attempts,
             },
             E::UnknownTask { name } => WireError::UnknownTask { name: name.clone() },
             E::ArgsDecode { task, message } => WireError::ArgsDecode {
@@ -166,6 +187,7 @@ impl WireError {
                 pid,
                 signal,
                 code,
+                attempts,
             } => E::WorkerDied {
                 task,
                 pid,
@@ -174,16 +196,19 @@ impl WireError {
                     (None, Some(c)) => ExitCause::Exited(c),
                     _ => ExitCause::Unknown,
                 },
+                attempts,
             }
             .into(),
             WireError::Timeout {
                 task,
                 limit_ms,
                 pid,
+                attempts,
             } => E::Timeout {
                 task,
                 limit: std::time::Duration::from_millis(limit_ms),
                 pid,
+                attempts,
             }
             .into(),
             WireError::UnknownTask { name } => E::UnknownTask { name }.into(),
@@ -250,6 +275,7 @@ mod test {
             task: "t".into(),
             pid: 7,
             cause: pool_core::ExitCause::Signal(9),
+            attempts: 3,
         };
         let wire = WireError::from_pool(&err);
         let bytes = rmp_serde::to_vec(&wire).unwrap();

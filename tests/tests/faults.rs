@@ -63,6 +63,7 @@ fn expect_died(result: Result<impl std::fmt::Debug, Error>, task: &str) -> (i32,
             task: t,
             pid,
             cause,
+            attempts: 1,
         }) => {
             assert_eq!(t, task);
             (pid, cause)

@@ -15,6 +15,7 @@ fn expect_timeout<T: std::fmt::Debug>(r: Result<T, Error>, task: &str, limit: Du
             task: t,
             limit: l,
             pid,
+            attempts: 1,
         }) => {
             assert_eq!(t, task);
             assert_eq!(l, limit);

@@ -66,6 +66,10 @@ pub(crate) struct Collector {
     pub(super) estimates: Estimates,
     /// The process's cancel epoch when this collector last looked at its jobs (see `cancel`).
     pub(super) cancel_epoch: u64,
+    /// Jobs to run again once their backoff ends (monotonic ns), after a retried failure.
+    pub(super) delayed: Vec<(u64, Job)>,
+    /// Some registered task retries its panics: jobs keep their frames once sent.
+    keeps_panics: bool,
 }
 
 impl Collector {
@@ -90,6 +94,8 @@ impl Collector {
             last_death_check: Instant::now(),
             estimates: Estimates::default(),
             cancel_epoch: 0,
+            delayed: Vec::new(),
+            keeps_panics: crate::registry::any_retries_panics(),
         };
         for i in 0..collector.seats.len() {
             collector.spawn(i)?;
@@ -163,6 +169,7 @@ impl Collector {
             let spare = || {
                 seat.in_flight
                     .front_mut()
+                    .filter(|(job, _)| !job.keep_frame)
                     .map(|(job, _)| (std::mem::take(&mut job.frame), job.recycle))
                     .unwrap_or_default()
             };
@@ -186,7 +193,16 @@ impl Collector {
                             self.shared.counters.busy_ns[i]
                                 .store(seat.busy_base + busy, Ordering::Relaxed);
                             // The one place the parent parses a result frame's header.
-                            settle(&self.shared, job, Ok(ResultFrame::parse(frame)));
+                            let frame = ResultFrame::parse(frame);
+                            if job.keep_frame
+                                && frame.failed(job.items) > 0
+                                && frame.has_panic()
+                                && job.attempts < self.settings.retry_policy(&job.task).0
+                            {
+                                retry_later(&mut self.delayed, &self.settings, &self.shared, job);
+                            } else {
+                                settle(&self.shared, job, Ok(frame));
+                            }
                         }
                         None => {
                             // A result for no job: the worker is out of step. Kill it; its
@@ -223,6 +239,19 @@ impl Collector {
     }
 
     fn next_queued(&mut self) -> Option<Job> {
+        if !self.delayed.is_empty() {
+            // Retries whose backoff has ended go first, with the other jobs to send again.
+            let now = sys::monotonic_ns();
+            let mut i = 0;
+            while i < self.delayed.len() {
+                if self.delayed[i].0 <= now {
+                    let (_, job) = self.delayed.swap_remove(i);
+                    self.retry.push_back(job);
+                } else {
+                    i += 1;
+                }
+            }
+        }
         if let Some(job) = self.retry.pop_front() {
             return Some(job);
         }
@@ -245,7 +274,15 @@ impl Collector {
         let (cancelled, kept): (VecDeque<Job>, VecDeque<Job>) =
             self.retry.drain(..).partition(Job::is_cancelled);
         self.retry = kept;
-        for job in cancelled {
+        let (waiting, delayed): (Vec<_>, Vec<_>) = self
+            .delayed
+            .drain(..)
+            .partition(|(_, job)| job.is_cancelled());
+        self.delayed = delayed;
+        for job in cancelled
+            .into_iter()
+            .chain(waiting.into_iter().map(|(_, job)| job))
+        {
             settle(&self.shared, job, Err(Error::Cancelled));
         }
         let now = sys::monotonic_ns();
@@ -283,6 +320,10 @@ impl Collector {
                 self.retry.push_front(job);
                 break;
             };
+            let mut job = job;
+            if self.keeps_panics && !job.internal {
+                job.keep_frame = self.settings.retry_policy(&job.task).1;
+            }
             self.seats[i].push(job, expected);
             progress = true;
         }
@@ -291,7 +332,10 @@ impl Collector {
 
     /// Whether the pool is closed and every job is answered.
     pub(super) fn finished(&mut self) -> bool {
-        if !self.retry.is_empty() || self.seats.iter().any(|s| !s.in_flight.is_empty()) {
+        if !self.retry.is_empty()
+            || !self.delayed.is_empty()
+            || self.seats.iter().any(|s| !s.in_flight.is_empty())
+        {
             return false;
         }
         if self.queue_open {
@@ -355,6 +399,10 @@ impl Collector {
         if waiting_to_respawn {
             wake_in_ns = Some(wake_in_ns.unwrap_or(u64::MAX).min(100_000_000));
         }
+        if let Some(due) = self.delayed.iter().map(|(due, _)| *due).min() {
+            let ns = due.saturating_sub(sys::monotonic_ns()).max(1);
+            wake_in_ns = Some(wake_in_ns.unwrap_or(u64::MAX).min(ns));
+        }
         if self.seats.iter().any(|s| !s.in_flight.is_empty()) {
             wake_in_ns = Some(
                 wake_in_ns
@@ -410,6 +458,25 @@ pub(super) fn settle(shared: &Shared, job: Job, outcome: Result<ResultFrame, Err
     job.complete(outcome);
 }
 
+/// Puts `job` back to run again after its backoff (a retried failure), counting its items as
+/// retried.
+pub(super) fn retry_later(
+    delayed: &mut Vec<(u64, Job)>,
+    settings: &WorkerSettings,
+    shared: &Shared,
+    mut job: Job,
+) {
+    job.attempts += 1;
+    let wait = settings.backoff(job.attempts);
+    trace::task_retrying(&job.task, job.attempts, wait);
+    shared
+        .counters
+        .retried
+        .fetch_add(u64::from(job.items), Ordering::Relaxed);
+    let due = sys::monotonic_ns().saturating_add(wait.as_nanos().min(u64::MAX as u128) as u64);
+    delayed.push((due, job));
+}
+
 pub(super) fn kill(process: &WorkerProcess) {
     let _ = nix::sys::signal::kill(process.pid(), nix::sys::signal::Signal::SIGKILL);
 }
@@ -422,6 +489,7 @@ pub(super) fn died(job: &Job, pid: i32, cause: ExitCause, terminated: bool) -> E
             task: job.task.to_string(),
             pid,
             cause,
+            attempts: job.attempts + 1,
         }
     }
 }

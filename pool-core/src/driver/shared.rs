@@ -45,6 +45,7 @@ pub(crate) struct Counters {
     pub(crate) completed: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) cancelled: AtomicU64,
+    pub(crate) retried: AtomicU64,
     pub(crate) replaced: AtomicU64,
     /// Nanoseconds each worker slot has spent running tasks, over all its processes.
     pub(crate) busy_ns: Vec<AtomicU64>,

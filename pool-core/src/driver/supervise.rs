@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{self, Signal};
 
-use super::collector::{died, kill, settle, Collector};
+use super::collector::{died, kill, retry_later, settle, Collector};
 use super::guard::self_inflicted;
 use super::seat::Incoming;
 use crate::job::{Job, Sink};
@@ -359,15 +359,24 @@ impl Collector {
         let terminated = self.shared.is_terminated();
         if began_unanswered {
             if let Some(job) = jobs.pop_front() {
-                let err = match timed_out {
-                    Some(limit) if !terminated => Error::Timeout {
-                        task: job.task.to_string(),
-                        limit,
-                        pid,
-                    },
-                    _ => died(&job, pid, cause, terminated),
-                };
-                settle(&self.shared, job, Err(err));
+                let retry = !terminated
+                    && !job.internal
+                    && !job.is_cancelled()
+                    && job.attempts < self.settings.retry_policy(&job.task).0;
+                if retry {
+                    retry_later(&mut self.delayed, &self.settings, &self.shared, job);
+                } else {
+                    let err = match timed_out {
+                        Some(limit) if !terminated => Error::Timeout {
+                            task: job.task.to_string(),
+                            limit,
+                            pid,
+                            attempts: job.attempts + 1,
+                        },
+                        _ => died(&job, pid, cause, terminated),
+                    };
+                    settle(&self.shared, job, Err(err));
+                }
             }
         }
         // The rest were never begun: other workers take them, first.
@@ -438,6 +447,9 @@ impl Collector {
             }
         }
         for job in self.retry.drain(..) {
+            settle(&self.shared, job, Err(Error::Terminated));
+        }
+        for (_, job) in self.delayed.drain(..) {
             settle(&self.shared, job, Err(Error::Terminated));
         }
         while let Ok(job) = self.queue.try_recv() {

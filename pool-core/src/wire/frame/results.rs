@@ -310,6 +310,15 @@ impl ResultFrame {
         self.header.map_or(items, |h| h.errors)
     }
 
+    /// Whether an item of the frame panicked.
+    pub(crate) fn has_panic(&self) -> bool {
+        self.results().is_ok_and(|results| {
+            results
+                .into_iter()
+                .any(|o| matches!(o, Ok(Outcome::Panicked { .. })))
+        })
+    }
+
     /// The buffer, for reuse.
     pub(crate) fn into_bytes(self) -> Vec<u8> {
         self.bytes
