@@ -237,6 +237,19 @@ fn after_attempts(attempts: u32) -> String {
 }
 
 impl Error {
+    /// Whether this error ends a whole call rather than one item of it (the pool terminated or
+    /// closed, used from another process, broken, the call cancelled).
+    pub(crate) fn is_whole_call(&self) -> bool {
+        matches!(
+            self,
+            Error::Terminated
+                | Error::Closed
+                | Error::Cancelled
+                | Error::WrongProcess { .. }
+                | Error::PoolBroken(_)
+        )
+    }
+
     pub(crate) fn spawn(err: impl Into<std::io::Error>) -> Self {
         Error::Spawn(Arc::new(err.into()))
     }

@@ -115,6 +115,12 @@ impl Job {
         self.spliced.pieces(&self.frame)
     }
 
+    /// Takes the job's sink and part, leaving it answered by nobody: the caller answers that
+    /// part itself (a job split after its worker died).
+    pub(crate) fn into_sink(mut self) -> Option<(Arc<dyn Sink>, usize)> {
+        self.sink.take().map(|sink| (sink, self.part))
+    }
+
     /// Resolves the job.
     pub(crate) fn complete(mut self, outcome: Result<ResultFrame, Error>) {
         if let Some(sink) = self.sink.take() {

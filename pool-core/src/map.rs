@@ -150,6 +150,70 @@ impl Pool {
         self.map_exact::<T, _>(iter, n, chunksize.clamp(1, u32::MAX as usize))
     }
 
+    /// [`map`](Self::map) that keeps every item's own outcome: one failed item (a panic, bad
+    /// arguments, its worker dying under it, its time limit) is an `Err` in its place, and every
+    /// other item still has its value. The outer `Err` is for failures of the whole call (the
+    /// pool terminated or closed, used from another process, broken). When a worker dies in the
+    /// middle of a chunk, only the item it was running fails (or runs again, under
+    /// [`retries`](crate::PoolBuilder::retries)); the chunk's other items run again elsewhere.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_core::{task, Error, Pool};
+    ///
+    /// #[task]
+    /// fn fragile(x: u64) -> u64 {
+    ///     if x == 7 {
+    ///         std::process::abort(); // takes its worker down
+    ///     }
+    ///     x * 10
+    /// }
+    ///
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let out = pool.map_results_chunked(fragile, 0..100, 10)?;
+    /// assert!(matches!(out[7], Err(Error::WorkerDied { .. })));
+    /// assert_eq!(out.iter().filter(|r| r.is_ok()).count(), 99);
+    /// assert_eq!(*out[8].as_ref().unwrap(), 80);
+    /// # Ok::<(), pool_core::Error>(())
+    /// ```
+    pub fn map_results<T, I>(
+        &self,
+        task: T,
+        items: I,
+    ) -> Result<Vec<Result<T::Output, Error>>, Error>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        let items: Vec<T::Args> = items.into_iter().collect();
+        let chunksize = self.default_chunksize(items.len());
+        self.map_results_chunked(task, items, chunksize)
+    }
+
+    /// [`map_results`](Self::map_results) with `chunksize` items per frame.
+    pub fn map_results_chunked<T, I>(
+        &self,
+        task: T,
+        items: I,
+        chunksize: usize,
+    ) -> Result<Vec<Result<T::Output, Error>>, Error>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        let mut out = Vec::new();
+        for result in self.imap_chunked(task, items, chunksize.max(1)) {
+            if let Err(err) = &result {
+                if err.is_whole_call() {
+                    return Err(err.clone());
+                }
+            }
+            out.push(result);
+        }
+        Ok(out)
+    }
+
     /// [`map`](Self::map) with a progress bar (rate and ETA) on standard error, advanced as
     /// results arrive; hidden when standard error is not a terminal. Feature `progress`.
     ///

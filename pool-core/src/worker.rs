@@ -119,7 +119,7 @@ impl State {
         let output = &mut self.output;
         match frame::parse_request(frame) {
             Ok(Request::Shutdown) => return Some(0),
-            Ok(Request::Job { task, items }) => match self
+            Ok(Request::Job { task, mut items }) => match self
                 .last
                 .filter(|e| e.name == task)
                 .or_else(|| registry::lookup(task))
@@ -127,6 +127,7 @@ impl State {
                 None => ResultsWriter::unknown_task(output),
                 Some(entry) => {
                     self.last = Some(entry);
+                    items.report_to(&header.item.0);
                     let mut writer = ResultsWriter::new(output);
                     (entry.run)(items, &mut writer);
                     writer.finish();

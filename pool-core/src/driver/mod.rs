@@ -11,7 +11,9 @@
 //! - `shared`: what the pool's handle and the collector share (the queue's sending end, the
 //!   worker pids, the bell, the counters);
 //! - `jobqueue`: the queue itself;
-//! - `settings`: what the collector is told of the pool's configuration.
+//! - `settings`: what the collector is told of the pool's configuration;
+//! - `split`: a job whose worker died part-way, split so that one item fails (or runs again)
+//!   and the others run again elsewhere, and its answer put back together.
 
 pub(crate) mod collector;
 mod guard;
@@ -20,4 +22,5 @@ mod schedule;
 mod seat;
 pub(crate) mod settings;
 pub(crate) mod shared;
+mod split;
 mod supervise;

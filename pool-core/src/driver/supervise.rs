@@ -14,10 +14,19 @@ use nix::sys::signal::{self, Signal};
 use super::collector::{died, kill, retry_later, settle, Collector};
 use super::guard::self_inflicted;
 use super::seat::Incoming;
+use super::split;
 use crate::job::{Job, Sink};
 use crate::start;
 use crate::transport::envelope;
 use crate::{sys, trace, Error};
+
+/// The task an error names.
+fn err_task(err: &Error) -> String {
+    match err {
+        Error::WorkerDied { task, .. } | Error::Timeout { task, .. } => task.clone(),
+        _ => String::new(),
+    }
+}
 
 /// The stop signal, as `nix` names it.
 fn cancel_signal() -> Signal {
@@ -339,6 +348,7 @@ impl Collector {
         self.shared.clear_worker(i);
         let header = process.region.header();
         let started = header.jobs_started.0.load(Ordering::SeqCst);
+        let running_item = header.item.0.load(Ordering::SeqCst) as u32;
         seat.busy_base += header.busy_ns.load(Ordering::Relaxed);
         let pid = process.pid().as_raw();
         let cause = process.reap(Duration::ZERO);
@@ -356,27 +366,11 @@ impl Collector {
             .or(stopped_at_soft_limit);
         let recycled = mem::replace(&mut seat.retiring, false);
         let mut jobs = seat.take_all();
+        let doomed = seat.doomed.take();
         let terminated = self.shared.is_terminated();
         if began_unanswered {
             if let Some(job) = jobs.pop_front() {
-                let retry = !terminated
-                    && !job.internal
-                    && !job.is_cancelled()
-                    && job.attempts < self.settings.retry_policy(&job.task).0;
-                if retry {
-                    retry_later(&mut self.delayed, &self.settings, &self.shared, job);
-                } else {
-                    let err = match timed_out {
-                        Some(limit) if !terminated => Error::Timeout {
-                            task: job.task.to_string(),
-                            limit,
-                            pid,
-                            attempts: job.attempts + 1,
-                        },
-                        _ => died(&job, pid, cause, terminated),
-                    };
-                    settle(&self.shared, job, Err(err));
-                }
+                self.answer_interrupted(job, running_item, timed_out, pid, cause, terminated);
             }
         }
         // The rest were never begun: other workers take them, first.
@@ -394,7 +388,6 @@ impl Collector {
         // killed from outside — by any signal that only comes from outside: an operator's
         // SIGHUP or SIGKILL, the OOM killer — is replaced without counting, whatever it was
         // doing (idle, starting, running its initializer).
-        let doomed = seat.doomed.take();
         if !terminated && !recycled && !began_unanswered {
             if let Some(reason) = doomed {
                 self.guard(reason);
@@ -413,6 +406,56 @@ impl Collector {
                 trace::spawn_failed(i, &err);
                 self.seats[i].spawn_error = Some((err, Instant::now()));
             }
+        }
+    }
+
+    /// Answers the job a worker died running (or was killed for overrunning `timed_out`): a job
+    /// of several items is split so that only item `running` fails or runs again (see
+    /// `split`); a job of one item runs again under the retry policy, else fails.
+    fn answer_interrupted(
+        &mut self,
+        job: Job,
+        running: u32,
+        timed_out: Option<Duration>,
+        pid: i32,
+        cause: crate::ExitCause,
+        terminated: bool,
+    ) {
+        let err = match timed_out {
+            Some(limit) if !terminated => Error::Timeout {
+                task: job.task.to_string(),
+                limit,
+                pid,
+                attempts: job.attempts + 1,
+            },
+            _ => died(&job, pid, cause, terminated),
+        };
+        let may_run_again = !terminated && !job.internal && !job.is_cancelled();
+        let again = may_run_again && job.attempts < self.settings.retry_policy(&job.task).0;
+        let job = if may_run_again {
+            match split::split(job, running, &err, again) {
+                Ok(parts) => {
+                    if !again {
+                        self.shared.counters.failed.fetch_add(1, Ordering::Relaxed);
+                        trace::task_failed(&err_task(&err), 1, Some(&err));
+                    }
+                    if let Some(rest) = parts.rest {
+                        self.retry.push_front(rest);
+                    }
+                    if let Some(item) = parts.running {
+                        retry_later(&mut self.delayed, &self.settings, &self.shared, item);
+                    }
+                    return;
+                }
+                Err(job) => job,
+            }
+        } else {
+            job
+        };
+        if again {
+            retry_later(&mut self.delayed, &self.settings, &self.shared, job);
+        } else {
+            settle(&self.shared, job, Err(err));
         }
     }
 

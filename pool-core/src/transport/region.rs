@@ -44,6 +44,10 @@ pub(crate) struct Header {
     /// 0: none. Written only by the parent; the worker's `pool_core::cancelled()` and its stop
     /// signal handler read it (see `cancel`).
     pub(crate) stop: Padded<AtomicU64>,
+    /// The index of the item of the running job that the worker is running (all before it are
+    /// done); written only by the worker, as it takes each item. Read by the parent when the
+    /// worker dies, to fail that item alone (see `driver::split`).
+    pub(crate) item: Padded<AtomicU64>,
     /// Jobs sent but not begun that must not run: slot `seq % SKIP_SLOTS` holds `seq + 1`.
     /// Written only by the parent; the worker reads its slot as it begins each job.
     pub(crate) skip: [AtomicU64; SKIP_SLOTS],

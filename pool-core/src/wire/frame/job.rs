@@ -263,6 +263,8 @@ pub(crate) fn parse_request(frame: &[u8]) -> Result<Request<'_>, FrameError> {
                     c,
                     remaining: count,
                     width: None,
+                    progress: None,
+                    taken: 0,
                 },
             })
         }
@@ -281,6 +283,8 @@ pub(crate) fn parse_request(frame: &[u8]) -> Result<Request<'_>, FrameError> {
                     c,
                     remaining: count,
                     width: Some(width),
+                    progress: None,
+                    taken: 0,
                 },
             })
         }
@@ -294,10 +298,22 @@ pub(crate) struct Items<'a> {
     c: Cursor<'a>,
     remaining: u32,
     /// The width of every item, in a fixed-width job.
-    width: Option<u8>,
+    pub(super) width: Option<u8>,
+    /// In a worker: where to publish the index of the item being run (see `report_to`).
+    progress: Option<&'a std::sync::atomic::AtomicU64>,
+    /// How many items have been taken.
+    taken: u64,
 }
 
-impl Items<'_> {
+impl<'a> Items<'a> {
+    /// In a worker: publishes to `word` the index of each item as it is taken, which is also
+    /// how many items of the job are done, so that the parent knows which item was running if
+    /// the worker dies (one relaxed store per item).
+    pub(crate) fn report_to(&mut self, word: &'a std::sync::atomic::AtomicU64) {
+        word.store(0, std::sync::atomic::Ordering::Relaxed);
+        self.progress = Some(word);
+    }
+
     /// How many items are left.
     pub(crate) fn remaining(&self) -> u32 {
         self.remaining
@@ -318,6 +334,10 @@ impl<'a> Iterator for Items<'a> {
             return None;
         }
         self.remaining -= 1;
+        if let Some(word) = self.progress {
+            word.store(self.taken, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.taken += 1;
         let item = match self.width {
             Some(width) => self.c.take(width.into(), "job: truncated item"),
             None => self

@@ -37,6 +37,10 @@ pub(super) const ITEM_OK: u8 = 0;
 pub(super) const ITEM_PANIC: u8 = 1;
 pub(super) const ITEM_ARGS_DECODE: u8 = 2;
 pub(super) const ITEM_RESULT_ENCODE: u8 = 3;
+/// Written only by the parent, for the item under which a worker died (see `split`).
+pub(super) const ITEM_WORKER_DIED: u8 = 4;
+/// Written only by the parent, for the item that ran past its time limit (see `split`).
+pub(super) const ITEM_TIMEOUT: u8 = 5;
 
 /// A frame that does not follow the format above.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +91,7 @@ impl std::fmt::Debug for Cursor<'_> {
 mod job;
 mod results;
 mod small;
+pub(crate) mod split;
 #[cfg(test)]
 mod test;
 

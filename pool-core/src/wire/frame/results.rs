@@ -215,6 +215,18 @@ pub(crate) enum Outcome<'a> {
     ArgsDecode(&'a str),
     /// The result did not encode.
     ResultEncode(&'a str),
+    /// The worker died under this item (written by the parent when it split the job).
+    WorkerDied {
+        pid: i32,
+        cause: crate::ExitCause,
+        attempts: u32,
+    },
+    /// This item ran past its time limit (written by the parent when it split the job).
+    Timeout {
+        limit: std::time::Duration,
+        pid: i32,
+        attempts: u32,
+    },
 }
 
 impl Outcome<'_> {
@@ -236,6 +248,26 @@ impl Outcome<'_> {
                 task: task.to_owned(),
                 message: m.to_owned(),
             }),
+            Outcome::WorkerDied {
+                pid,
+                cause,
+                attempts,
+            } => Some(Error::WorkerDied {
+                task: task.to_owned(),
+                pid,
+                cause,
+                attempts,
+            }),
+            Outcome::Timeout {
+                limit,
+                pid,
+                attempts,
+            } => Some(Error::Timeout {
+                task: task.to_owned(),
+                limit,
+                pid,
+                attempts,
+            }),
         }
     }
 }
@@ -243,8 +275,8 @@ impl Outcome<'_> {
 /// The outcomes in a result frame, in item order.
 #[derive(Debug)]
 pub(crate) struct Results<'a> {
-    c: Cursor<'a>,
-    remaining: u32,
+    pub(super) c: Cursor<'a>,
+    pub(super) remaining: u32,
     errors: u32,
     /// The width of every value, in a fixed-width frame.
     width: Option<u8>,
@@ -429,6 +461,22 @@ impl<'a> Results<'a> {
             }
             ITEM_ARGS_DECODE => Ok(Outcome::ArgsDecode(text(bytes)?)),
             ITEM_RESULT_ENCODE => Ok(Outcome::ResultEncode(text(bytes)?)),
+            ITEM_WORKER_DIED => {
+                let (pid, cause, attempts) = super::split::worker_died(bytes)?;
+                Ok(Outcome::WorkerDied {
+                    pid,
+                    cause,
+                    attempts,
+                })
+            }
+            ITEM_TIMEOUT => {
+                let (limit, pid, attempts) = super::split::timeout(bytes)?;
+                Ok(Outcome::Timeout {
+                    limit,
+                    pid,
+                    attempts,
+                })
+            }
             _ => Err(FrameError("results: unknown item status")),
         }
     }

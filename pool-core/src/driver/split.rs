@@ -1,0 +1,147 @@
+//! One crash, one failed item: a job of several items whose worker died part-way is split, so
+//! that only the item it was running fails (or runs again, alone, under the retry policy) and
+//! the other items run again on other workers. Their answers are put back together, in item
+//! order, into the one frame the job's own sink is waiting for.
+//!
+//! The worker publishes the index of the item it takes (`Header::item`, one relaxed store per
+//! item), so the parent knows which item was running when the worker died. Items of the job that
+//! finished before it are run again with the rest: their results died with the worker.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::job::{Job, Sink};
+use crate::wire::frame::split::{error_record, job_subset, merge, records};
+use crate::wire::frame::ResultFrame;
+use crate::Error;
+
+/// The pieces of a split job coming together: part `k` of this sink answers the original
+/// positions `pieces[k]`.
+pub(super) struct Assemble {
+    sink: Arc<dyn Sink>,
+    part: usize,
+    state: Mutex<State>,
+}
+
+struct State {
+    /// Each original item's outcome record, once known.
+    records: Vec<Option<Vec<u8>>>,
+    pieces: Vec<Vec<u32>>,
+    remaining: usize,
+    /// The job's sink has its answer (an error of the whole job ended it early).
+    done: bool,
+}
+
+impl Assemble {
+    fn answer(&self, state: &mut State, outcome: Result<ResultFrame, Error>) {
+        if !state.done {
+            state.done = true;
+            self.sink.deliver(self.part, outcome);
+        }
+    }
+}
+
+impl Sink for Assemble {
+    fn deliver(&self, piece: usize, outcome: Result<ResultFrame, Error>) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.done {
+            return;
+        }
+        let positions = state.pieces.get(piece).cloned().unwrap_or_default();
+        let recs = match &outcome {
+            Ok(frame) => records(frame).filter(|r| r.len() == positions.len()),
+            // An error of one item (its worker died, it ran out of time …) is that item's
+            // outcome; an error of the whole call (terminated, cancelled …) ends the job.
+            Err(err) => error_record(err).map(|r| vec![r; positions.len()]),
+        };
+        let Some(recs) = recs else {
+            // Not readable item by item (an unknown task, a broken frame): the job's answer
+            // as it is, which its sink checks.
+            return self.answer(&mut state, outcome);
+        };
+        for (&pos, rec) in positions.iter().zip(recs) {
+            state.records[pos as usize] = Some(rec);
+        }
+        state.remaining -= 1;
+        if state.remaining == 0 {
+            let all: Option<Vec<Vec<u8>>> = state.records.drain(..).collect();
+            match all {
+                Some(all) => self.answer(&mut state, Ok(merge(&all))),
+                None => self.answer(
+                    &mut state,
+                    Err(Error::Protocol("a split job lost an item".into())),
+                ),
+            }
+        }
+    }
+
+    fn is_cancelled(&self, _piece: usize) -> bool {
+        self.sink.is_cancelled(self.part)
+    }
+}
+
+/// What a split gives back: the other items as a job to run now, and the running item as a
+/// job of its own when it is to run again (else its error is in the answer already).
+pub(super) struct Split {
+    pub(super) rest: Option<Job>,
+    pub(super) running: Option<Job>,
+}
+
+/// Splits `job`, whose worker died while running item `running` with `err`; `again` says
+/// whether that item runs again. `Err(job)` when the job cannot be split (one item, or its
+/// frame is gone), for the caller to fail or retry whole.
+pub(super) fn split(mut job: Job, running: u32, err: &Error, again: bool) -> Result<Split, Job> {
+    if job.items < 2 || running >= job.items || job.frame.is_empty() {
+        return Err(job);
+    }
+    let frame: Vec<u8> = if job.spliced.is_empty() {
+        std::mem::take(&mut job.frame)
+    } else {
+        job.wire_pieces().flat_map(|p| p.iter().copied()).collect()
+    };
+    let others: Vec<u32> = (0..job.items).filter(|&i| i != running).collect();
+    let (Some(rest_frame), Some(running_frame), Some(error)) = (
+        job_subset(&frame, &others),
+        job_subset(&frame, &[running]),
+        error_record(err),
+    ) else {
+        job.frame = frame;
+        return Err(job);
+    };
+    let items = job.items;
+    let per_item = job.limit.map(|l| l / items);
+    let (task, attempts, internal) = (job.task.clone(), job.attempts, job.internal);
+    let Some((sink, part)) = job.into_sink() else {
+        return Ok(Split {
+            rest: None,
+            running: None,
+        });
+    };
+    let mut records = vec![None; items as usize];
+    let mut pieces = vec![others];
+    if again {
+        pieces.push(vec![running]);
+    } else {
+        records[running as usize] = Some(error);
+    }
+    let assemble = Arc::new(Assemble {
+        sink,
+        part,
+        state: Mutex::new(State {
+            records,
+            remaining: pieces.len(),
+            pieces,
+            done: false,
+        }),
+    });
+    let piece = |frame: Vec<u8>, index: usize, n: u32, attempts: u32| {
+        let mut job = Job::new(frame, task.clone(), assemble.clone(), index);
+        job.limit = per_item.map(|l| l * n);
+        job.attempts = attempts;
+        job.internal = internal;
+        job
+    };
+    Ok(Split {
+        rest: Some(piece(rest_frame, 0, items - 1, attempts)),
+        running: again.then(|| piece(running_frame, 1, 1, attempts)),
+    })
+}

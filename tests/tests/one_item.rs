@@ -1,0 +1,91 @@
+//! A failure costs exactly one item: a worker that dies in the middle of a chunk fails only the
+//! item it was running; the chunk's other items are answered (run again elsewhere), for every
+//! form of map on a local pool.
+
+use std::time::Duration;
+
+use pool_core::{task, Error, Pool};
+use pool_tests::{deadline, eventually};
+
+/// Aborts its worker on item 4321; doubles every other.
+#[task]
+fn poison(x: u64) -> u64 {
+    if x == 4321 {
+        std::process::abort();
+    }
+    x * 2
+}
+
+/// The same, but slow enough that several items of a chunk finish before the crash.
+#[task]
+fn slow_poison(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_micros(200));
+    if x == 37 {
+        std::process::abort();
+    }
+    x + 1
+}
+
+fn check(out: &[Result<u64, Error>], bad: usize, good: impl Fn(u64) -> u64) {
+    let mut died = 0;
+    for (i, r) in out.iter().enumerate() {
+        match r {
+            Ok(v) => assert_eq!(*v, good(i as u64), "item {i}"),
+            Err(Error::WorkerDied { attempts: 1, .. }) if i == bad => died += 1,
+            Err(e) => panic!("item {i}: {e}"),
+        }
+    }
+    assert_eq!(died, 1);
+}
+
+#[test]
+fn a_10000_item_map_in_chunks_of_100_loses_exactly_the_poison_item() {
+    deadline(120, "map_results", || {
+        let pool = Pool::builder().processes(2).build().expect("pool");
+        let out = pool
+            .map_results_chunked(poison, 0..10_000u64, 100)
+            .expect("no failure of the whole call");
+        assert_eq!(out.len(), 10_000);
+        check(&out, 4321, |x| x * 2);
+        assert_eq!(out.iter().filter(|r| r.is_ok()).count(), 9_999);
+        let stats = pool.stats();
+        assert_eq!(stats.tasks_failed, 1, "{stats:?}");
+        assert!(eventually(10, || pool.stats().workers_replaced == 1));
+        // The default chunking too.
+        let out = pool.map_results(poison, 0..10_000u64).expect("whole call");
+        check(&out, 4321, |x| x * 2);
+    });
+}
+
+#[test]
+fn items_before_the_crash_and_after_it_are_answered_in_every_map_form() {
+    deadline(120, "forms", || {
+        let pool = Pool::builder().processes(2).build().expect("pool");
+        // imap and imap_unordered yield every item's own result.
+        let out: Vec<_> = pool.imap_chunked(slow_poison, 0..100u64, 50).collect();
+        check(&out, 37, |x| x + 1);
+        let mut seen: Vec<(u64, bool)> = pool
+            .imap_unordered_chunked(slow_poison, 0..100u64, 50)
+            .map(|r| match r {
+                Ok(v) => (v - 1, true),
+                Err(_) => (37, false),
+            })
+            .collect();
+        seen.sort();
+        assert_eq!(seen.len(), 100);
+        assert_eq!(seen.iter().filter(|(_, ok)| !ok).count(), 1);
+        // map and map_async fail with that item's error, as for any failed item.
+        match pool.map_chunked(slow_poison, 0..100u64, 50) {
+            Err(Error::WorkerDied { task, .. }) => assert!(task.ends_with("slow_poison")),
+            other => panic!("{other:?}"),
+        }
+        match pool.map_async_chunked(slow_poison, 0..100u64, 50).get() {
+            Err(Error::WorkerDied { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        // One worker per crash: four maps, four crashes.
+        assert!(eventually(10, || pool.stats().workers_replaced == 4));
+        let stats = pool.stats();
+        assert_eq!(stats.workers_replaced, 4, "{stats:?}");
+    });
+}
