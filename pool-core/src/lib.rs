@@ -52,6 +52,7 @@
 //! | `map_async(f, xs)` | [`pool.map_async(f, xs)`](Pool::map_async) |
 //! | `imap`, `imap_unordered` | [`pool.imap`](Pool::imap), [`imap_unordered`](Pool::imap_unordered) (and `_chunked`) |
 //! | `AsyncResult.get(timeout)`, `wait`, `ready`, `successful` | [`AsyncResult`] |
+//! | (no per-call cancel) | [`AsyncResult::cancel`], [`Imap::cancel`], [`cancelled()`] in the task |
 //! | `close()`, `join()`, `terminate()` | [`close`](Pool::close), [`join`](Pool::join), [`terminate`](Pool::terminate) |
 //!
 //! # Choosing a chunk size
@@ -68,7 +69,7 @@
 //! | What happens in the task | What the caller gets | The pool |
 //! |---|---|---|
 //! | it panics | [`Error::Panicked`] with the message and location | the worker lives on |
-//! | its process dies (SIGKILL, `abort`, segfault, `process::exit`) | [`Error::WorkerDied`] with pid and signal or exit code | a new worker replaces it |
+//! | its process dies (SIGKILL, `abort`, segfault, `process::exit`) | [`Error::WorkerDied`] with pid and signal or exit code, for that item only (the other items of its chunk run again elsewhere; [`Pool::map_results`] keeps them); after [`PoolBuilder::retries`] more attempts if set | a new worker replaces it |
 //! | its name is unknown to the worker | [`Error::UnknownTask`] | unaffected |
 //! | its arguments do not decode | [`Error::ArgsDecode`] | unaffected |
 //! | its result does not encode | [`Error::ResultEncode`] | unaffected |

@@ -9,10 +9,14 @@
 //! results  := 0x03 0x00 count:u32 errors:u32 result*      result := status:u8 len:u32 bytes
 //!           | 0x03 0x01                                     (the task name is unknown)
 //!           | 0x03 0x02 count:u32 errors:u32 width:u8 fixed*  (every item a value)
+//!           | 0x03 0x03                                     (cancelled before it began)
 //! ```
 //!
 //! A result's `status` says what its bytes are: the MessagePack return value (`ITEM_OK`), a
-//! panic (`msg_len:u32 msg location`), or an error message in UTF-8. One job frame carries a
+//! panic (`msg_len:u32 msg location`), or an error message in UTF-8; and, only in frames the
+//! parent puts together after a worker died under a chunk (`split`), the worker's death
+//! (`pid:i32 kind:u8 value:i32 attempts:u32`) or a time limit (`limit_ns:u64 pid:i32
+//! attempts:u32`) of one item. One job frame carries a
 //! whole chunk of a `map`, so the per-frame costs are paid once per chunk, not once per item.
 //!
 //! The fixed-width forms carry a `map` of scalars (`u64`, `f64`, …): every item is the value in
