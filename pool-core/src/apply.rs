@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::job::{Job, TaskName};
-use crate::result::{decode_one, encoded_all, Counts, ResultCell};
+use crate::result::{decode_one, encoded_all, encoded_each, Counts, ResultCell};
 use crate::wire::frame::JobBuilder;
 use crate::{AsyncResult, Error, Pool, Task};
 
@@ -231,6 +231,43 @@ impl Pool {
         }
         let count = u32::try_from(items.len()).unwrap_or(u32::MAX);
         let slot = ResultCell::new(name.clone(), Counts::One(count), encoded_all);
+        if name.len() > usize::from(u16::MAX) {
+            slot.complete_part(0, Err(Error::UnknownTask { name: name.into() }));
+            return AsyncResult::new(slot);
+        }
+        let mut builder = JobBuilder::new(&name);
+        for item in items {
+            if let Err(message) = builder.push_encoded(item.as_ref()) {
+                let task = name.into_owned();
+                slot.complete_part(0, Err(Error::ArgsEncode { task, message }));
+                return AsyncResult::new(slot);
+            }
+        }
+        self.shared
+            .submit(Job::new(builder.finish(), name, slot.clone(), 0));
+        AsyncResult::new(slot)
+    }
+
+    /// [`apply_encoded`](Self::apply_encoded) that keeps each item's own outcome: an item that
+    /// panics, or whose worker dies under it, is an `Err` in its place and the other items keep
+    /// their values. The result fails as a whole only for failures of the whole job (an
+    /// unknown task, a broken frame, the pool terminated). For transports that answer item by
+    /// item (`pool-redis`).
+    pub fn apply_encoded_each<B: AsRef<[u8]>>(
+        &self,
+        name: &str,
+        items: &[B],
+    ) -> AsyncResult<Vec<Result<Vec<u8>, Error>>> {
+        let name: TaskName = TaskName::Owned(name.to_owned());
+        if items.is_empty() {
+            return AsyncResult::new(ResultCell::per_item(
+                name,
+                Counts::Many(Vec::new()),
+                encoded_each,
+            ));
+        }
+        let count = u32::try_from(items.len()).unwrap_or(u32::MAX);
+        let slot = ResultCell::per_item(name.clone(), Counts::One(count), encoded_each);
         if name.len() > usize::from(u16::MAX) {
             slot.complete_part(0, Err(Error::UnknownTask { name: name.into() }));
             return AsyncResult::new(slot);

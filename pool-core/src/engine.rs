@@ -109,6 +109,28 @@ impl JobSink {
     }
 }
 
+impl JobSink {
+    /// Delivers the job's outcome item by item: each item's result (the MessagePack of its
+    /// value) or its own error (a panic, its worker dying under it …). An item error that
+    /// belongs to a whole call (termination, cancel …) ends the job with it.
+    pub fn deliver_each(self, outcome: Result<Vec<Result<Vec<u8>, Error>>, Error>) {
+        use crate::wire::frame::split::{error_record, merge, ok_record};
+        let frame = outcome.and_then(|items| {
+            items
+                .iter()
+                .map(|item| match item {
+                    Ok(bytes) => Ok(ok_record(bytes)),
+                    Err(err) => error_record(err).ok_or_else(|| err.clone()),
+                })
+                .collect::<Result<Vec<_>, Error>>()
+        });
+        match frame {
+            Ok(records) => self.sink.deliver(self.part, Ok(merge(&records))),
+            Err(err) => self.sink.deliver(self.part, Err(err)),
+        }
+    }
+}
+
 impl<T: DeserializeOwned + 'static> AsyncResult<T> {
     /// A result of one item of `task`, pending until its sink's part 0 is delivered.
     #[doc(hidden)]

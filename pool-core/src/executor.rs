@@ -123,6 +123,31 @@ pub trait Executor {
         T: Task,
         I: IntoIterator<Item = T::Args>;
 
+    /// Every item's own outcome, in order, `chunksize` items per job: one failed item (a
+    /// panic, a process dying under it) is an `Err` in its place and the others keep their
+    /// values; the outer `Err` is for failures of the whole call. See [`Pool::map_results`].
+    fn map_results_chunked<T, I>(
+        &self,
+        task: T,
+        items: I,
+        chunksize: usize,
+    ) -> Result<Vec<Result<T::Output, Error>>, Error>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        let mut out = Vec::new();
+        for result in self.imap_chunked(task, items, chunksize.max(1)) {
+            if let Err(err) = &result {
+                if err.is_whole_call() {
+                    return Err(err.clone());
+                }
+            }
+            out.push(result);
+        }
+        Ok(out)
+    }
+
     /// Takes no more work; work already submitted still runs.
     fn close(&self);
 

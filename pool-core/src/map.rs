@@ -202,16 +202,7 @@ impl Pool {
         T: Task,
         I: IntoIterator<Item = T::Args>,
     {
-        let mut out = Vec::new();
-        for result in self.imap_chunked(task, items, chunksize.max(1)) {
-            if let Err(err) = &result {
-                if err.is_whole_call() {
-                    return Err(err.clone());
-                }
-            }
-            out.push(result);
-        }
-        Ok(out)
+        <Self as crate::Executor>::map_results_chunked(self, task, items, chunksize)
     }
 
     /// [`map`](Self::map) with a progress bar (rate and ETA) on standard error, advanced as

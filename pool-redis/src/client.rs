@@ -32,8 +32,14 @@ use crate::status::{self, QueueStatus};
 use crate::wire::{self, Keys, WireError};
 use crate::Error;
 
+/// What a job's items gave: all values, or (when one failed) each item's own outcome.
+enum Answered {
+    All(Vec<Vec<u8>>),
+    Each(Vec<Result<Vec<u8>, Error>>),
+}
+
 /// How a job's outcome reaches whoever waits for it.
-type Resolve = Box<dyn FnOnce(Result<Vec<Vec<u8>>, Error>) + Send>;
+type Resolve = Box<dyn FnOnce(Result<Answered, Error>) + Send>;
 
 /// Submissions sent in one round trip, at most.
 const SUBMIT_BATCH: usize = 1024;
@@ -286,8 +292,13 @@ impl RedisPool {
 
     /// Sends one job and delivers its outcome to `sink`.
     fn submit_to(&self, task: &str, items: &[Vec<u8>], sink: JobSink) {
-        self.submit(task, items, move |outcome| {
-            sink.deliver_items(outcome.map_err(pool_core::Error::from))
+        self.submit(task, items, move |outcome| match outcome {
+            Ok(Answered::All(values)) => sink.deliver_items(Ok(values)),
+            Ok(Answered::Each(each)) => sink.deliver_each(Ok(each
+                .into_iter()
+                .map(|item| item.map_err(pool_core::Error::from))
+                .collect())),
+            Err(err) => sink.deliver_items(Err(err.into())),
         });
     }
 
@@ -296,7 +307,7 @@ impl RedisPool {
         &self,
         task: &str,
         items: &[Vec<u8>],
-        resolve: impl FnOnce(Result<Vec<Vec<u8>>, Error>) + Send + 'static,
+        resolve: impl FnOnce(Result<Answered, Error>) + Send + 'static,
     ) {
         if let Err(err) = self.owner.check() {
             resolve(Err(err.into()));
@@ -319,6 +330,36 @@ impl RedisPool {
                 resolve(Err(Error::Closed));
             }
         }
+    }
+
+    /// Every item's own outcome, in order, in chunks of `chunksize`: an item that panics, or
+    /// whose worker process crashes under it, is an `Err` in its place, and every other item
+    /// keeps its value (the worker's local pool runs the rest of the chunk again). The outer
+    /// `Err` is for failures of the whole call. The same as `pool_core::Pool::map_results`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use pool_core::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// let pool = pool_redis::RedisPool::connect("redis://127.0.0.1/", "jobs")?;
+    /// let out = pool.map_results_chunked(square, 0..1000, 100)?;
+    /// assert!(out.iter().all(Result::is_ok));
+    /// # Ok::<(), pool_redis::Error>(())
+    /// ```
+    #[allow(clippy::type_complexity)]
+    pub fn map_results_chunked<T, I>(
+        &self,
+        task: T,
+        items: I,
+        chunksize: usize,
+    ) -> Result<Vec<Result<T::Output, Error>>, Error>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        let out = pool_core::Executor::map_results_chunked(self, task, items, chunksize)?;
+        Ok(out.into_iter().map(|r| r.map_err(Error::from)).collect())
     }
 
     /// Applies `task` to every item, in chunks, and returns the results in order, failing with
@@ -664,7 +705,20 @@ impl Inner {
             return;
         };
         let outcome = if let Some(ok) = field_bytes(map, "ok") {
-            wire::decode_items(&ok).map_err(|e| Error::Protocol(format!("result list: {e}")))
+            wire::decode_items(&ok)
+                .map(Answered::All)
+                .map_err(|e| Error::Protocol(format!("result list: {e}")))
+        } else if let Some(each) = field_bytes(map, "each") {
+            wire::decode_each(&each)
+                .map(|items| {
+                    Answered::Each(
+                        items
+                            .into_iter()
+                            .map(|i| i.map_err(WireError::into_error))
+                            .collect(),
+                    )
+                })
+                .map_err(|e| Error::Protocol(format!("outcome list: {e}")))
         } else if let Some(err) = field_bytes(map, "err") {
             match rmp_serde::from_slice::<WireError>(&err) {
                 Ok(w) => Err(w.into_error()),
@@ -676,7 +730,7 @@ impl Inner {
         self.resolve(id, outcome);
     }
 
-    fn resolve(&self, id: u64, outcome: Result<Vec<Vec<u8>>, Error>) {
+    fn resolve(&self, id: u64, outcome: Result<Answered, Error>) {
         let (resolve, now_idle) = {
             let mut pending = lock(&self.pending);
             let r = pending.remove(&id);

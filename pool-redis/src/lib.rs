@@ -50,6 +50,24 @@
 //! effects should therefore be idempotent — keyed writes, upserts, checks before acting — or
 //! accept being repeated.
 //!
+//! # Failures item by item, retries, cancel
+//!
+//! - **One failed item.** A worker answers each item of a chunk on its own: an item that
+//!   panics, or whose local process crashes under it, is an `Err` in its place and the other
+//!   items keep their values (the local pool runs the rest of the chunk again, as
+//!   `pool_core::Pool` does). [`RedisPool::map_results_chunked`] returns them all; `map` fails
+//!   with the first. When a whole worker *machine* dies (or goes silent), its chunk is
+//!   redelivered whole after `claim_idle`, and its items run again elsewhere.
+//! - **Retries** run on the worker's machine, in its local pool: a task's
+//!   `#[task(retries = N)]` and `#[task(retry_on_panic)]` apply there, and
+//!   `Worker::pool(Pool::builder().retries(n))` sets a default. They retry a crashed local
+//!   process or a time limit. [`Worker::max_deliveries`] is separate: it counts deliveries of
+//!   a whole job to worker machines (a machine that dies is the case it guards), so a job can
+//!   run up to `(retries + 1) × max_deliveries` times in all.
+//! - **Cancel.** [`AsyncResult::cancel`](pool_core::AsyncResult::cancel) resolves the call to
+//!   `Cancelled` at once; on `pool-redis` the job is not yet taken back from the queue or
+//!   stopped on its worker (it runs, and its answer is ignored).
+//!
 //! # Big datasets
 //!
 //! `pool_core::SharedSlice` and `Shared` share memory between processes of one machine: their

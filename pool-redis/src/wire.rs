@@ -67,6 +67,37 @@ pub(crate) fn decode_items(bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
     Ok(list.into_iter().map(ByteBuf::into_vec).collect())
 }
 
+/// One item's outcome, for a job whose items did not all succeed (the `each` field).
+#[derive(Debug, Serialize, Deserialize)]
+enum ItemOutcome {
+    Ok(ByteBuf),
+    Err(WireError),
+}
+
+/// Encodes each item's outcome (a MessagePack list).
+pub(crate) fn encode_each(items: &[Result<Vec<u8>, WireError>]) -> Vec<u8> {
+    let list: Vec<ItemOutcome> = items
+        .iter()
+        .map(|i| match i {
+            Ok(v) => ItemOutcome::Ok(ByteBuf::from(v.clone())),
+            Err(e) => ItemOutcome::Err(e.clone()),
+        })
+        .collect();
+    rmp_serde::to_vec(&list).expect("a list of outcomes always encodes")
+}
+
+/// Decodes what [`encode_each`] wrote.
+pub(crate) fn decode_each(bytes: &[u8]) -> Result<Vec<Result<Vec<u8>, WireError>>, String> {
+    let list: Vec<ItemOutcome> = rmp_serde::from_slice(bytes).map_err(|e| e.to_string())?;
+    Ok(list
+        .into_iter()
+        .map(|i| match i {
+            ItemOutcome::Ok(v) => Ok(v.into_vec()),
+            ItemOutcome::Err(e) => Err(e),
+        })
+        .collect())
+}
+
 /// A task's failure as it travels back to the caller.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) enum WireError {

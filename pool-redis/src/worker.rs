@@ -358,12 +358,18 @@ struct KeeperSettings {
 }
 
 /// An answered job, on its way to Redis.
+/// What a job's items gave: all values, or (when one failed) each item's own outcome.
+enum Outcome {
+    All(Vec<Vec<u8>>),
+    Each(Vec<Result<Vec<u8>, WireError>>),
+}
+
 struct Answer {
     entry: String,
     /// Where the answer goes: the caller's id and its job id (absent for an entry too
     /// malformed to answer, which is only removed).
     reply: Option<(String, u64)>,
-    outcome: Result<Vec<Vec<u8>>, WireError>,
+    outcome: Result<Outcome, WireError>,
     /// The local pool is broken: leave the entry unanswered and unacknowledged, for another
     /// worker to reclaim, and stop this worker.
     abandon: Option<String>,
@@ -457,12 +463,24 @@ impl Shared {
         };
         let (ok_sender, ok_id, ok_reply) = (sender.clone(), id.clone(), reply.clone());
         self.pool
-            .apply_encoded(&task, &items)
+            .apply_encoded_each(&task, &items)
             .on_success(move |values| {
+                // Each item's own outcome travels back, so that one failed item (a panic, a
+                // process dying under it) costs that item only.
+                let outcome = if values.iter().all(Result::is_ok) {
+                    Outcome::All(values.into_iter().flatten().collect())
+                } else {
+                    Outcome::Each(
+                        values
+                            .into_iter()
+                            .map(|v| v.map_err(|e| WireError::from_pool(&e)))
+                            .collect(),
+                    )
+                };
                 let _ = ok_sender.send(Answer {
                     entry: ok_id,
                     reply: ok_reply,
-                    outcome: Ok(values),
+                    outcome: Ok(outcome),
                     abandon: None,
                 });
             })
@@ -521,7 +539,12 @@ impl Shared {
                             let key = self.keys.results(client);
                             let cmd = pipe.cmd("XADD").arg(&key).arg("*").arg("id").arg(*job);
                             match &a.outcome {
-                                Ok(values) => cmd.arg("ok").arg(wire::encode_items(values)),
+                                Ok(Outcome::All(values)) => {
+                                    cmd.arg("ok").arg(wire::encode_items(values))
+                                }
+                                Ok(Outcome::Each(each)) => {
+                                    cmd.arg("each").arg(wire::encode_each(each))
+                                }
                                 Err(err) => cmd
                                     .arg("err")
                                     .arg(rmp_serde::to_vec(err).unwrap_or_default()),

@@ -30,6 +30,27 @@ pub fn square_unless(x: u64, bad: u64) -> u64 {
     x * x
 }
 
+/// `x * x`, but aborts the process that runs it (a crash in native code, say) on `bad`.
+#[task]
+pub fn abort_on(x: u64, bad: u64) -> u64 {
+    if x == bad {
+        std::process::abort();
+    }
+    x * x
+}
+
+/// Counts its runs in the file `marker`, and aborts its process on the first two: with its own
+/// `retries = 2`, the third run answers (on any engine: the retries happen where it runs).
+#[task(retries = 2)]
+pub fn dies_twice(marker: String) -> u32 {
+    let runs = std::fs::read_to_string(&marker).map_or(0, |s| s.len()) + 1;
+    std::fs::write(&marker, "x".repeat(runs)).expect("write the marker");
+    if runs <= 2 {
+        std::process::abort();
+    }
+    runs as u32
+}
+
 /// The `POOL_TEST_TAG` of the worker that ran it.
 #[task]
 pub fn worker_tag() -> String {

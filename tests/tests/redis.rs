@@ -8,7 +8,8 @@ use pool_core::Task;
 use pool_redis::{Error, RedisPool};
 use pool_tests::deadline;
 use pool_tests::redis::{
-    kill_my_worker, slow_square, square, worker_tag, RedisServer, WorkerProcess,
+    abort_on, dies_twice, kill_my_worker, slow_square, square, square_unless, worker_tag,
+    RedisServer, WorkerProcess,
 };
 
 const EXE: &str = env!("CARGO_BIN_EXE_redis-worker");
@@ -396,7 +397,6 @@ fn imap_yields_every_result_before_the_inputs_panic() {
 /// Written once against the trait: what the executor example does, with every call checked.
 fn exercise<E: pool_core::Executor>(engine: &E) -> Vec<String> {
     use pool_core::Error as CoreError;
-    use pool_tests::redis::square_unless;
     let mut seen = Vec::new();
     let mut check = |what: &str, ok: bool| {
         if !ok {
@@ -491,5 +491,51 @@ fn one_function_runs_unchanged_on_both_engines() {
         let closed = redis.apply_async(square, 1).get().unwrap_err();
         assert!(matches!(closed, pool_core::Error::Engine(_)), "{closed:?}");
         assert!(matches!(Error::from(closed), Error::Closed));
+    });
+}
+
+#[test]
+fn a_process_crash_in_a_redis_chunk_costs_exactly_one_item() {
+    deadline(120, "one item on redis", || {
+        let server = RedisServer::start(false);
+        let _w = worker(&server, "jobs", 2, "w");
+        let pool = RedisPool::connect(&server.url(), "jobs").unwrap();
+        let out = pool
+            .map_results_chunked(abort_on, (0..1000u64).map(|x| (x, 437)), 100)
+            .unwrap();
+        assert_eq!(out.len(), 1000);
+        for (i, r) in out.iter().enumerate() {
+            match r {
+                Ok(v) => assert_eq!(*v, (i * i) as u64),
+                Err(Error::Task(pool_core::Error::WorkerDied { .. })) if i == 437 => {}
+                Err(e) => panic!("item {i}: {e}"),
+            }
+        }
+        assert_eq!(out.iter().filter(|r| r.is_err()).count(), 1);
+        // A panic costs its item only too.
+        let out = pool
+            .map_results_chunked(square_unless, (0..300u64).map(|x| (x, 150)), 100)
+            .unwrap();
+        assert_eq!(out.iter().filter(|r| r.is_err()).count(), 1);
+        assert!(matches!(
+            out[150],
+            Err(Error::Task(pool_core::Error::Panicked { .. }))
+        ));
+    });
+}
+
+#[test]
+fn a_task_s_retries_apply_on_redis_workers_too() {
+    deadline(120, "retries on redis", || {
+        let server = RedisServer::start(false);
+        let _w = worker(&server, "jobs", 1, "w");
+        let pool = RedisPool::connect(&server.url(), "jobs").unwrap();
+        let marker = std::env::temp_dir().join(format!("redis-dies-twice-{}", std::process::id()));
+        let _ = std::fs::remove_file(&marker);
+        let runs = pool
+            .apply(dies_twice, marker.display().to_string())
+            .expect("the third run answers");
+        assert_eq!(runs, 3);
+        let _ = std::fs::remove_file(&marker);
     });
 }

@@ -307,7 +307,7 @@ impl Collector {
             self.fail_without_workers();
             return progress;
         }
-        while let Some(job) = self.next_job() {
+        while let Some(mut job) = self.next_job() {
             let expected = self.estimates.of(&job);
             let best = self
                 .seats
@@ -320,7 +320,6 @@ impl Collector {
                 self.retry.push_front(job);
                 break;
             };
-            let mut job = job;
             if self.keeps_panics && !job.internal {
                 job.keep_frame = self.settings.retry_policy(&job.task).1;
             }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-use super::decode::check_frame;
+use super::decode::{check_count, check_frame};
 use crate::job::TaskName;
 use crate::wire::frame::ResultFrame;
 use crate::Error;
@@ -28,6 +28,9 @@ pub(crate) struct ResultCell<T> {
     /// Set by [`cancel`](Self::cancel): the engine must not begin this result's jobs, and
     /// stops the ones running.
     cancelled: AtomicBool,
+    /// The result keeps each item's own outcome: an item's error does not fail it (only a
+    /// part that is not readable item by item does).
+    per_item: bool,
 }
 
 /// How long a waiter spins before it sleeps: most round trips to a worker are shorter, and a
@@ -121,6 +124,15 @@ impl Counts {
 impl<T> ResultCell<T> {
     /// A slot awaiting one part per entry of `expected`, each holding that many items.
     pub(crate) fn new(task: TaskName, expected: Counts, decode: Decode<T>) -> Arc<Self> {
+        Self::with_mode(task, expected, decode, false)
+    }
+
+    /// [`new`](Self::new) for a result that keeps each item's own outcome.
+    pub(crate) fn per_item(task: TaskName, expected: Counts, decode: Decode<T>) -> Arc<Self> {
+        Self::with_mode(task, expected, decode, true)
+    }
+
+    fn with_mode(task: TaskName, expected: Counts, decode: Decode<T>, per_item: bool) -> Arc<Self> {
         let parts = expected.len();
         let slot = Arc::new(ResultCell {
             task,
@@ -142,6 +154,7 @@ impl<T> ResultCell<T> {
             ready: Condvar::new(),
             done: AtomicBool::new(false),
             cancelled: AtomicBool::new(false),
+            per_item,
         });
         if parts == 0 {
             slot.finish(slot.lock(), Ok(()));
@@ -159,8 +172,14 @@ impl<T> ResultCell<T> {
         if state.outcome.is_some() {
             return;
         }
+        let expected = state.expected.get(index);
         let checked = result.and_then(|frame| {
-            check_frame(&frame, &self.task, state.expected.get(index)).map(|()| frame)
+            if self.per_item {
+                check_count(&frame, &self.task, expected)
+            } else {
+                check_frame(&frame, &self.task, expected)
+            }
+            .map(|()| frame)
         });
         match checked {
             Err(err) => self.finish(state, Err(err)),

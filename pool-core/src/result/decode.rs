@@ -28,6 +28,19 @@ pub(crate) fn check_frame(frame: &ResultFrame, task: &str, expected: u32) -> Res
     Ok(())
 }
 
+/// Checks a result frame's structure and item count only (a result that keeps each item's own
+/// outcome).
+pub(crate) fn check_count(frame: &ResultFrame, task: &str, expected: u32) -> Result<(), Error> {
+    let results = frame.results().map_err(|e| frame_error(e, task))?;
+    if results.remaining() != expected {
+        return Err(Error::Protocol(format!(
+            "expected {expected} results, the worker sent {}",
+            results.remaining()
+        )));
+    }
+    Ok(())
+}
+
 /// The error for a result frame whose header does not parse (`None`: the task is unknown).
 pub(crate) fn frame_error(err: Option<frame::FrameError>, task: &str) -> Error {
     match err {
@@ -182,6 +195,25 @@ fn fill_scalars<R: DeserializeOwned + 'static>(
 /// Every item of every part as its raw MessagePack bytes, in order (the parts are checked).
 pub(crate) fn encoded_all(parts: &[ResultFrame], task: &str) -> Result<Vec<Vec<u8>>, Error> {
     collect_items(parts, task, |bytes| Ok(bytes.to_vec()))
+}
+
+/// Every item's own outcome, as MessagePack bytes or its error (for a per-item result).
+pub(crate) fn encoded_each(
+    parts: &[ResultFrame],
+    task: &str,
+) -> Result<Vec<Result<Vec<u8>, Error>>, Error> {
+    let mut out = Vec::new();
+    for part in parts {
+        let results = part.results().map_err(|e| frame_error(e, task))?;
+        out.reserve(results.remaining() as usize);
+        for outcome in results {
+            out.push(match outcome? {
+                Outcome::Ok(bytes) => Ok(bytes.to_vec()),
+                other => Err(other.to_error(task).expect("not Ok")),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Decodes the single item of a single part.

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use cell::run_callbacks;
 pub(crate) use cell::{Counts, ResultCell};
 pub(crate) use decode::{
-    check_frame, decode_all, decode_into, decode_one, decode_value, encoded_all, frame_error,
+    check_frame, decode_all, decode_into, decode_one, decode_value, encoded_all, encoded_each,
+    frame_error,
 };
 
 use crate::owner::Owner;

@@ -309,9 +309,12 @@ impl<'a> Items<'a> {
     /// In a worker: publishes to `word` the index of each item as it is taken, which is also
     /// how many items of the job are done, so that the parent knows which item was running if
     /// the worker dies (one relaxed store per item).
+    /// A job of one item reports nothing: if its worker dies, that item is the one.
     pub(crate) fn report_to(&mut self, word: &'a std::sync::atomic::AtomicU64) {
-        word.store(0, std::sync::atomic::Ordering::Relaxed);
-        self.progress = Some(word);
+        if self.remaining > 1 {
+            word.store(0, std::sync::atomic::Ordering::Relaxed);
+            self.progress = Some(word);
+        }
     }
 
     /// How many items are left.

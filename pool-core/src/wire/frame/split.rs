@@ -58,6 +58,11 @@ pub(crate) fn records(frame: &ResultFrame) -> Option<Vec<Vec<u8>>> {
     Some(out)
 }
 
+/// The record of a value (its MessagePack bytes).
+pub(crate) fn ok_record(bytes: &[u8]) -> Vec<u8> {
+    record(ITEM_OK, bytes)
+}
+
 fn record(status: u8, bytes: &[u8]) -> Vec<u8> {
     let mut r = Vec::with_capacity(5 + bytes.len());
     r.push(status);
