@@ -430,7 +430,10 @@ impl Collector {
             },
             _ => died(&job, pid, cause, terminated),
         };
-        let may_run_again = !terminated && !job.internal && !job.is_cancelled();
+        // A job whose frame is gone (its result had begun to arrive: the frame's buffer became
+        // the result's) cannot be sent again.
+        let may_run_again =
+            !terminated && !job.internal && !job.is_cancelled() && !job.frame.is_empty();
         let again = may_run_again && job.attempts < self.settings.retry_policy(&job.task).0;
         let job = if may_run_again {
             match split::split(job, running, &err, again) {
