@@ -32,8 +32,12 @@
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError, Weak};
 
-/// What is told of cancels: a pool's collector, woken to look at its jobs.
-pub(crate) trait Listener: Send + Sync {
+/// What is told of cancels: a pool's collector, woken to look at its jobs, or another engine
+/// (`pool-redis`'s client, which takes cancelled jobs back from its queue). Called on the
+/// thread that cancelled: it must only wake something, never block.
+#[doc(hidden)]
+pub trait Listener: Send + Sync {
+    /// Something in this process was cancelled.
     fn cancel_requested(&self);
 }
 
@@ -41,7 +45,8 @@ static EPOCH: AtomicU64 = AtomicU64::new(0);
 static LISTENERS: Mutex<Vec<Weak<dyn Listener>>> = Mutex::new(Vec::new());
 
 /// Registers a listener for as long as it lives.
-pub(crate) fn register(listener: Weak<dyn Listener>) {
+#[doc(hidden)]
+pub fn register(listener: Weak<dyn Listener>) {
     let mut all = LISTENERS.lock().unwrap_or_else(PoisonError::into_inner);
     all.retain(|l| l.strong_count() > 0);
     all.push(listener);

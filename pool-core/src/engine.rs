@@ -110,6 +110,13 @@ impl JobSink {
 }
 
 impl JobSink {
+    /// A check of whether the caller cancelled this job, for an engine to keep while the job is
+    /// out (see `cancel`).
+    pub fn cancel_check(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let (sink, part) = (self.sink.clone(), self.part);
+        move || sink.is_cancelled(part)
+    }
+
     /// Delivers the job's outcome item by item: each item's result (the MessagePack of its
     /// value) or its own error (a panic, its worker dying under it …). An item error that
     /// belongs to a whole call (termination, cancel …) ends the job with it.

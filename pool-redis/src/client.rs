@@ -108,16 +108,28 @@ struct Inner {
     client_id: String,
     next_id: AtomicU64,
     pending: Mutex<HashMap<u64, Resolve>>,
+    /// For each pending job whose caller may cancel it: how to tell, and its entry in the task
+    /// stream once sent.
+    watch: Mutex<HashMap<u64, Watch>>,
     /// Signalled when `pending` becomes empty.
     idle: Condvar,
     submit: Mutex<Option<Sender<Submission>>>,
     stop: AtomicBool,
 }
 
-struct Submission {
-    id: u64,
-    task: String,
-    args: Vec<u8>,
+struct Watch {
+    cancelled: Box<dyn Fn() -> bool + Send + Sync>,
+    entry: Option<String>,
+}
+
+enum Submission {
+    Job {
+        id: u64,
+        task: String,
+        args: Vec<u8>,
+    },
+    /// Something was cancelled: take cancelled jobs back (see [`Inner::take_back_cancelled`]).
+    Cancels,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -182,10 +194,13 @@ impl RedisPool {
             client_id: random_id(),
             next_id: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
+            watch: Mutex::new(HashMap::new()),
             idle: Condvar::new(),
             submit: Mutex::new(Some(tx)),
             stop: AtomicBool::new(false),
         });
+        let listener: Arc<dyn pool_core::__private::CancelListener> = inner.clone();
+        pool_core::__private::on_cancel(Arc::downgrade(&listener));
         let submitter = {
             let inner = Arc::clone(&inner);
             std::thread::Builder::new()
@@ -292,7 +307,8 @@ impl RedisPool {
 
     /// Sends one job and delivers its outcome to `sink`.
     fn submit_to(&self, task: &str, items: &[Vec<u8>], sink: JobSink) {
-        self.submit(task, items, move |outcome| match outcome {
+        let cancelled = Box::new(sink.cancel_check());
+        self.submit(task, items, Some(cancelled), move |outcome| match outcome {
             Ok(Answered::All(values)) => sink.deliver_items(Ok(values)),
             Ok(Answered::Each(each)) => sink.deliver_each(Ok(each
                 .into_iter()
@@ -307,6 +323,7 @@ impl RedisPool {
         &self,
         task: &str,
         items: &[Vec<u8>],
+        cancelled: Option<Box<dyn Fn() -> bool + Send + Sync>>,
         resolve: impl FnOnce(Result<Answered, Error>) + Send + 'static,
     ) {
         if let Err(err) = self.owner.check() {
@@ -320,7 +337,16 @@ impl RedisPool {
             return;
         };
         lock(&self.inner.pending).insert(id, Box::new(resolve));
-        let submission = Submission {
+        if let Some(cancelled) = cancelled {
+            lock(&self.inner.watch).insert(
+                id,
+                Watch {
+                    cancelled,
+                    entry: None,
+                },
+            );
+        }
+        let submission = Submission::Job {
             id,
             task: task.to_owned(),
             args: wire::encode_items(items),
@@ -631,42 +657,126 @@ impl RedisPool {
 impl Inner {
     fn run_submitter(&self, mut link: Link, rx: Receiver<Submission>) {
         while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
-            while batch.len() < SUBMIT_BATCH {
-                match rx.try_recv() {
-                    Ok(s) => batch.push(s),
-                    Err(_) => break,
+            let mut batch = Vec::new();
+            let mut cancels = false;
+            let mut next = Some(first);
+            while let Some(s) = next {
+                match s {
+                    Submission::Job { id, task, args } => batch.push((id, task, args)),
+                    Submission::Cancels => cancels = true,
+                }
+                next = if batch.len() < SUBMIT_BATCH {
+                    rx.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            if !batch.is_empty() {
+                self.send_jobs(&mut link, batch);
+            }
+            if cancels {
+                self.take_back_cancelled(&mut link);
+            }
+        }
+    }
+
+    /// Sends jobs as `XADD`s in one round trip, and remembers their entries (for a cancel).
+    fn send_jobs(&self, link: &mut Link, batch: Vec<(u64, String, Vec<u8>)>) {
+        let sent: Result<Vec<String>, _> = link.run(&self.stop, |conn| {
+            let mut pipe = redis::pipe();
+            for (id, task, args) in &batch {
+                pipe.cmd("XADD")
+                    .arg(&self.keys.tasks)
+                    .arg("*")
+                    .arg("task")
+                    .arg(task)
+                    .arg("args")
+                    .arg(args)
+                    .arg("reply")
+                    .arg(&self.client_id)
+                    .arg("id")
+                    .arg(*id);
+            }
+            pipe.query(conn)
+        });
+        match sent {
+            Ok(entries) => {
+                let mut watch = lock(&self.watch);
+                for ((id, _, _), entry) in batch.iter().zip(entries) {
+                    if let Some(w) = watch.get_mut(id) {
+                        w.entry = Some(entry);
+                    }
                 }
             }
-            let sent = link.run(&self.stop, |conn| {
-                let mut pipe = redis::pipe();
-                for s in &batch {
-                    pipe.cmd("XADD")
-                        .arg(&self.keys.tasks)
-                        .arg("*")
-                        .arg("task")
-                        .arg(&s.task)
-                        .arg("args")
-                        .arg(&s.args)
-                        .arg("reply")
-                        .arg(&self.client_id)
-                        .arg("id")
-                        .arg(s.id)
-                        .ignore();
-                }
-                pipe.query::<()>(conn)
-            });
-            if let Err(err) = sent {
+            Err(err) => {
                 let err = if self.stop.load(Ordering::Relaxed) {
                     Error::Closed
                 } else {
                     Error::from(err)
                 };
-                for s in batch {
-                    self.resolve(s.id, Err(err.clone()));
+                for (id, _, _) in batch {
+                    self.resolve(id, Err(err.clone()));
                 }
             }
         }
+    }
+
+    /// Takes cancelled jobs back: forgets them here, deletes the entries not yet delivered
+    /// from the task stream (`XDEL`), and tells the workers to stop the ones they hold (an
+    /// entry in the control stream, which every worker reads).
+    fn take_back_cancelled(&self, link: &mut Link) {
+        let cancelled: Vec<(u64, Option<String>)> = {
+            let mut watch = lock(&self.watch);
+            let ids: Vec<u64> = watch
+                .iter()
+                .filter(|(_, w)| (w.cancelled)())
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| watch.remove(&id).map(|w| (id, w.entry)))
+                .collect()
+        };
+        if cancelled.is_empty() {
+            return;
+        }
+        let now_idle = {
+            let mut pending = lock(&self.pending);
+            for (id, _) in &cancelled {
+                // The caller has its answer (`Cancelled`); nothing more is delivered.
+                pending.remove(id);
+            }
+            pending.is_empty()
+        };
+        if now_idle {
+            self.idle.notify_all();
+        }
+        let entries: Vec<&str> = cancelled.iter().filter_map(|(_, e)| e.as_deref()).collect();
+        let ids = cancelled
+            .iter()
+            .map(|(id, _)| id.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let _ = link.run(&self.stop, |conn| {
+            let mut pipe = redis::pipe();
+            if !entries.is_empty() {
+                pipe.cmd("XDEL")
+                    .arg(&self.keys.tasks)
+                    .arg(&entries)
+                    .ignore();
+            }
+            pipe.cmd("XADD")
+                .arg(&self.keys.control)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(10_000)
+                .arg("*")
+                .arg("client")
+                .arg(&self.client_id)
+                .arg("ids")
+                .arg(&ids)
+                .ignore();
+            pipe.query::<()>(conn)
+        });
     }
 
     fn run_collector(&self) {
@@ -731,6 +841,7 @@ impl Inner {
     }
 
     fn resolve(&self, id: u64, outcome: Result<Answered, Error>) {
+        lock(&self.watch).remove(&id);
         let (resolve, now_idle) = {
             let mut pending = lock(&self.pending);
             let r = pending.remove(&id);
@@ -759,6 +870,15 @@ pub(crate) fn field_string(map: &HashMap<String, Value>, name: &str) -> Option<S
 
 pub(crate) fn field_u64(map: &HashMap<String, Value>, name: &str) -> Option<u64> {
     field_string(map, name)?.parse().ok()
+}
+
+impl pool_core::__private::CancelListener for Inner {
+    /// Wakes the submitter, which takes cancelled jobs back (never blocks the cancelling thread).
+    fn cancel_requested(&self) {
+        if let Some(sender) = lock(&self.submit).as_ref() {
+            let _ = sender.send(Submission::Cancels);
+        }
+    }
 }
 
 impl Drop for RedisPool {

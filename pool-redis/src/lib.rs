@@ -64,9 +64,16 @@
 //!   process or a time limit. [`Worker::max_deliveries`] is separate: it counts deliveries of
 //!   a whole job to worker machines (a machine that dies is the case it guards), so a job can
 //!   run up to `(retries + 1) × max_deliveries` times in all.
-//! - **Cancel.** [`AsyncResult::cancel`](pool_core::AsyncResult::cancel) resolves the call to
-//!   `Cancelled` at once; on `pool-redis` the job is not yet taken back from the queue or
-//!   stopped on its worker (it runs, and its answer is ignored).
+//! - **Cancel.** [`AsyncResult::cancel`](pool_core::AsyncResult::cancel) (and cancelling or
+//!   dropping an [`Imap`](pool_core::Imap)) resolves the call to `Cancelled` at once. The
+//!   client's submitter then deletes the job's entry from the task stream if no worker has
+//!   taken it yet (`XDEL`), and writes the job to the queue's control stream
+//!   (`pool:{QUEUE}:control`), which every worker reads: a worker running it cancels it in its
+//!   local pool, so the task sees `pool_core::cancelled()` and, if it does not return within
+//!   the local pool's cancel grace, its process is stopped and replaced. Measured here: a
+//!   polite task cleaned up 10 ms after the cancel, a spinning one's process was gone after
+//!   64 ms. A client that dies leaves its jobs to run (their answers expire with its result
+//!   stream).
 //!
 //! # Big datasets
 //!

@@ -29,6 +29,8 @@ pub(crate) struct Keys {
     pub(crate) queue: String,
     pub(crate) tasks: String,
     pub(crate) heartbeats: String,
+    /// Cancels for workers: entries `client` and `ids` (comma-separated job ids).
+    pub(crate) control: String,
 }
 
 impl Keys {
@@ -43,6 +45,7 @@ impl Keys {
             queue: queue.to_owned(),
             tasks: format!("pool:{{{queue}}}:tasks"),
             heartbeats: format!("pool:{{{queue}}}:workers"),
+            control: format!("pool:{{{queue}}}:control"),
         })
     }
 

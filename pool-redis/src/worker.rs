@@ -17,7 +17,7 @@
 //! A task that crashes its process is contained by the local pool (the job is answered with
 //! `WorkerDied`); only the death of the whole worker leaves jobs for the others to reclaim.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -243,6 +243,7 @@ impl Worker {
             keys: self.keys.clone(),
             name,
             held: Mutex::new(HashSet::new()),
+            running: Mutex::new(HashMap::new()),
             released: Condvar::new(),
             done: Mutex::new(Some(done_tx)),
             stop_writing: AtomicBool::new(false),
@@ -271,6 +272,14 @@ impl Worker {
                 shared.keep(link, settings, &stop)
             })?
         };
+        let control = {
+            let shared = Arc::clone(&shared);
+            let link = Link::new(self.client.clone(), READ_BLOCK + Duration::from_secs(5));
+            let stop = Arc::clone(&self.shutdown);
+            spawn("pool-redis-control", move || {
+                shared.read_control(link, &stop)
+            })?
+        };
         shared.read_jobs(link, capacity, &self.shutdown);
         // Stopped by a handle or by a broken pool: the keeper stops too.
         self.shutdown.store(true, Ordering::SeqCst);
@@ -287,6 +296,7 @@ impl Worker {
         lock(&shared.done).take();
         let _ = writer.join();
         let _ = keeper.join();
+        let _ = control.join();
         if let Some(reason) = lock(&shared.broken).take() {
             // Its jobs stay pending in Redis; other workers reclaim them after `claim_idle`.
             shared.pool.terminate();
@@ -375,12 +385,17 @@ struct Answer {
     abandon: Option<String>,
 }
 
+type RunningJob = pool_core::AsyncResult<Vec<Result<Vec<u8>, pool_core::Error>>>;
+
 struct Shared {
     pool: Pool,
     keys: Keys,
     name: String,
     /// The entries this worker has taken and not answered yet.
     held: Mutex<HashSet<String>>,
+    /// The local results of the jobs running here, by the caller's client and job id, for a
+    /// cancel from the control stream.
+    running: Mutex<HashMap<(String, u64), RunningJob>>,
     /// Signalled when an entry leaves `held`.
     released: Condvar,
     done: Mutex<Option<Sender<Answer>>>,
@@ -462,7 +477,9 @@ impl Shared {
             return;
         };
         let (ok_sender, ok_id, ok_reply) = (sender.clone(), id.clone(), reply.clone());
-        self.pool
+        let key = reply.clone();
+        let running = self
+            .pool
             .apply_encoded_each(&task, &items)
             .on_success(move |values| {
                 // Each item's own outcome travels back, so that one failed item (a panic, a
@@ -496,6 +513,47 @@ impl Shared {
                     abandon,
                 });
             });
+        if let Some(key) = key {
+            let mut all = lock(&self.running);
+            if !running.ready() {
+                all.insert(key, running);
+            }
+        }
+    }
+
+    /// Reads the control stream: stops the jobs a client cancelled that run here (they are
+    /// answered `Cancelled` like any other outcome, which acknowledges their entries). Also
+    /// forgets jobs that finished.
+    fn read_control(&self, mut link: Link, stop: &AtomicBool) {
+        let mut last = "$".to_string();
+        let options = StreamReadOptions::default()
+            .count(256)
+            .block(READ_BLOCK.as_millis() as usize);
+        while !stop.load(Ordering::SeqCst) {
+            let read: Result<StreamReadReply, _> = link.run(stop, |conn| {
+                redis::Commands::xread_options(conn, &[&self.keys.control], &[&last], &options)
+            });
+            lock(&self.running).retain(|_, r| !r.ready());
+            let Ok(reply) = read else {
+                std::thread::sleep(READ_BLOCK);
+                continue;
+            };
+            for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
+                last.clone_from(&entry.id);
+                let (Some(client), Some(ids)) = (
+                    field_string(&entry.map, "client"),
+                    field_string(&entry.map, "ids"),
+                ) else {
+                    continue;
+                };
+                let running = lock(&self.running);
+                for id in ids.split(',').filter_map(|i| i.parse::<u64>().ok()) {
+                    if let Some(job) = running.get(&(client.clone(), id)) {
+                        job.cancel();
+                    }
+                }
+            }
+        }
     }
 
     fn answer(&self, answer: Answer) {

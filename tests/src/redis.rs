@@ -51,6 +51,23 @@ pub fn dies_twice(marker: String) -> u32 {
     runs as u32
 }
 
+/// Writes its process id to `path`, then spins until asked to stop (`polite`) or forever.
+#[task]
+pub fn spin_in(path: String, polite: bool) -> u64 {
+    std::fs::write(&path, std::process::id().to_string()).expect("write the pid");
+    while !(polite && pool_core::cancelled()) {
+        std::hint::spin_loop();
+    }
+    std::fs::write(&path, "cleaned up").expect("write the mark");
+    1
+}
+
+/// Creates `path`: a mark that it ran.
+#[task]
+pub fn mark(path: String) {
+    std::fs::write(&path, "ran").expect("write the mark");
+}
+
 /// The `POOL_TEST_TAG` of the worker that ran it.
 #[task]
 pub fn worker_tag() -> String {

@@ -8,8 +8,8 @@ use pool_core::Task;
 use pool_redis::{Error, RedisPool};
 use pool_tests::deadline;
 use pool_tests::redis::{
-    abort_on, dies_twice, kill_my_worker, slow_square, square, square_unless, worker_tag,
-    RedisServer, WorkerProcess,
+    abort_on, dies_twice, kill_my_worker, mark, slow_square, spin_in, square, square_unless,
+    worker_tag, RedisServer, WorkerProcess,
 };
 
 const EXE: &str = env!("CARGO_BIN_EXE_redis-worker");
@@ -537,5 +537,78 @@ fn a_task_s_retries_apply_on_redis_workers_too() {
             .expect("the third run answers");
         assert_eq!(runs, 3);
         let _ = std::fs::remove_file(&marker);
+    });
+}
+
+fn scratch_path(name: &str) -> String {
+    let p = std::env::temp_dir().join(format!("redis-cancel-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_file(&p);
+    p.display().to_string()
+}
+
+#[test]
+fn cancel_takes_a_queued_job_back_and_stops_a_running_one_on_its_worker() {
+    deadline(120, "cancel on redis", || {
+        let server = RedisServer::start(false);
+        let pool = RedisPool::connect(&server.url(), "jobs").unwrap();
+        // Queued, no worker yet: the entry is deleted and never runs.
+        let never = scratch_path("never");
+        let queued = pool.apply_async(mark, never.clone());
+        std::thread::sleep(Duration::from_millis(100));
+        let t = Instant::now();
+        assert!(queued.cancel());
+        assert!(matches!(queued.get(), Err(pool_core::Error::Cancelled)));
+        let to_err = t.elapsed();
+        let mut conn = server.client().unwrap().get_connection().unwrap();
+        assert!(
+            pool_tests::eventually(10, || {
+                redis::cmd("XLEN")
+                    .arg("pool:{jobs}:tasks")
+                    .query::<u64>(&mut conn)
+                    .unwrap()
+                    == 0
+            }),
+            "the cancelled entry is still in the stream"
+        );
+        let _w = worker(&server, "jobs", 1, "w");
+        assert_eq!(pool.apply(square, 5).unwrap(), 25);
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            !std::path::Path::new(&never).exists(),
+            "a cancelled job ran"
+        );
+        // Running on a worker and polling `cancelled()`: it cleans up and returns.
+        let polite = scratch_path("polite");
+        let r = pool.apply_async(spin_in, (polite.clone(), true));
+        assert!(pool_tests::eventually(20, || std::path::Path::new(&polite).exists()));
+        let t = Instant::now();
+        assert!(r.cancel());
+        assert!(pool_tests::eventually(20, || {
+            std::fs::read_to_string(&polite).is_ok_and(|s| s == "cleaned up")
+        }));
+        let to_cleanup = t.elapsed();
+        // Running and never looking: its process is stopped.
+        let stubborn = scratch_path("stubborn");
+        let r = pool.apply_async(spin_in, (stubborn.clone(), false));
+        let mut pid = 0;
+        assert!(pool_tests::eventually(20, || {
+            pid = std::fs::read_to_string(&stubborn)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            pid > 0
+        }));
+        let t = Instant::now();
+        assert!(r.cancel());
+        assert!(
+            pool_tests::eventually(20, || !pool_tests::is_alive(pid)),
+            "the worker process running the cancelled job is still there"
+        );
+        let to_stopped = t.elapsed();
+        assert_eq!(pool.apply(square, 6).unwrap(), 36, "the worker goes on");
+        eprintln!(
+            "redis cancel: queued to Err {to_err:?}; running, polite: to its clean-up \
+             {to_cleanup:?}; running, stubborn: to its process stopped {to_stopped:?}"
+        );
     });
 }

@@ -212,8 +212,8 @@ impl<T> AsyncResult<T> {
     /// [`cancel_grace`](crate::PoolBuilder::cancel_grace) (50 ms unless set), its worker is
     /// stopped and replaced. For a `map_async` result this covers every chunk. The
     /// [`PoolStats::tasks_cancelled`](crate::PoolStats::tasks_cancelled) counter counts the
-    /// items. On `pool-redis` the caller gets `Cancelled` the same way, but the job is not yet
-    /// taken back from the queue or stopped on its worker: it runs, and its answer is ignored.
+    /// items. On `pool-redis` a job not yet taken by a worker is deleted from the queue, and a
+    /// running one is cancelled on its worker the same way (see `pool_redis`'s docs).
     ///
     /// # Examples
     ///
