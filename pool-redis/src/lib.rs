@@ -65,7 +65,7 @@
 //!   a whole job to worker machines (a machine that dies is the case it guards), so a job can
 //!   run up to `(retries + 1) × max_deliveries` times in all.
 //! - **Cancel.** [`AsyncResult::cancel`](pool_core::AsyncResult::cancel) (and cancelling or
-//!   dropping an [`Imap`](pool_core::Imap)) resolves the call to `Cancelled` at once. The
+//!   dropping an [`Imap`]) resolves the call to `Cancelled` at once. The
 //!   client's submitter then deletes the job's entry from the task stream if no worker has
 //!   taken it yet (`XDEL`), and writes the job to the queue's control stream
 //!   (`pool:{QUEUE}:control`), which every worker reads: a worker running it cancels it in its
