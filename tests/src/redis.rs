@@ -62,6 +62,19 @@ pub fn spin_in(path: String, polite: bool) -> u64 {
     1
 }
 
+/// Aborts its process every time; with its own `retries = 2` it costs three processes.
+#[task(retries = 2)]
+pub fn always_aborts() -> u64 {
+    std::process::abort()
+}
+
+/// Sleeps `ms`, then creates `path`: a mark that it ran to its end.
+#[task]
+pub fn nap_mark(path: String, ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::fs::write(&path, "ran").expect("write the mark");
+}
+
 /// Creates `path`: a mark that it ran.
 #[task]
 pub fn mark(path: String) {

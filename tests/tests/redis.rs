@@ -8,8 +8,8 @@ use pool_core::Task;
 use pool_redis::{Error, RedisPool};
 use pool_tests::deadline;
 use pool_tests::redis::{
-    abort_on, dies_twice, kill_my_worker, mark, slow_square, spin_in, square, square_unless,
-    worker_tag, RedisServer, WorkerProcess,
+    abort_on, always_aborts, dies_twice, kill_my_worker, mark, nap_mark, slow_square, spin_in,
+    square, square_unless, worker_tag, RedisServer, WorkerProcess,
 };
 
 const EXE: &str = env!("CARGO_BIN_EXE_redis-worker");
@@ -610,5 +610,55 @@ fn cancel_takes_a_queued_job_back_and_stops_a_running_one_on_its_worker() {
             "redis cancel: queued to Err {to_err:?}; running, polite: to its clean-up \
              {to_cleanup:?}; running, stubborn: to its process stopped {to_stopped:?}"
         );
+    });
+}
+
+#[test]
+fn a_poison_call_with_retries_fails_after_its_attempts_and_a_cancelled_map_or_imap_stops() {
+    deadline(120, "poison and partial cancels on redis", || {
+        let server = RedisServer::start(false);
+        let _w = worker(&server, "jobs", 2, "w");
+        let pool = RedisPool::connect(&server.url(), "jobs").unwrap();
+        match pool.apply(always_aborts, ()) {
+            Err(Error::Task(pool_core::Error::WorkerDied { attempts, .. })) => {
+                assert_eq!(attempts, 3)
+            }
+            other => panic!("expected WorkerDied after 3 attempts, got {other:?}"),
+        }
+        let dir = std::env::temp_dir().join(format!("redis-partial-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = |tag: &str, i: u64| dir.join(format!("{tag}{i}")).display().to_string();
+        let marks = |tag: &str| {
+            std::fs::read_dir(&dir)
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.file_name().to_string_lossy().starts_with(tag))
+                })
+                .count()
+        };
+        // A map_async cancelled part-way: the chunks not taken never run.
+        let r = pool.map_async_chunked(nap_mark, (0..40).map(|i| (path("m", i), 50)), 1);
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(r.cancel());
+        assert!(matches!(r.get(), Err(pool_core::Error::Cancelled)));
+        // An imap dropped part-way.
+        let mut it = pool.imap(nap_mark, (0..40).map(|i| (path("i", i), 50)));
+        for _ in 0..3 {
+            it.next().unwrap().unwrap();
+        }
+        drop(it);
+        assert_eq!(
+            pool.apply(square, 7).unwrap(),
+            49,
+            "the worker is free again"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        let (m, i) = (marks("m"), marks("i"));
+        eprintln!("redis: {m} of 40 map_async items ran, {i} of 40 imap items ran");
+        assert!(m < 30, "{m} of 40 cancelled map_async items ran");
+        assert!(i < 30, "{i} of 40 items of a dropped imap ran");
+        let _ = std::fs::remove_dir_all(&dir);
     });
 }
