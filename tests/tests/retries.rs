@@ -28,6 +28,16 @@ fn panics_at_first(marker: String, fail_first: u32) -> u32 {
     runs
 }
 
+/// In a chunk: items 3 and 5 panic on their first run (counted per item in `dir`).
+#[task(retry_on_panic)]
+fn some_panic_once(dir: String, x: u64) -> u64 {
+    let runs = bump(&format!("{dir}/{x}"));
+    if (x == 3 || x == 5) && runs == 1 {
+        panic!("item {x} fails once");
+    }
+    x * 10
+}
+
 /// A panic without the opt-in.
 #[task]
 fn panics_always(marker: String) -> u32 {
@@ -237,5 +247,28 @@ fn the_backoff_grows_and_a_cancel_during_it_ends_the_retries() {
         std::thread::sleep(Duration::from_millis(900));
         assert_eq!(runs(&m), 2, "a cancelled call ran again");
         eprintln!("second attempt {two:?} after the first");
+    });
+}
+
+#[test]
+fn in_a_chunk_only_the_items_that_panicked_run_again() {
+    deadline(60, "panicked items in a chunk", || {
+        let pool = pool(1);
+        let dir = std::env::temp_dir().join(format!("pool-retries-{}-chunk", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.display().to_string();
+        let out = pool
+            .map_chunked(some_panic_once, (0..8u64).map(|x| (d.clone(), x)), 8)
+            .expect("the panicked items succeed on their second run");
+        assert_eq!(out, (0..8u64).map(|x| x * 10).collect::<Vec<_>>());
+        for x in 0..8u64 {
+            let want = if x == 3 || x == 5 { 2 } else { 1 };
+            assert_eq!(runs(&format!("{d}/{x}")), want, "item {x}");
+        }
+        let stats = pool.stats();
+        assert_eq!(stats.tasks_retried, 2);
+        assert_eq!(stats.tasks_completed, 8, "{stats:?}");
+        let _ = std::fs::remove_dir_all(&dir);
     });
 }

@@ -199,6 +199,19 @@ impl Collector {
                                 && frame.has_panic()
                                 && job.attempts < self.settings.retry_policy(&job.task).0
                             {
+                                // Only the items that panicked run again; the others
+                                // keep their answers, and count as completed now.
+                                let items = job.items;
+                                let job = match super::split::retry_panicked(job, &frame) {
+                                    Ok(panicked) => {
+                                        self.shared.counters.completed.fetch_add(
+                                            u64::from(items - panicked.items),
+                                            Ordering::Relaxed,
+                                        );
+                                        panicked
+                                    }
+                                    Err(whole) => whole,
+                                };
                                 retry_later(&mut self.delayed, &self.settings, &self.shared, job);
                             } else {
                                 settle(&self.shared, job, Ok(frame));

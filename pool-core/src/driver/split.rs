@@ -79,6 +79,53 @@ impl Sink for Assemble {
     }
 }
 
+/// Splits `job`, whose answer `frame` has panicked items and whose task retries panics: the
+/// panicked items become one job, to run again; the other items keep their answers. `Err(job)`
+/// when there is nothing to split (every item panicked, or the frame is not readable).
+pub(super) fn retry_panicked(job: Job, frame: &ResultFrame) -> Result<Job, Job> {
+    let Some(recs) = records(frame).filter(|r| r.len() == job.items as usize) else {
+        return Err(job);
+    };
+    let panicked: Vec<u32> = recs
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.first() == Some(&crate::wire::frame::split::ITEM_PANIC_STATUS))
+        .map(|(i, _)| i as u32)
+        .collect();
+    if panicked.is_empty() || panicked.len() == recs.len() || !job.spliced.is_empty() {
+        return Err(job);
+    }
+    let Some(sub_frame) = job_subset(&job.frame, &panicked) else {
+        return Err(job);
+    };
+    let items = job.items;
+    let per_item = job.limit.map(|l| l / items);
+    let (task, attempts) = (job.task.clone(), job.attempts);
+    let Some((sink, part)) = job.into_sink() else {
+        unreachable!("a job is answered once: it still has its sink here");
+    };
+    let mut records: Vec<Option<Vec<u8>>> = recs.into_iter().map(Some).collect();
+    for &i in &panicked {
+        records[i as usize] = None;
+    }
+    let n = panicked.len() as u32;
+    let assemble = Arc::new(Assemble {
+        sink,
+        part,
+        state: Mutex::new(State {
+            records,
+            remaining: 1,
+            pieces: vec![panicked],
+            done: false,
+        }),
+    });
+    let mut sub = Job::new(sub_frame, task, assemble, 0);
+    sub.limit = per_item.map(|l| l * n);
+    sub.attempts = attempts;
+    sub.keep_frame = true;
+    Ok(sub)
+}
+
 /// What a split gives back: the other items as a job to run now, and the running item as a
 /// job of its own when it is to run again (else its error is in the answer already).
 pub(super) struct Split {

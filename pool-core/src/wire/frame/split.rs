@@ -58,6 +58,9 @@ pub(crate) fn records(frame: &ResultFrame) -> Option<Vec<Vec<u8>>> {
     Some(out)
 }
 
+/// The status byte that opens the record of a panicked item.
+pub(crate) const ITEM_PANIC_STATUS: u8 = ITEM_PANIC;
+
 /// The record of a value (its MessagePack bytes).
 pub(crate) fn ok_record(bytes: &[u8]) -> Vec<u8> {
     record(ITEM_OK, bytes)
