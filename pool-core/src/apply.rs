@@ -225,27 +225,9 @@ impl Pool {
         name: &str,
         items: &[B],
     ) -> AsyncResult<Vec<Vec<u8>>> {
-        let name: TaskName = TaskName::Owned(name.to_owned());
-        if items.is_empty() {
-            return AsyncResult::new(ResultCell::new(name, Counts::Many(Vec::new()), encoded_all));
-        }
-        let count = u32::try_from(items.len()).unwrap_or(u32::MAX);
-        let slot = ResultCell::new(name.clone(), Counts::One(count), encoded_all);
-        if name.len() > usize::from(u16::MAX) {
-            slot.complete_part(0, Err(Error::UnknownTask { name: name.into() }));
-            return AsyncResult::new(slot);
-        }
-        let mut builder = JobBuilder::new(&name);
-        for item in items {
-            if let Err(message) = builder.push_encoded(item.as_ref()) {
-                let task = name.into_owned();
-                slot.complete_part(0, Err(Error::ArgsEncode { task, message }));
-                return AsyncResult::new(slot);
-            }
-        }
-        self.shared
-            .submit(Job::new(builder.finish(), name, slot.clone(), 0));
-        AsyncResult::new(slot)
+        self.submit_encoded(name, items, |name, counts| {
+            ResultCell::new(name, counts, encoded_all)
+        })
     }
 
     /// [`apply_encoded`](Self::apply_encoded) that keeps each item's own outcome: an item that
@@ -258,16 +240,25 @@ impl Pool {
         name: &str,
         items: &[B],
     ) -> AsyncResult<Vec<Result<Vec<u8>, Error>>> {
+        self.submit_encoded(name, items, |name, counts| {
+            ResultCell::per_item(name, counts, encoded_each)
+        })
+    }
+
+    /// Submits already-encoded items of the task `name` as one job, answered in the result
+    /// cell `cell` makes.
+    fn submit_encoded<B: AsRef<[u8]>, R: 'static>(
+        &self,
+        name: &str,
+        items: &[B],
+        cell: impl Fn(TaskName, Counts) -> std::sync::Arc<ResultCell<R>>,
+    ) -> AsyncResult<R> {
         let name: TaskName = TaskName::Owned(name.to_owned());
         if items.is_empty() {
-            return AsyncResult::new(ResultCell::per_item(
-                name,
-                Counts::Many(Vec::new()),
-                encoded_each,
-            ));
+            return AsyncResult::new(cell(name, Counts::Many(Vec::new())));
         }
         let count = u32::try_from(items.len()).unwrap_or(u32::MAX);
-        let slot = ResultCell::per_item(name.clone(), Counts::One(count), encoded_each);
+        let slot = cell(name.clone(), Counts::One(count));
         if name.len() > usize::from(u16::MAX) {
             slot.complete_part(0, Err(Error::UnknownTask { name: name.into() }));
             return AsyncResult::new(slot);

@@ -250,3 +250,12 @@ pub fn len_or_abort(bytes: Vec<u8>) -> (usize, Option<u8>) {
     }
     (bytes.len(), bytes.last().copied())
 }
+
+/// Aborts its worker on item 4321 (a poison item); doubles every other.
+#[task]
+pub fn poison(x: u64) -> u64 {
+    if x == 4321 {
+        std::process::abort();
+    }
+    x * 2
+}

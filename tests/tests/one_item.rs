@@ -5,16 +5,8 @@
 use std::time::Duration;
 
 use pool_core::{task, Error, Pool};
+use pool_tests::tasks::poison;
 use pool_tests::{deadline, eventually};
-
-/// Aborts its worker on item 4321; doubles every other.
-#[task]
-fn poison(x: u64) -> u64 {
-    if x == 4321 {
-        std::process::abort();
-    }
-    x * 2
-}
 
 /// The same, but slow enough that several items of a chunk finish before the crash.
 #[task]

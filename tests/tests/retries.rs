@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use pool_core::{task, Error, Pool};
+use pool_tests::tasks::poison;
 use pool_tests::{deadline, eventually};
 
 /// Counts its runs in `marker`; aborts its worker while it has run fewer than `fail_first`
@@ -53,14 +54,6 @@ fn dies_once_retried_by_itself(marker: String) -> u32 {
         std::process::abort();
     }
     runs
-}
-
-#[task]
-fn poison(x: u64) -> u64 {
-    if x == 4321 {
-        std::process::abort();
-    }
-    x * 2
 }
 
 #[task]
