@@ -58,6 +58,11 @@ pub(crate) struct Job {
     /// The frame is kept once sent, because a panic may send the job again
     /// (`#[task(retry_on_panic)]`).
     pub(crate) keep_frame: bool,
+    /// Partial result frames of this job, in order: outcomes of its first items, sent while it
+    /// runs (see `wire::frame::split`).
+    /// (Boxed: a job stays small on the way of every call, and almost none has any.)
+    #[allow(clippy::box_collection)]
+    pub(crate) partials: Option<Box<Vec<ResultFrame>>>,
     /// The result is read into `frame`'s buffer whatever its size, because the submitter
     /// consumes the result at once and builds its next job in the same buffer (a blocking
     /// `map`). Otherwise a buffer much larger than the result is set aside, so that results
@@ -97,6 +102,7 @@ impl Job {
             requeues: 0,
             attempts: 0,
             keep_frame: false,
+            partials: None,
             recycle: false,
             limit: None,
             internal: false,

@@ -127,8 +127,24 @@ impl State {
                 None => ResultsWriter::unknown_task(output),
                 Some(entry) => {
                     self.last = Some(entry);
+                    let several = items.remaining() > 1;
                     items.report_to(&header.item.0);
+                    // A long job of several items sends what it has done now and then, so that
+                    // it survives this process (see `wire::frame::split`).
+                    let mut send_partial = |frame: &[u8]| {
+                        write_all(
+                            region,
+                            bell,
+                            &envelope::result_head(frame.len(), envelope::PARTIAL),
+                        );
+                        write_all(region, bell, frame);
+                        region.results().wake_consumer();
+                        region.poke_parent(bell);
+                    };
                     let mut writer = ResultsWriter::new(output);
+                    if several {
+                        writer.flush_to(&mut send_partial);
+                    }
                     (entry.run)(items, &mut writer);
                     writer.finish();
                 }

@@ -18,6 +18,19 @@ fn slow_poison(x: u64) -> u64 {
     x + 1
 }
 
+/// Counts its runs in `dir/x`, takes 10 ms, and aborts its worker on item 5's first run.
+#[task]
+fn counted(dir: String, x: u64) -> u64 {
+    let path = format!("{dir}/{x}");
+    let runs = std::fs::read_to_string(&path).map_or(0, |s| s.len()) + 1;
+    std::fs::write(&path, "x".repeat(runs)).expect("count the run");
+    std::thread::sleep(Duration::from_millis(10));
+    if x == 5 && runs == 1 {
+        std::process::abort();
+    }
+    x + 100
+}
+
 fn check(out: &[Result<u64, Error>], bad: usize, good: impl Fn(u64) -> u64) {
     let mut died = 0;
     for (i, r) in out.iter().enumerate() {
@@ -79,5 +92,41 @@ fn items_before_the_crash_and_after_it_are_answered_in_every_map_form() {
         assert!(eventually(10, || pool.stats().workers_replaced == 4));
         let stats = pool.stats();
         assert_eq!(stats.workers_replaced, 4, "{stats:?}");
+    });
+}
+
+#[test]
+fn items_a_worker_reported_before_it_died_are_not_run_again() {
+    deadline(120, "partial results", || {
+        let pool = Pool::builder().processes(1).build().expect("pool");
+        let dir = std::env::temp_dir().join(format!("pool-partial-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.display().to_string();
+        let out = pool
+            .map_results_chunked(counted, (0..10u64).map(|x| (d.clone(), x)), 10)
+            .expect("whole call");
+        for (i, r) in out.iter().enumerate() {
+            match r {
+                Ok(v) => assert_eq!(*v, i as u64 + 100),
+                Err(Error::WorkerDied { .. }) if i == 5 => {}
+                Err(e) => panic!("item {i}: {e}"),
+            }
+        }
+        let runs: Vec<usize> = (0..10)
+            .map(|x| std::fs::read_to_string(dir.join(x.to_string())).map_or(0, |s| s.len()))
+            .collect();
+        eprintln!("runs per item: {runs:?}");
+        // The worker sends what it has done every 20 ms: the first items were reported before
+        // the crash at item 5 (about 60 ms in) and did not run again. Only items finished
+        // since its last report (at most two at 10 ms each) ran twice.
+        assert_eq!(runs[0], 1, "{runs:?}");
+        assert_eq!(runs[1], 1, "{runs:?}");
+        assert!(
+            runs[..5].iter().filter(|&&r| r == 2).count() <= 2,
+            "{runs:?}"
+        );
+        assert!(runs[6..].iter().all(|&r| r == 1), "{runs:?}");
+        let _ = std::fs::remove_dir_all(&dir);
     });
 }

@@ -36,6 +36,7 @@ use super::shared::Shared;
 use crate::driver::settings::{Initializer, WorkerSettings};
 use crate::job::Job;
 use crate::start::WorkerProcess;
+use crate::transport::envelope;
 use crate::wire::frame::ResultFrame;
 use crate::{sys, trace, Error, ExitCause};
 
@@ -166,16 +167,29 @@ impl Collector {
         let ring = process.region.results();
         let mut progress = false;
         loop {
-            let spare = || {
+            let spare = |partial: bool| {
                 seat.in_flight
                     .front_mut()
-                    .filter(|(job, _)| !job.keep_frame)
+                    .filter(|(job, _)| !job.keep_frame && !partial)
                     .map(|(job, _)| (std::mem::take(&mut job.frame), job.recycle))
                     .unwrap_or_default()
             };
             match seat.incoming.pull(ring, spare) {
                 Ok((0, None)) => break,
                 Ok((_, None)) => progress = true,
+                Ok((_, Some((frame, busy_ns)))) if busy_ns == envelope::PARTIAL => {
+                    progress = true;
+                    match seat.in_flight.front_mut() {
+                        Some((job, _)) => job
+                            .partials
+                            .get_or_insert_with(Box::default)
+                            .push(ResultFrame::parse(frame)),
+                        None => {
+                            kill(&process);
+                            break;
+                        }
+                    }
+                }
                 Ok((_, Some((frame, busy_ns)))) => {
                     progress = true;
                     match seat.pop() {
@@ -193,7 +207,13 @@ impl Collector {
                             self.shared.counters.busy_ns[i]
                                 .store(seat.busy_base + busy, Ordering::Relaxed);
                             // The one place the parent parses a result frame's header.
-                            let frame = ResultFrame::parse(frame);
+                            let mut job = job;
+                            let mut frame = ResultFrame::parse(frame);
+                            if let Some(partials) = job.partials.take() {
+                                let mut all = *partials;
+                                all.push(frame);
+                                frame = crate::wire::frame::split::join(all);
+                            }
                             if job.keep_frame
                                 && frame.failed(job.items) > 0
                                 && frame.has_panic()

@@ -83,7 +83,7 @@ impl Incoming {
     pub(super) fn pull(
         &mut self,
         ring: &crate::transport::spsc_ring::SpscRing,
-        spare: impl FnOnce() -> (Vec<u8>, bool),
+        spare: impl FnOnce(bool) -> (Vec<u8>, bool),
     ) -> Result<(usize, Option<(Vec<u8>, u64)>), ()> {
         let mut consumed = 0;
         if self.body.is_none() {
@@ -93,10 +93,11 @@ impl Incoming {
             if self.head_got < RESULT_HEAD {
                 return Ok((consumed, None));
             }
-            let Some((len, _)) = envelope::read_result_head(&self.head) else {
+            let Some((len, busy)) = envelope::read_result_head(&self.head) else {
                 return Err(());
             };
-            let (mut body, recycle) = spare();
+            // A partial frame does not answer the job: its buffer stays the job's.
+            let (mut body, recycle) = spare(busy == envelope::PARTIAL);
             let oversized = body.capacity() > 64 << 10 && body.capacity() / 4 > len;
             if body.capacity() < len || (oversized && !recycle) {
                 // Too small, or so much larger than needed that holding on to it would waste

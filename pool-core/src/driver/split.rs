@@ -134,23 +134,44 @@ pub(super) struct Split {
 }
 
 /// Splits `job`, whose worker died while running item `running` with `err`; `again` says
-/// whether that item runs again. `Err(job)` when the job cannot be split (one item, or its
-/// frame is gone), for the caller to fail or retry whole.
+/// whether that item runs again. Items the worker reported in partial frames keep their
+/// outcomes. `Err(job)` when the job cannot be split (one item, or its frame is gone), for the
+/// caller to fail or retry whole.
 pub(super) fn split(mut job: Job, running: u32, err: &Error, again: bool) -> Result<Split, Job> {
     if job.items < 2 || running >= job.items || job.frame.is_empty() {
         return Err(job);
     }
+    // What the worker reported before it died: the outcomes of the first `known` items.
+    let known: Vec<Vec<u8>> = job
+        .partials
+        .iter()
+        .flat_map(|p| p.iter())
+        .map(records)
+        .collect::<Option<Vec<_>>>()
+        .map(|r| r.into_iter().flatten().collect())
+        .filter(|r: &Vec<Vec<u8>>| (r.len() as u32) <= running)
+        .unwrap_or_default();
     let frame: Vec<u8> = if job.spliced.is_empty() {
         std::mem::take(&mut job.frame)
     } else {
         job.wire_pieces().flat_map(|p| p.iter().copied()).collect()
     };
-    let others: Vec<u32> = (0..job.items).filter(|&i| i != running).collect();
-    let (Some(rest_frame), Some(running_frame), Some(error)) = (
-        job_subset(&frame, &others),
-        job_subset(&frame, &[running]),
-        error_record(err),
-    ) else {
+    let others: Vec<u32> = (known.len() as u32..job.items)
+        .filter(|&i| i != running)
+        .collect();
+    let rest_frame = if others.is_empty() {
+        None
+    } else {
+        match job_subset(&frame, &others) {
+            Some(f) => Some(f),
+            None => {
+                job.frame = frame;
+                return Err(job);
+            }
+        }
+    };
+    let (Some(running_frame), Some(error)) = (job_subset(&frame, &[running]), error_record(err))
+    else {
         job.frame = frame;
         return Err(job);
     };
@@ -163,13 +184,22 @@ pub(super) fn split(mut job: Job, running: u32, err: &Error, again: bool) -> Res
             running: None,
         });
     };
-    let mut records = vec![None; items as usize];
-    let mut pieces = vec![others];
-    if again {
+    let mut records: Vec<Option<Vec<u8>>> = vec![None; items as usize];
+    for (i, r) in known.into_iter().enumerate() {
+        records[i] = Some(r);
+    }
+    let mut pieces = Vec::new();
+    let rest_piece = rest_frame.map(|f| {
+        pieces.push(others.clone());
+        (f, pieces.len() - 1, others.len() as u32)
+    });
+    let running_piece = if again {
         pieces.push(vec![running]);
+        Some((running_frame, pieces.len() - 1))
     } else {
         records[running as usize] = Some(error);
-    }
+        None
+    };
     let assemble = Arc::new(Assemble {
         sink,
         part,
@@ -180,7 +210,19 @@ pub(super) fn split(mut job: Job, running: u32, err: &Error, again: bool) -> Res
             done: false,
         }),
     });
-    let piece = |frame: Vec<u8>, index: usize, n: u32, attempts: u32| {
+    if rest_piece.is_none() && running_piece.is_none() {
+        // Every other item was reported, and the running one failed: answered now.
+        let mut state = assemble
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let all: Option<Vec<Vec<u8>>> = state.records.drain(..).collect();
+        let outcome = all
+            .map(|all| merge(&all))
+            .ok_or_else(|| Error::Protocol("a split job lost an item".into()));
+        assemble.answer(&mut state, outcome);
+    }
+    let piece = |frame: Vec<u8>, index: usize, n: u32| {
         let mut job = Job::new(frame, task.clone(), assemble.clone(), index);
         job.limit = per_item.map(|l| l * n);
         job.attempts = attempts;
@@ -188,7 +230,7 @@ pub(super) fn split(mut job: Job, running: u32, err: &Error, again: bool) -> Res
         job
     };
     Ok(Split {
-        rest: Some(piece(rest_frame, 0, items - 1, attempts)),
-        running: again.then(|| piece(running_frame, 1, 1, attempts)),
+        rest: rest_piece.map(|(f, i, n)| piece(f, i, n)),
+        running: running_piece.map(|(f, i)| piece(f, i, 1)),
     })
 }

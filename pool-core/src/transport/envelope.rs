@@ -42,6 +42,11 @@ pub(crate) fn result_head(len: usize, busy_ns: u64) -> [u8; RESULT_HEAD] {
     head
 }
 
+/// The busy time that marks a *partial* result frame: the outcomes of the items of the running
+/// job done so far, sent now and then while a long job runs, so that they survive the worker
+/// (see `wire::frame::split`). The job's last frame carries its real busy time.
+pub(crate) const PARTIAL: u64 = u64::MAX;
+
 /// The length and busy time in a result frame's envelope, or `None` if the stream is out of
 /// step.
 #[inline]

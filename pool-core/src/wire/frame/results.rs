@@ -7,8 +7,14 @@ use super::small::*;
 use super::*;
 use crate::wire::codec::Small;
 
+/// Where a worker sends a partial result frame (see [`ResultsWriter::flush_to`]).
+pub(crate) type Flush<'a> = &'a mut dyn FnMut(&[u8]);
+
+/// How long a job runs between partial result frames, at least (ns): a chunk shorter than this
+/// (a `map` of tiny items) sends none.
+pub(crate) const FLUSH_NS: u64 = 20_000_000;
+
 /// Writes a result frame into a reused buffer.
-#[derive(Debug)]
 pub(crate) struct ResultsWriter<'a> {
     buf: &'a mut Vec<u8>,
     count_at: usize,
@@ -16,6 +22,23 @@ pub(crate) struct ResultsWriter<'a> {
     errors: u32,
     /// The width of every value, while the frame is a fixed-width one.
     fixed: Option<u8>,
+    /// Partial frames go here (in a worker running a job of several items).
+    flush: Option<Flush<'a>>,
+    /// Items to write before the clock is read again, and how many that was last time.
+    until_check: u32,
+    check_every: u32,
+    last_check_ns: u64,
+    last_flush_ns: u64,
+}
+
+impl std::fmt::Debug for ResultsWriter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResultsWriter")
+            .field("count", &self.count)
+            .field("errors", &self.errors)
+            .field("fixed", &self.fixed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<'a> ResultsWriter<'a> {
@@ -32,6 +55,77 @@ impl<'a> ResultsWriter<'a> {
             count: 0,
             errors: 0,
             fixed: None,
+            flush: None,
+            until_check: u32::MAX,
+            check_every: 1,
+            last_check_ns: 0,
+            last_flush_ns: 0,
+        }
+    }
+
+    /// In a worker, for a job of several items: every [`FLUSH_NS`] or so, the outcomes written
+    /// so far go to `flush` as a complete result frame of their own (a partial frame), and the
+    /// writer starts a new frame for the items after them. The clock is read adaptively: every
+    /// item while items are slow, every few thousand while they are tiny.
+    pub(crate) fn flush_to(&mut self, flush: Flush<'a>) {
+        let now = crate::sys::monotonic_ns();
+        self.flush = Some(flush);
+        self.until_check = 1;
+        self.check_every = 1;
+        self.last_check_ns = now;
+        self.last_flush_ns = now;
+    }
+
+    /// After `n` items were written: reads the clock when due, and sends a partial frame when
+    /// [`FLUSH_NS`] have passed since the last.
+    #[inline]
+    fn items_done(&mut self, n: u32) {
+        if self.flush.is_none() {
+            return;
+        }
+        self.until_check = self.until_check.saturating_sub(n);
+        if self.until_check == 0 {
+            self.check();
+        }
+    }
+
+    #[cold]
+    fn check(&mut self) {
+        let now = crate::sys::monotonic_ns();
+        let since = now.saturating_sub(self.last_check_ns);
+        // Aim at a clock read about every millisecond of work.
+        self.check_every = if since < 500_000 {
+            (self.check_every * 2).min(1 << 16)
+        } else if since > 2_000_000 {
+            (self.check_every / 2).max(1)
+        } else {
+            self.check_every
+        };
+        self.until_check = self.check_every;
+        self.last_check_ns = now;
+        if now.saturating_sub(self.last_flush_ns) >= FLUSH_NS && self.count > 0 {
+            self.last_flush_ns = now;
+            self.send_partial();
+        }
+    }
+
+    /// Sends the outcomes written so far as a frame of their own, and starts a new one.
+    fn send_partial(&mut self) {
+        self.write_counts();
+        if let Some(flush) = self.flush.as_mut() {
+            flush(self.buf);
+        }
+        let fixed = self.fixed;
+        self.buf.clear();
+        self.buf.push(KIND_RESULTS);
+        self.buf.push(RESULTS_OK);
+        self.count_at = self.buf.len();
+        self.buf.extend_from_slice(&[0u8; 8]);
+        self.count = 0;
+        self.errors = 0;
+        self.fixed = None;
+        if let Some(width) = fixed {
+            self.set_fixed(width);
         }
     }
 
@@ -93,6 +187,7 @@ impl<'a> ResultsWriter<'a> {
         if let Some(small) = Small::of(value) {
             append_small(self.buf, Some(ITEM_OK), &small);
             self.count += 1;
+            self.items_done(1);
             return;
         }
         let start = self.buf.len();
@@ -104,6 +199,7 @@ impl<'a> ResultsWriter<'a> {
             (Ok(()), Ok(len)) => {
                 self.buf[start + 1..start + 5].copy_from_slice(&len.to_le_bytes());
                 self.count += 1;
+                self.items_done(1);
             }
             (Err(message), _) => {
                 self.buf.truncate(start);
@@ -125,6 +221,7 @@ impl<'a> ResultsWriter<'a> {
         self.buf.extend_from_slice(&len.to_le_bytes());
         self.buf.extend_from_slice(value);
         self.count += 1;
+        self.items_done(1);
         Ok(())
     }
 
@@ -142,6 +239,7 @@ impl<'a> ResultsWriter<'a> {
         };
         let (n, caught) = small_run(self.buf, layout, max, next);
         self.count += n as u32;
+        self.items_done(n as u32);
         (n, caught)
     }
 
@@ -157,6 +255,7 @@ impl<'a> ResultsWriter<'a> {
         self.buf.extend_from_slice(location.as_bytes());
         self.count += 1;
         self.errors += 1;
+        self.items_done(1);
     }
 
     /// Appends "the arguments did not decode".
@@ -172,6 +271,7 @@ impl<'a> ResultsWriter<'a> {
         self.buf.extend_from_slice(message.as_bytes());
         self.count += 1;
         self.errors += 1;
+        self.items_done(1);
     }
 
     fn header(&mut self, status: u8, len: usize) {
@@ -192,7 +292,11 @@ impl<'a> ResultsWriter<'a> {
     }
 
     /// Writes the item count; the frame is complete.
-    pub(crate) fn finish(self) {
+    pub(crate) fn finish(mut self) {
+        self.write_counts();
+    }
+
+    fn write_counts(&mut self) {
         self.buf[self.count_at..self.count_at + 4].copy_from_slice(&self.count.to_le_bytes());
         self.buf[self.count_at + 4..self.count_at + 8].copy_from_slice(&self.errors.to_le_bytes());
     }
@@ -340,6 +444,11 @@ impl ResultFrame {
     /// one the parent can read).
     pub(crate) fn failed(&self, items: u32) -> u32 {
         self.header.map_or(items, |h| h.errors)
+    }
+
+    /// The frame's size in bytes.
+    pub(crate) fn len_hint(&self) -> usize {
+        self.bytes.len()
     }
 
     /// Whether an item of the frame panicked.

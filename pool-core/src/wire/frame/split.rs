@@ -129,6 +129,54 @@ pub(crate) fn error_record(err: &Error) -> Option<Vec<u8>> {
     Some(record(status, &b))
 }
 
+/// One result frame of the outcomes of `frames`, in order: a job's partial frames and its last
+/// one. Fixed-width frames of one width join into a fixed-width frame (a copy of their values);
+/// anything else into the general form. A frame that does not parse is returned as it is.
+pub(crate) fn join(mut frames: Vec<ResultFrame>) -> ResultFrame {
+    if frames.len() == 1 {
+        return frames.pop().expect("one frame");
+    }
+    if let Some(bad) = frames.iter().position(|f| f.results().is_err()) {
+        return frames.swap_remove(bad);
+    }
+    let parts: Vec<Results<'_>> = frames.iter().filter_map(|f| f.results().ok()).collect();
+    let count: u32 = parts.iter().map(|r| r.remaining).sum();
+    let errors: u32 = parts.iter().map(|r| r.errors()).sum();
+    let fixed: Option<Vec<(u8, &[u8])>> = parts.iter().map(Results::fixed_values).collect();
+    let mut out = Vec::with_capacity(frames.iter().map(|f| f.len_hint()).sum::<usize>() + 16);
+    out.push(KIND_RESULTS);
+    match fixed.filter(|f| f.windows(2).all(|w| w[0].0 == w[1].0)) {
+        Some(values) if !values.is_empty() => {
+            out.push(RESULTS_FIXED);
+            out.extend_from_slice(&count.to_le_bytes());
+            out.extend_from_slice(&errors.to_le_bytes());
+            out.push(values[0].0);
+            for (_, v) in values {
+                out.extend_from_slice(v);
+            }
+        }
+        _ => {
+            out.push(RESULTS_OK);
+            out.extend_from_slice(&count.to_le_bytes());
+            out.extend_from_slice(&errors.to_le_bytes());
+            for r in &parts {
+                match r.fixed_values() {
+                    Some((width, values)) => {
+                        for v in values.chunks_exact(width.into()) {
+                            out.push(ITEM_OK);
+                            out.extend_from_slice(&u32::from(width).to_le_bytes());
+                            out.extend_from_slice(v);
+                        }
+                    }
+                    None => out.extend_from_slice(r.c.rest),
+                }
+            }
+        }
+    }
+    drop(parts);
+    ResultFrame::parse(out)
+}
+
 /// One general-form result frame of `records`, in order.
 pub(crate) fn merge(records: &[Vec<u8>]) -> ResultFrame {
     let errors = records
@@ -175,6 +223,7 @@ pub(super) fn timeout(bytes: &[u8]) -> Result<(std::time::Duration, i32, u32), F
 #[cfg(test)]
 mod test {
     use super::*;
+    use crate::wire::codec::Small;
 
     #[test]
     fn a_subset_keeps_the_form_and_the_chosen_items() {
@@ -193,6 +242,40 @@ mod test {
             .collect();
         assert_eq!(got, [10, 30, 40]);
         assert!(job_subset(&frame, &[9]).is_none());
+    }
+
+    #[test]
+    fn partial_frames_join_in_order_in_either_form() {
+        let frame = |values: &[u64], fixed: bool| {
+            let mut buf = Vec::new();
+            let mut w = ResultsWriter::new(&mut buf);
+            if fixed {
+                w.set_fixed(9);
+                let mut it = values.iter();
+                w.ok_small_run(values.len(), || it.next().and_then(Small::fixed));
+            } else {
+                for v in values {
+                    w.ok(v);
+                }
+            }
+            w.finish();
+            ResultFrame::parse(buf)
+        };
+        let decode = |f: &ResultFrame| -> Vec<u64> {
+            f.results()
+                .unwrap()
+                .map(|o| match o.unwrap() {
+                    Outcome::Ok(b) => crate::wire::codec::decode(b).unwrap(),
+                    other => panic!("{other:?}"),
+                })
+                .collect()
+        };
+        let fixed = join(vec![frame(&[1, 2], true), frame(&[3], true)]);
+        assert!(fixed.results().unwrap().fixed_values().is_some());
+        assert_eq!(decode(&fixed), [1, 2, 3]);
+        let mixed = join(vec![frame(&[1, 2], true), frame(&[3, 4], false)]);
+        assert_eq!(decode(&mixed), [1, 2, 3, 4]);
+        assert_eq!(mixed.failed(4), 0);
     }
 
     #[test]
