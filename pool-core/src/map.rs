@@ -155,7 +155,8 @@ impl Pool {
     /// other item still has its value. The outer `Err` is for failures of the whole call (the
     /// pool terminated or closed, used from another process, broken). When a worker dies in the
     /// middle of a chunk, only the item it was running fails (or runs again, under
-    /// [`retries`](crate::PoolBuilder::retries)); the chunk's other items run again elsewhere.
+    /// [`retries`](crate::PoolBuilder::retries)); the items it had reported (a worker running a
+    /// long chunk reports every 20 ms) keep their results, and the others run again elsewhere.
     ///
     /// # Examples
     ///
