@@ -34,6 +34,13 @@ pub(crate) trait Sink: Send + Sync {
 
 /// One frame of work (one `apply`, or one chunk of a `map`) and what to do with its result.
 ///
+/// # Size
+///
+/// A job is moved by value several times on the way of every call (queue, collector, seat,
+/// settle), so its size shows in the rate of one-item jobs: a seat's entry `(Job, Option<u64>)`
+/// is kept at 128 bytes, two cache lines (a test checks it). Rare data lives elsewhere: the
+/// partial result frames of a running job are kept by its seat.
+///
 /// # Invariant
 ///
 /// The sink hears of the job exactly once: through [`Job::complete`], or — when a job is dropped
@@ -58,11 +65,6 @@ pub(crate) struct Job {
     /// The frame is kept once sent, because a panic may send the job again
     /// (`#[task(retry_on_panic)]`).
     pub(crate) keep_frame: bool,
-    /// Partial result frames of this job, in order: outcomes of its first items, sent while it
-    /// runs (see `wire::frame::split`).
-    /// (Boxed: a job stays small on the way of every call, and almost none has any.)
-    #[allow(clippy::box_collection)]
-    pub(crate) partials: Option<Box<Vec<ResultFrame>>>,
     /// The result is read into `frame`'s buffer whatever its size, because the submitter
     /// consumes the result at once and builds its next job in the same buffer (a blocking
     /// `map`). Otherwise a buffer much larger than the result is set aside, so that results
@@ -102,7 +104,6 @@ impl Job {
             requeues: 0,
             attempts: 0,
             keep_frame: false,
-            partials: None,
             recycle: false,
             limit: None,
             internal: false,
@@ -152,5 +153,13 @@ impl fmt::Debug for Job {
             .field("task", &self.task)
             .field("frame_len", &self.wire_len())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod test {
+    #[test]
+    fn a_seat_entry_fits_two_cache_lines() {
+        assert!(std::mem::size_of::<(super::Job, Option<u64>)>() <= 128);
     }
 }

@@ -2,7 +2,7 @@
 //! arrive while the next chunks are encoded) and `map_async` (every chunk submitted up front),
 //! with the input counted without trusting its size hint, and chunks encoded in reused buffers.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::job::{Job, Sink, TaskName};
@@ -274,9 +274,9 @@ impl Pool {
         let (sink, rx) = crate::imap::ChannelSink::with_given_back(true);
         // Results are decoded straight onto the end of `out` in chunk order; a chunk that comes
         // back before its turn waits, undecoded, in `early` (workers finish chunks in about the
-        // order they took them, so it stays small).
+        // order they took them, so it stays small). `early[i]` is chunk `next + i`.
         let mut out: Vec<T::Output> = Vec::with_capacity(n);
-        let mut early: BTreeMap<usize, crate::wire::frame::ResultFrame> = BTreeMap::new();
+        let mut early: VecDeque<Option<crate::wire::frame::ResultFrame>> = VecDeque::new();
         // Decoded result frames, whose buffers the next chunks are built in.
         let mut spare: Vec<Vec<u8>> = Vec::new();
         let mut flight = InFlight::default();
@@ -296,8 +296,13 @@ impl Pool {
             flight.bytes -= size;
             let frame = result?;
             crate::result::check_frame(&frame, T::NAME, count)?;
-            early.insert(index, frame);
-            while let Some(frame) = early.remove(&next) {
+            let at = index - next;
+            if early.len() <= at {
+                early.resize_with(at + 1, || None);
+            }
+            early[at] = Some(frame);
+            while let Some(Some(_)) = early.front() {
+                let frame = early.pop_front().flatten().expect("just checked");
                 sys::prefault(out, flight.chunks[next].0 as usize);
                 crate::result::decode_into(&frame, T::NAME, out)?;
                 spare.push(frame.into_bytes());

@@ -179,16 +179,11 @@ impl Collector {
                 Ok((_, None)) => progress = true,
                 Ok((_, Some((frame, busy_ns)))) if busy_ns == envelope::PARTIAL => {
                     progress = true;
-                    match seat.in_flight.front_mut() {
-                        Some((job, _)) => job
-                            .partials
-                            .get_or_insert_with(Box::default)
-                            .push(ResultFrame::parse(frame)),
-                        None => {
-                            kill(&process);
-                            break;
-                        }
+                    if seat.in_flight.is_empty() {
+                        kill(&process);
+                        break;
                     }
+                    seat.partials.push(ResultFrame::parse(frame));
                 }
                 Ok((_, Some((frame, busy_ns)))) => {
                     progress = true;
@@ -207,10 +202,9 @@ impl Collector {
                             self.shared.counters.busy_ns[i]
                                 .store(seat.busy_base + busy, Ordering::Relaxed);
                             // The one place the parent parses a result frame's header.
-                            let mut job = job;
                             let mut frame = ResultFrame::parse(frame);
-                            if let Some(partials) = job.partials.take() {
-                                let mut all = *partials;
+                            if !seat.partials.is_empty() {
+                                let mut all = std::mem::take(&mut seat.partials);
                                 all.push(frame);
                                 frame = crate::wire::frame::split::join(all);
                             }

@@ -10,6 +10,7 @@ use crate::job::Job;
 use crate::start::WorkerProcess;
 use crate::transport::envelope::{self, RESULT_HEAD};
 use crate::transport::region::SKIP_SLOTS;
+use crate::wire::frame::ResultFrame;
 use crate::Error;
 
 /// One worker and the jobs at it.
@@ -46,6 +47,10 @@ pub(super) struct Seat {
     pub(super) timed_out: Option<(Duration, u64)>,
     /// The running job was asked to stop (cancelled, or past its soft limit): see `cancel`.
     pub(super) stopping: Option<Stop>,
+    /// Partial result frames of the oldest job in flight (the one running), in order: the
+    /// outcomes of its first items, sent while it runs (see `wire::frame::split`). Kept here,
+    /// not on the job, so that a job stays small on the way of every call.
+    pub(super) partials: Vec<ResultFrame>,
 }
 
 /// A running job asked to stop, and when its worker gets the stop signal and SIGKILL
@@ -140,6 +145,7 @@ impl Seat {
             timed_out: None,
             doomed: None,
             stopping: None,
+            partials: Vec::new(),
         }
     }
 

@@ -137,15 +137,19 @@ pub(super) struct Split {
 /// whether that item runs again. Items the worker reported in partial frames keep their
 /// outcomes. `Err(job)` when the job cannot be split (one item, or its frame is gone), for the
 /// caller to fail or retry whole.
-pub(super) fn split(mut job: Job, running: u32, err: &Error, again: bool) -> Result<Split, Job> {
+pub(super) fn split(
+    mut job: Job,
+    partials: Vec<ResultFrame>,
+    running: u32,
+    err: &Error,
+    again: bool,
+) -> Result<Split, Job> {
     if job.items < 2 || running >= job.items || job.frame.is_empty() {
         return Err(job);
     }
     // What the worker reported before it died: the outcomes of the first `known` items.
-    let known: Vec<Vec<u8>> = job
-        .partials
+    let known: Vec<Vec<u8>> = partials
         .iter()
-        .flat_map(|p| p.iter())
         .map(records)
         .collect::<Option<Vec<_>>>()
         .map(|r| r.into_iter().flatten().collect())

@@ -18,6 +18,7 @@ use super::split;
 use crate::job::{Job, Sink};
 use crate::start;
 use crate::transport::envelope;
+use crate::wire::frame::ResultFrame;
 use crate::{sys, trace, Error};
 
 /// The task an error names.
@@ -366,11 +367,19 @@ impl Collector {
             .or(stopped_at_soft_limit);
         let recycled = mem::replace(&mut seat.retiring, false);
         let mut jobs = seat.take_all();
+        let partials = mem::take(&mut seat.partials);
         let doomed = seat.doomed.take();
         let terminated = self.shared.is_terminated();
         if began_unanswered {
             if let Some(job) = jobs.pop_front() {
-                self.answer_interrupted(job, running_item, timed_out, pid, cause, terminated);
+                let death = Death {
+                    running: running_item,
+                    partials,
+                    timed_out,
+                    pid,
+                    cause,
+                };
+                self.answer_interrupted(job, death, terminated);
             }
         }
         // The rest were never begun: other workers take them, first.
@@ -412,15 +421,14 @@ impl Collector {
     /// Answers the job a worker died running (or was killed for overrunning `timed_out`): a job
     /// of several items is split so that only item `running` fails or runs again (see
     /// `split`); a job of one item runs again under the retry policy, else fails.
-    fn answer_interrupted(
-        &mut self,
-        job: Job,
-        running: u32,
-        timed_out: Option<Duration>,
-        pid: i32,
-        cause: crate::ExitCause,
-        terminated: bool,
-    ) {
+    fn answer_interrupted(&mut self, job: Job, death: Death, terminated: bool) {
+        let Death {
+            running,
+            partials,
+            timed_out,
+            pid,
+            cause,
+        } = death;
         let err = match timed_out {
             Some(limit) if !terminated => Error::Timeout {
                 task: job.task.to_string(),
@@ -436,7 +444,7 @@ impl Collector {
             !terminated && !job.internal && !job.is_cancelled() && !job.frame.is_empty();
         let again = may_run_again && job.attempts < self.settings.retry_policy(&job.task).0;
         let job = if may_run_again {
-            match split::split(job, running, &err, again) {
+            match split::split(job, partials, running, &err, again) {
                 Ok(parts) => {
                     if !again {
                         self.shared.counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -461,7 +469,20 @@ impl Collector {
             settle(&self.shared, job, Err(err));
         }
     }
+}
 
+/// How the worker running a job ended: the item it was running, what it had reported of the
+/// items before (partial result frames), and why it ended.
+pub(super) struct Death {
+    running: u32,
+    partials: Vec<ResultFrame>,
+    /// The job ran past this limit (hard, or soft and then stopped).
+    timed_out: Option<Duration>,
+    pid: i32,
+    cause: crate::ExitCause,
+}
+
+impl Collector {
     /// Closed and drained: asks every worker to exit, and reaps them.
     pub(super) fn shutdown(&mut self) {
         for seat in &self.seats {
