@@ -56,8 +56,15 @@
 //!   panics, or whose local process crashes under it, is an `Err` in its place and the other
 //!   items keep their values (the local pool runs the rest of the chunk again, as
 //!   `pool_core::Pool` does). [`RedisPool::map_results_chunked`] returns them all; `map` fails
-//!   with the first. When a whole worker *machine* dies (or goes silent), its chunk is
-//!   redelivered whole after `claim_idle`, and its items run again elsewhere.
+//!   with the first.
+//! - **A worker machine that dies** (or goes silent) leaves its jobs to be redelivered after
+//!   `claim_idle`. A worker runs a job of several items as up to 8 pieces in its local pool,
+//!   and once a job has run for a heartbeat it writes the outcomes of the items done to the
+//!   queue's progress hash (`pool:{QUEUE}:progress`) at every heartbeat. The worker that takes
+//!   the job over runs only the items missing; only what the dead worker did after its last
+//!   report runs again. Measured in the test: a job of 80 items of 100 ms whose worker was
+//!   killed after 2.6 s ran 92 times in all (52 on the killed worker), where redelivery whole
+//!   would have run 132.
 //! - **Retries** run on the worker's machine, in its local pool: a task's
 //!   `#[task(retries = N)]` and `#[task(retry_on_panic)]` apply there, and
 //!   `Worker::pool(Pool::builder().retries(n))` sets a default. They retry a crashed local
@@ -95,6 +102,15 @@
 //!
 //! # Operations
 //!
+//! **Stopping a worker.** SIGTERM or SIGINT (Ctrl-C) drains a worker: it takes no new jobs,
+//! puts the jobs it holds but has not begun back in the queue at once (other workers take them
+//! within a read), finishes and answers the ones running, and exits 0; a second signal ends it
+//! at once, and what it held is taken over after `claim_idle`. Measured in the test: with 16
+//! jobs of 300 ms held, another worker began one 62 ms after the SIGTERM, the drained worker
+//! exited 0 after 0.8 s, and the map ended 4.3 s after the signal (it waited for the 30 s
+//! takeover before). [`Worker::handle_signals`]`(false)` leaves signals to the program, which
+//! can drain through a [`ShutdownHandle`] instead.
+//!
 //! [`status`] (or [`RedisPool::status`]) reports the jobs waiting and in progress and the live
 //! workers with their last heartbeat. Results expire after [`Worker::result_ttl`], and answered
 //! jobs are deleted from the stream, so Redis does not grow without bound.
@@ -104,6 +120,7 @@
 mod client;
 mod conn;
 mod error;
+mod signals;
 mod status;
 mod wire;
 mod worker;

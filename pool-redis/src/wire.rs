@@ -8,6 +8,9 @@
 //!                                      (expires after the result TTL)
 //! pool:{Q}:workers          sorted set worker name -> last heartbeat (unix ms)
 //! pool:{Q}:worker:{NAME}    hash       host, pid, processes, heartbeat_ms (expires)
+//! pool:{Q}:progress         hash       task entry id -> the outcomes of the items of a long
+//!                                      job that are done (expires after the result TTL)
+//! pool:{Q}:control          stream     cancels for workers: client, ids
 //! ```
 //!
 //! `args` is a MessagePack array of `bin`, one per item, each the item's arguments encoded by
@@ -31,6 +34,9 @@ pub(crate) struct Keys {
     pub(crate) heartbeats: String,
     /// Cancels for workers: entries `client` and `ids` (comma-separated job ids).
     pub(crate) control: String,
+    /// What the worker running a long job of several items has done so far, by task entry id:
+    /// a job redelivered after its worker machine died runs only the rest.
+    pub(crate) progress: String,
 }
 
 impl Keys {
@@ -46,6 +52,7 @@ impl Keys {
             tasks: format!("pool:{{{queue}}}:tasks"),
             heartbeats: format!("pool:{{{queue}}}:workers"),
             control: format!("pool:{{{queue}}}:control"),
+            progress: format!("pool:{{{queue}}}:progress"),
         })
     }
 
@@ -97,6 +104,38 @@ pub(crate) fn decode_each(bytes: &[u8]) -> Result<Vec<Result<Vec<u8>, WireError>
         .map(|i| match i {
             ItemOutcome::Ok(v) => Ok(v.into_vec()),
             ItemOutcome::Err(e) => Err(e),
+        })
+        .collect())
+}
+
+/// Encodes the items of a job that are done (`Some`) and not done (`None`), for the progress
+/// hash.
+pub(crate) fn encode_progress(items: &[Option<Result<Vec<u8>, WireError>>]) -> Vec<u8> {
+    let list: Vec<Option<ItemOutcome>> = items
+        .iter()
+        .map(|i| {
+            i.as_ref().map(|o| match o {
+                Ok(v) => ItemOutcome::Ok(ByteBuf::from(v.clone())),
+                Err(e) => ItemOutcome::Err(e.clone()),
+            })
+        })
+        .collect();
+    rmp_serde::to_vec(&list).expect("a list of outcomes always encodes")
+}
+
+/// Each item's outcome where it is known.
+pub(crate) type Progress = Vec<Option<Result<Vec<u8>, WireError>>>;
+
+/// Decodes what [`encode_progress`] wrote.
+pub(crate) fn decode_progress(bytes: &[u8]) -> Result<Progress, String> {
+    let list: Vec<Option<ItemOutcome>> = rmp_serde::from_slice(bytes).map_err(|e| e.to_string())?;
+    Ok(list
+        .into_iter()
+        .map(|i| {
+            i.map(|o| match o {
+                ItemOutcome::Ok(v) => Ok(v.into_vec()),
+                ItemOutcome::Err(e) => Err(e),
+            })
         })
         .collect())
 }
@@ -315,6 +354,17 @@ mod test {
         let bytes = rmp_serde::to_vec(&wire).unwrap();
         let back: WireError = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(back.into_error().to_string(), err.to_string());
+    }
+
+    #[test]
+    fn progress_round_trips() {
+        let items: Progress = vec![
+            Some(Ok(vec![1, 2])),
+            None,
+            Some(Err(WireError::Other("x".into()))),
+        ];
+        assert_eq!(decode_progress(&encode_progress(&items)).unwrap(), items);
+        assert!(decode_progress(b"\x93garbage").is_err());
     }
 
     #[test]

@@ -79,6 +79,7 @@ pub struct Worker {
     max_deliveries: u64,
     result_ttl: Duration,
     shutdown: Arc<AtomicBool>,
+    handle_signals: bool,
 }
 
 /// Asks a running [`Worker`] to stop: it takes no new jobs, answers those it holds, and returns
@@ -140,6 +141,7 @@ impl Worker {
             max_deliveries: 3,
             result_ttl: Duration::from_secs(3600),
             shutdown: Arc::new(AtomicBool::new(false)),
+            handle_signals: true,
         })
     }
 
@@ -206,6 +208,32 @@ impl Worker {
         self
     }
 
+    /// Whether [`run`](Self::run) drains on SIGTERM and SIGINT (default: yes). The first signal
+    /// drains the worker: it stops taking jobs, puts the jobs it holds but has not begun back in
+    /// the queue at once (other workers take them within a read), finishes the ones running,
+    /// answers them and returns `Ok(())` — so the process exits 0. A second signal ends the
+    /// process at once (exit status 128 + the signal); what it held is taken over by other
+    /// workers after [`claim_idle`](Self::claim_idle). The program's own handlers are put back
+    /// when `run` returns.
+    ///
+    /// Turn it off in programs that manage signals themselves, and drain with a
+    /// [`ShutdownHandle`], which does the same.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let worker = pool_redis::Worker::new("redis://127.0.0.1/", "jobs")?.handle_signals(false);
+    /// let stop = worker.shutdown_handle();
+    /// // … the program's own signal handling calls `stop.shutdown()` …
+    /// # stop.shutdown();
+    /// worker.run()?;
+    /// # Ok::<(), pool_redis::Error>(())
+    /// ```
+    pub fn handle_signals(mut self, on: bool) -> Self {
+        self.handle_signals = on;
+        self
+    }
+
     /// A handle that stops [`run`](Self::run) from another thread.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle(Arc::clone(&self.shutdown))
@@ -228,6 +256,7 @@ impl Worker {
         }
         // The pool first, while this process has one thread (for the Fork start method).
         let pool = self.pool.clone().processes(self.processes).build()?;
+        let signals = self.handle_signals.then(crate::signals::Drain::install);
         let mut link = Link::new(self.client.clone(), READ_BLOCK + Duration::from_secs(5));
         link.connect_once()?;
         status::ensure_group(&mut link, &self.keys)?;
@@ -242,13 +271,21 @@ impl Worker {
             pool,
             keys: self.keys.clone(),
             name,
-            held: Mutex::new(HashSet::new()),
+            held: Mutex::new(HashMap::new()),
+            taken: std::sync::atomic::AtomicU64::new(0),
+            handed_back: Mutex::new(HashSet::new()),
             running: Mutex::new(HashMap::new()),
+            pieceworks: Mutex::new(HashMap::new()),
+            report_after: self.heartbeat,
+            progress_ttl_ms: self.result_ttl.as_millis().max(1) as u64,
             released: Condvar::new(),
             done: Mutex::new(Some(done_tx)),
             stop_writing: AtomicBool::new(false),
             broken: Mutex::new(None),
+            draining: AtomicBool::new(false),
         });
+        // The keeper and the control reader run until every job held is answered.
+        let threads_stop = Arc::new(AtomicBool::new(false));
         let capacity = self.prefetch.unwrap_or(2 * self.processes).max(1);
         let writer = {
             let shared = Arc::clone(&shared);
@@ -267,7 +304,7 @@ impl Worker {
                 max_deliveries: self.max_deliveries,
                 processes: self.processes,
             };
-            let stop = Arc::clone(&self.shutdown);
+            let stop = Arc::clone(&threads_stop);
             spawn("pool-redis-keeper", move || {
                 shared.keep(link, settings, &stop)
             })?
@@ -275,14 +312,31 @@ impl Worker {
         let control = {
             let shared = Arc::clone(&shared);
             let link = Link::new(self.client.clone(), READ_BLOCK + Duration::from_secs(5));
-            let stop = Arc::clone(&self.shutdown);
+            let stop = Arc::clone(&threads_stop);
             spawn("pool-redis-control", move || {
                 shared.read_control(link, &stop)
             })?
         };
         shared.read_jobs(link, capacity, &self.shutdown);
-        // Stopped by a handle or by a broken pool: the keeper stops too.
+        // Stopped by a signal, a handle or a broken pool: take nothing more (the keeper stops
+        // reclaiming).
+        shared.draining.store(true, Ordering::SeqCst);
         self.shutdown.store(true, Ordering::SeqCst);
+        if lock(&shared.broken).is_none() {
+            // Draining: what the local processes are not running goes back to the queue now,
+            // for other workers; the rest is finished and answered.
+            let why = if crate::signals::received() {
+                "a signal"
+            } else {
+                "its shutdown handle"
+            };
+            let back = shared.hand_back(self.processes);
+            tracing::info!(
+                worker = %shared.name,
+                handed_back = back,
+                "pool-redis worker draining (asked by {why}): finishing its running jobs"
+            );
+        }
         // Stopping: answer what we hold, then let the writer drain and the keeper say goodbye.
         {
             let mut held = lock(&shared.held);
@@ -293,6 +347,7 @@ impl Worker {
                     .unwrap_or_else(PoisonError::into_inner);
             }
         }
+        threads_stop.store(true, Ordering::SeqCst);
         lock(&shared.done).take();
         let _ = writer.join();
         let _ = keeper.join();
@@ -304,6 +359,8 @@ impl Worker {
         }
         shared.pool.close();
         shared.pool.join()?;
+        tracing::info!(worker = %shared.name, "pool-redis worker drained and stopped");
+        drop(signals);
         Ok(())
     }
 }
@@ -383,6 +440,97 @@ struct Answer {
     /// The local pool is broken: leave the entry unanswered and unacknowledged, for another
     /// worker to reclaim, and stop this worker.
     abandon: Option<String>,
+    /// Progress of this entry may be in the progress hash: delete it with the answer.
+    progress: bool,
+    /// Some of its items were cancelled in the local pool (by the caller, or by a drain that
+    /// hands the entry back).
+    cancelled: bool,
+}
+
+/// An entry this worker has taken and not answered yet.
+struct Held {
+    /// The order in which this worker took it.
+    seq: u64,
+    /// The caller's client id and job id.
+    reply: Option<(String, u64)>,
+    /// The entry's fields, to put it back in the queue as it came (see `hand_back`).
+    fields: HashMap<String, Value>,
+}
+
+/// How many local jobs a job of several items is run as, at most.
+const PIECES: usize = 8;
+
+/// A job of several items, run as several local jobs ("pieces").
+///
+/// A worker *machine* that dies takes its local pool with it, and its jobs are redelivered after
+/// `claim_idle`. So that the items it finished are not run again, each piece records its items'
+/// outcomes here as it ends, and the keeper writes what is done to the queue's progress hash
+/// (`HSET pool:{Q}:progress ENTRY …`) once the job has run for a heartbeat, and again at each
+/// heartbeat while more is done. The worker that takes the job over reads it (`HGET`) and runs
+/// only the items missing. The answer deletes the field in its transaction; what a dead worker
+/// did after its last report runs again.
+struct Piecework {
+    entry: String,
+    reply: (String, u64),
+    started: Instant,
+    sender: Sender<Answer>,
+    state: Mutex<PieceState>,
+}
+
+struct PieceState {
+    /// Each item's outcome, once known.
+    outcomes: wire::Progress,
+    /// Items done (with an outcome).
+    done: usize,
+    /// Items done when the keeper last reported.
+    reported: usize,
+    /// Pieces still running.
+    left: usize,
+    /// The first error that failed a whole piece (an unknown task, a cancel).
+    whole: Option<WireError>,
+    /// Every piece that ended failed whole: the job's answer is that error.
+    all_whole: bool,
+    /// The local pool broke.
+    abandon: Option<String>,
+    /// Some progress may be in the progress hash.
+    progress: bool,
+    /// Some piece or item was cancelled.
+    cancelled: bool,
+}
+
+impl Piecework {
+    fn piece_ended(&self, state: &mut PieceState) {
+        state.left -= 1;
+        if state.left == 0 {
+            self.finish(state);
+        }
+    }
+
+    /// Answers the job: every piece has ended.
+    fn finish(&self, state: &mut PieceState) {
+        let outcome = match (&state.whole, state.all_whole) {
+            (Some(err), true) => Err(err.clone()),
+            _ => {
+                let each: Vec<Result<Vec<u8>, WireError>> = std::mem::take(&mut state.outcomes)
+                    .into_iter()
+                    .map(|o| o.unwrap_or_else(|| Err(WireError::Other("no outcome".into()))))
+                    .collect();
+                Ok(if each.iter().all(Result::is_ok) {
+                    Outcome::All(each.into_iter().flatten().collect())
+                } else {
+                    Outcome::Each(each)
+                })
+            }
+        };
+        let _ = self.sender.send(Answer {
+            entry: self.entry.clone(),
+            reply: Some(self.reply.clone()),
+            outcome,
+            abandon: state.abandon.clone(),
+            progress: state.progress,
+            cancelled: state.cancelled,
+        });
+    }
 }
 
 type RunningJob = pool_core::AsyncResult<Vec<Result<Vec<u8>, pool_core::Error>>>;
@@ -392,21 +540,38 @@ struct Shared {
     keys: Keys,
     name: String,
     /// The entries this worker has taken and not answered yet.
-    held: Mutex<HashSet<String>>,
+    held: Mutex<HashMap<String, Held>>,
+    /// Numbers the entries in the order this worker took them.
+    taken: std::sync::atomic::AtomicU64,
+    /// Entries handed back while draining: their local jobs were cancelled, and an answer
+    /// `Cancelled` for one of them puts the job back in the queue instead.
+    handed_back: Mutex<HashSet<String>>,
     /// The local results of the jobs running here, by the caller's client and job id, for a
     /// cancel from the control stream.
-    running: Mutex<HashMap<(String, u64), RunningJob>>,
+    running: Mutex<HashMap<(String, u64), Vec<RunningJob>>>,
+    /// The jobs of several items running here, by task entry id, for the keeper to report what
+    /// they have done.
+    pieceworks: Mutex<HashMap<String, Arc<Piecework>>>,
+    /// How long a job of several items runs before the keeper reports its progress.
+    report_after: Duration,
+    /// How long reported progress is kept (the result TTL).
+    progress_ttl_ms: u64,
     /// Signalled when an entry leaves `held`.
     released: Condvar,
     done: Mutex<Option<Sender<Answer>>>,
     stop_writing: AtomicBool,
     /// Set when the local pool broke (workers dying faster than the restart guard allows).
     broken: Mutex<Option<String>>,
+    /// The worker stopped taking jobs (a signal, its handle, a broken pool).
+    draining: AtomicBool,
 }
 
 impl Shared {
     fn read_jobs(&self, mut link: Link, capacity: usize, stop: &AtomicBool) {
-        while !stop.load(Ordering::SeqCst) && lock(&self.broken).is_none() {
+        while !stop.load(Ordering::SeqCst)
+            && !crate::signals::received()
+            && lock(&self.broken).is_none()
+        {
             let free = {
                 let held = lock(&self.held);
                 let free = capacity.saturating_sub(held.len());
@@ -431,7 +596,7 @@ impl Shared {
             match read {
                 Ok(reply) => {
                     for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
-                        self.start(entry);
+                        self.start(entry, None);
                     }
                 }
                 Err(err) if crate::conn::has_code(&err, "NOGROUP") => {
@@ -445,8 +610,9 @@ impl Shared {
         }
     }
 
-    /// Hands one entry to the local pool (or answers it at once if it cannot run).
-    fn start(self: &Shared, entry: StreamId) {
+    /// Hands one entry to the local pool (or answers it at once if it cannot run). `prior` is
+    /// what an earlier worker reported of it (a redelivered job): those items do not run again.
+    fn start(self: &Shared, entry: StreamId, prior: Option<wire::Progress>) {
         let id = entry.id;
         let reply = match (
             field_string(&entry.map, "reply"),
@@ -455,11 +621,23 @@ impl Shared {
             (Some(client), Some(job)) => Some((client, job)),
             _ => None,
         };
-        if !lock(&self.held).insert(id.clone()) {
-            return; // already running here (reclaimed while we hold it)
-        }
         let task = field_string(&entry.map, "task");
         let args = field_bytes(&entry.map, "args").map(|a| wire::decode_items(&a));
+        {
+            let mut held = lock(&self.held);
+            if held.contains_key(&id) {
+                return; // already running here (reclaimed while we hold it)
+            }
+            let seq = self.taken.fetch_add(1, Ordering::Relaxed);
+            held.insert(
+                id.clone(),
+                Held {
+                    seq,
+                    reply: reply.clone(),
+                    fields: entry.map,
+                },
+            );
+        }
         let (Some(_), Some(task), Some(Ok(items))) = (&reply, task, args) else {
             self.answer(Answer {
                 entry: id,
@@ -470,12 +648,20 @@ impl Shared {
                      reply and id"
                         .into(),
                 )),
+                progress: false,
+                cancelled: false,
             });
             return;
         };
         let Some(sender) = lock(&self.done).clone() else {
             return;
         };
+        if items.len() > 1 {
+            if let Some((client, job)) = reply {
+                self.start_pieces(id, (client, job), &task, &items, prior, sender);
+                return;
+            }
+        }
         let (ok_sender, ok_id, ok_reply) = (sender.clone(), id.clone(), reply.clone());
         let key = reply.clone();
         let running = self
@@ -484,6 +670,9 @@ impl Shared {
             .on_success(move |values| {
                 // Each item's own outcome travels back, so that one failed item (a panic, a
                 // process dying under it) costs that item only.
+                let cancelled = values
+                    .iter()
+                    .any(|v| matches!(v, Err(pool_core::Error::Cancelled)));
                 let outcome = if values.iter().all(Result::is_ok) {
                     Outcome::All(values.into_iter().flatten().collect())
                 } else {
@@ -499,6 +688,8 @@ impl Shared {
                     reply: ok_reply,
                     outcome: Ok(outcome),
                     abandon: None,
+                    progress: false,
+                    cancelled,
                 });
             })
             .on_error(move |err| {
@@ -511,14 +702,160 @@ impl Shared {
                     reply,
                     outcome: Err(WireError::from_pool(&err)),
                     abandon,
+                    progress: false,
+                    cancelled: matches!(err, pool_core::Error::Cancelled),
                 });
             });
         if let Some(key) = key {
             let mut all = lock(&self.running);
             if !running.ready() {
-                all.insert(key, running);
+                all.insert(key, vec![running]);
             }
         }
+    }
+
+    /// Runs a job of several items as up to [`PIECES`] local jobs, each answering its items as
+    /// it ends, so that the keeper can report what is done while the rest runs (see
+    /// [`Piecework`]). Items `prior` already holds do not run again.
+    fn start_pieces(
+        &self,
+        entry: String,
+        reply: (String, u64),
+        task: &str,
+        items: &[Vec<u8>],
+        prior: Option<wire::Progress>,
+        sender: Sender<Answer>,
+    ) {
+        let resumed = prior.is_some();
+        let outcomes = prior.unwrap_or_else(|| vec![None; items.len()]);
+        let missing: Vec<usize> = (0..items.len())
+            .filter(|&i| outcomes[i].is_none())
+            .collect();
+        let size = missing.len().div_ceil(PIECES).max(1);
+        let pieces: Vec<Vec<usize>> = missing.chunks(size).map(<[usize]>::to_vec).collect();
+        let work = Arc::new(Piecework {
+            entry: entry.clone(),
+            reply: reply.clone(),
+            started: Instant::now(),
+            sender,
+            state: Mutex::new(PieceState {
+                done: items.len() - missing.len(),
+                reported: if resumed {
+                    items.len() - missing.len()
+                } else {
+                    0
+                },
+                outcomes,
+                left: pieces.len(),
+                whole: None,
+                all_whole: !resumed,
+                abandon: None,
+                progress: resumed,
+                cancelled: false,
+            }),
+        });
+        if pieces.is_empty() {
+            // The earlier worker did it all and died before answering.
+            work.finish(&mut lock(&work.state));
+            return;
+        }
+        lock(&self.pieceworks).insert(entry, Arc::clone(&work));
+        let mut parts = Vec::with_capacity(pieces.len());
+        for indices in pieces {
+            let args: Vec<&[u8]> = indices.iter().map(|&i| items[i].as_slice()).collect();
+            let (ok_work, ok_indices) = (Arc::clone(&work), indices.clone());
+            let err_work = Arc::clone(&work);
+            let running = self
+                .pool
+                .apply_encoded_each(task, &args)
+                .on_success(move |values| {
+                    let mut state = lock(&ok_work.state);
+                    state.all_whole = false;
+                    state.done += values.len();
+                    state.cancelled |= values
+                        .iter()
+                        .any(|v| matches!(v, Err(pool_core::Error::Cancelled)));
+                    for (i, v) in ok_indices.into_iter().zip(values) {
+                        state.outcomes[i] = Some(v.map_err(|e| WireError::from_pool(&e)));
+                    }
+                    ok_work.piece_ended(&mut state);
+                })
+                .on_error(move |err| {
+                    let mut state = lock(&err_work.state);
+                    let wire = WireError::from_pool(&err);
+                    if let pool_core::Error::PoolBroken(reason) = &err {
+                        state.abandon.get_or_insert_with(|| reason.clone());
+                    }
+                    state.cancelled |= matches!(err, pool_core::Error::Cancelled);
+                    state.done += indices.len();
+                    for i in indices {
+                        state.outcomes[i] = Some(Err(wire.clone()));
+                    }
+                    state.whole.get_or_insert(wire);
+                    err_work.piece_ended(&mut state);
+                });
+            parts.push(running);
+        }
+        lock(&self.running).insert(reply, parts);
+    }
+
+    /// Reports what the long jobs of several items running here have done, so that a job whose
+    /// worker dies is not run again whole (see [`Piecework`]).
+    fn report_progress(&self, link: &mut Link) {
+        let reports: Vec<(String, Vec<u8>)> = {
+            let works: Vec<Arc<Piecework>> = {
+                let mut all = lock(&self.pieceworks);
+                all.retain(|_, w| lock(&w.state).left > 0);
+                all.values().cloned().collect()
+            };
+            works
+                .iter()
+                .filter(|w| w.started.elapsed() >= self.report_after)
+                .filter_map(|w| {
+                    let mut state = lock(&w.state);
+                    if state.left == 0 || state.done == state.reported {
+                        return None;
+                    }
+                    state.reported = state.done;
+                    state.progress = true;
+                    Some((w.entry.clone(), wire::encode_progress(&state.outcomes)))
+                })
+                .collect()
+        };
+        if reports.is_empty() {
+            return;
+        }
+        let never = AtomicBool::new(false);
+        let _ = link.run(&never, |conn| {
+            let mut pipe = redis::pipe();
+            for (entry, bytes) in &reports {
+                pipe.cmd("HSET")
+                    .arg(&self.keys.progress)
+                    .arg(entry)
+                    .arg(bytes.as_slice())
+                    .ignore();
+            }
+            pipe.cmd("PEXPIRE")
+                .arg(&self.keys.progress)
+                .arg(self.progress_ttl_ms)
+                .ignore();
+            pipe.query::<()>(conn)
+        });
+    }
+
+    /// What an earlier worker reported of `entry`, if anything matches its `items` items.
+    fn prior_progress(&self, link: &mut Link, entry: &str, items: usize) -> Option<wire::Progress> {
+        let never = AtomicBool::new(false);
+        let bytes: Option<Vec<u8>> = link
+            .run(&never, |conn| {
+                redis::cmd("HGET")
+                    .arg(&self.keys.progress)
+                    .arg(entry)
+                    .query(conn)
+            })
+            .ok()?;
+        let progress = wire::decode_progress(&bytes?).ok()?;
+        (progress.len() == items).then_some(progress)
     }
 
     /// Reads the control stream: stops the jobs a client cancelled that run here (they are
@@ -533,7 +870,7 @@ impl Shared {
             let read: Result<StreamReadReply, _> = link.run(stop, |conn| {
                 redis::Commands::xread_options(conn, &[&self.keys.control], &[&last], &options)
             });
-            lock(&self.running).retain(|_, r| !r.ready());
+            lock(&self.running).retain(|_, r| r.iter().any(|j| !j.ready()));
             let Ok(reply) = read else {
                 std::thread::sleep(READ_BLOCK);
                 continue;
@@ -548,7 +885,7 @@ impl Shared {
                 };
                 let running = lock(&self.running);
                 for id in ids.split(',').filter_map(|i| i.parse::<u64>().ok()) {
-                    if let Some(job) = running.get(&(client.clone(), id)) {
+                    for job in running.get(&(client.clone(), id)).into_iter().flatten() {
                         job.cancel();
                     }
                 }
@@ -586,6 +923,26 @@ impl Shared {
                 self.release(&abandoned);
                 continue;
             }
+            // Entries handed back by a drain whose local jobs were cancelled go back in the
+            // queue as they came, as new entries other workers read at once.
+            let requeue: HashMap<&str, Vec<(String, Vec<u8>)>> = {
+                let held = lock(&self.held);
+                let handed_back = lock(&self.handed_back);
+                batch
+                    .iter()
+                    .filter(|a| a.cancelled && handed_back.contains(&a.entry))
+                    .filter_map(|a| {
+                        let fields = held.get(&a.entry)?.fields.iter();
+                        let fields = fields
+                            .filter_map(|(k, v)| match v {
+                                Value::BulkString(b) => Some((k.clone(), b.clone())),
+                                _ => None,
+                            })
+                            .collect();
+                        Some((a.entry.as_str(), fields))
+                    })
+                    .collect()
+            };
             // Retried until it lands: an answer is never dropped while this worker lives.
             loop {
                 let written = link.run(&self.stop_writing, |conn| {
@@ -593,6 +950,14 @@ impl Shared {
                     pipe.atomic();
                     let mut clients: Vec<&str> = Vec::new();
                     for a in &batch {
+                        if let Some(fields) = requeue.get(a.entry.as_str()) {
+                            let cmd = pipe.cmd("XADD").arg(&self.keys.tasks).arg("*");
+                            for (k, v) in fields {
+                                cmd.arg(k).arg(v.as_slice());
+                            }
+                            cmd.ignore();
+                            continue;
+                        }
                         if let Some((client, job)) = &a.reply {
                             let key = self.keys.results(client);
                             let cmd = pipe.cmd("XADD").arg(&key).arg("*").arg("id").arg(*job);
@@ -620,6 +985,17 @@ impl Shared {
                             .ignore();
                     }
                     let entries: Vec<&str> = batch.iter().map(|a| a.entry.as_str()).collect();
+                    let reported: Vec<&str> = batch
+                        .iter()
+                        .filter(|a| a.progress)
+                        .map(|a| a.entry.as_str())
+                        .collect();
+                    if !reported.is_empty() {
+                        pipe.cmd("HDEL")
+                            .arg(&self.keys.progress)
+                            .arg(&reported)
+                            .ignore();
+                    }
                     pipe.cmd("XACK")
                         .arg(&self.keys.tasks)
                         .arg(GROUP)
@@ -647,13 +1023,37 @@ impl Shared {
         }
     }
 
+    /// Hands back the entries this worker holds beyond the `keep` it took first (those its
+    /// local processes are most likely running): their local jobs are cancelled, and the
+    /// writer puts each back in the queue as a new entry instead of answering `Cancelled` (a
+    /// job that finished meanwhile is answered as usual). Returns how many it handed back.
+    fn hand_back(&self, keep: usize) -> usize {
+        type Entry = (u64, String, Option<(String, u64)>);
+        let mut entries: Vec<Entry> = lock(&self.held)
+            .iter()
+            .map(|(id, h)| (h.seq, id.clone(), h.reply.clone()))
+            .collect();
+        entries.sort();
+        let back: Vec<_> = entries.into_iter().skip(keep).collect();
+        lock(&self.handed_back).extend(back.iter().map(|(_, id, _)| id.clone()));
+        let running = lock(&self.running);
+        for (_, _, reply) in &back {
+            for job in reply.iter().flat_map(|r| running.get(r)).flatten() {
+                job.cancel();
+            }
+        }
+        back.len()
+    }
+
     /// Forgets entries this worker no longer holds (answered, or abandoned).
     fn release(&self, answers: &[Answer]) {
         let mut held = lock(&self.held);
+        let mut handed_back = lock(&self.handed_back);
         for a in answers {
             held.remove(&a.entry);
+            handed_back.remove(&a.entry);
         }
-        drop(held);
+        drop((held, handed_back));
         self.released.notify_all();
     }
 
@@ -699,7 +1099,10 @@ impl Shared {
                     .query::<()>(conn)
             });
             self.refresh_held(&mut link);
-            self.reclaim(&mut link, &s);
+            self.report_progress(&mut link);
+            if !self.draining.load(Ordering::SeqCst) {
+                self.reclaim(&mut link, &s);
+            }
         }
         // Goodbye: no heartbeat any more, and no consumer left in the group if it holds nothing.
         let never = AtomicBool::new(false);
@@ -738,7 +1141,7 @@ impl Shared {
 
     /// Resets the idle time of every entry this worker holds, so no one reclaims them.
     fn refresh_held(&self, link: &mut Link) {
-        let held: Vec<String> = lock(&self.held).iter().cloned().collect();
+        let held: Vec<String> = lock(&self.held).keys().cloned().collect();
         let never = AtomicBool::new(false);
         for ids in held.chunks(256) {
             let _ = link.run(&never, |conn| {
@@ -773,7 +1176,7 @@ impl Shared {
             return;
         };
         for entry in claimed.claimed {
-            if lock(&self.held).contains(&entry.id) {
+            if lock(&self.held).contains_key(&entry.id) {
                 continue;
             }
             let deliveries = self.deliveries(link, &entry.id).unwrap_or(1);
@@ -786,7 +1189,15 @@ impl Shared {
                     (Some(client), Some(job)) => Some((client, job)),
                     _ => None,
                 };
-                lock(&self.held).insert(entry.id.clone());
+                let seq = self.taken.fetch_add(1, Ordering::Relaxed);
+                lock(&self.held).insert(
+                    entry.id.clone(),
+                    Held {
+                        seq,
+                        reply: reply.clone(),
+                        fields: HashMap::new(),
+                    },
+                );
                 self.answer(Answer {
                     entry: entry.id,
                     reply,
@@ -795,9 +1206,17 @@ impl Shared {
                         task,
                         deliveries: deliveries - 1,
                     }),
+                    progress: true,
+                    cancelled: false,
                 });
             } else {
-                self.start(entry);
+                let items = field_bytes(&entry.map, "args")
+                    .and_then(|a| wire::decode_items(&a).ok())
+                    .map_or(0, |i| i.len());
+                let prior = (items > 1)
+                    .then(|| self.prior_progress(link, &entry.id, items))
+                    .flatten();
+                self.start(entry, prior);
             }
         }
     }

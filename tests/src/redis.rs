@@ -21,6 +21,24 @@ pub fn slow_square(x: u64, ms: u64) -> u64 {
     x * x
 }
 
+/// `x * x`, after sleeping `ms` milliseconds; appends `x` and the worker's `POOL_TEST_TAG` to
+/// the file `log` first (a line `x tag`), so a test can count how many times each item ran, and
+/// where.
+#[task]
+pub fn logged_square(log: String, x: u64, ms: u64) -> u64 {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .expect("open the log");
+    let tag = std::env::var("POOL_TEST_TAG").unwrap_or_default();
+    f.write_all(format!("{x} {tag}\n").as_bytes())
+        .expect("append to the log");
+    std::thread::sleep(Duration::from_millis(ms));
+    x * x
+}
+
 /// Fails on `bad`: the same failure on every engine.
 #[task]
 pub fn square_unless(x: u64, bad: u64) -> u64 {
@@ -158,6 +176,24 @@ impl WorkerProcess {
     /// Its exit status, once it has exited.
     pub fn status(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
+    }
+
+    /// Sends `signal` to the worker process alone.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill only sends a signal to the process this struct started.
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    /// Waits up to `within` for the worker to exit, and returns its status.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let start = std::time::Instant::now();
+        while start.elapsed() < within {
+            if let Some(status) = self.status() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
     }
 
     /// SIGKILL to the worker's whole process group: the worker, its fork server, its processes.

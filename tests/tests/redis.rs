@@ -8,8 +8,8 @@ use pool_core::Task;
 use pool_redis::{Error, RedisPool};
 use pool_tests::deadline;
 use pool_tests::redis::{
-    abort_on, always_aborts, dies_twice, kill_my_worker, mark, nap_mark, slow_square, spin_in,
-    square, square_unless, worker_tag, RedisServer, WorkerProcess,
+    abort_on, always_aborts, dies_twice, kill_my_worker, logged_square, mark, nap_mark,
+    slow_square, spin_in, square, square_unless, worker_tag, RedisServer, WorkerProcess,
 };
 
 const EXE: &str = env!("CARGO_BIN_EXE_redis-worker");
@@ -166,6 +166,56 @@ fn a_worker_killed_mid_run_loses_nothing_and_nothing_arrives_twice() {
         assert_eq!(pool.outstanding(), 0);
         let status = pool.status().unwrap();
         assert_eq!((status.waiting, status.pending), (0, 0), "{status:?}");
+    });
+}
+
+#[test]
+fn a_chunk_whose_worker_machine_dies_runs_again_only_the_items_not_reported() {
+    deadline(120, "worker machine killed mid-chunk", || {
+        let server = RedisServer::start(false);
+        let mut a = worker(&server, "jobs", 2, "a");
+        let pool = RedisPool::connect(&server.url(), "jobs").unwrap();
+        wait_for_workers(&pool, 1);
+        let log = scratch_path("machine-death-log");
+        // One job of 80 items of 100 ms: the worker runs it as 8 pieces of 10 items on its 2
+        // processes (a piece ends every half second), and reports each piece's items at its
+        // next heartbeat (200 ms).
+        let n = 80u64;
+        let result =
+            pool.map_async_chunked(logged_square, (0..n).map(|i| (log.clone(), i, 100)), 80);
+        std::thread::sleep(Duration::from_millis(2600));
+        assert!(!result.ready(), "the job should still be running");
+        a.kill();
+        let ran_on_a = std::fs::read_to_string(&log).unwrap().lines().count() as u64;
+        let _b = worker(&server, "jobs", 2, "b");
+        let v = result.get().unwrap();
+        assert_eq!(v, (0..n).map(|i| i * i).collect::<Vec<_>>());
+        let mut runs = vec![0u32; n as usize];
+        for line in std::fs::read_to_string(&log).unwrap().lines() {
+            runs[line.split(' ').next().unwrap().parse::<usize>().unwrap()] += 1;
+        }
+        let total: u32 = runs.iter().sum();
+        eprintln!("{ran_on_a} runs on the killed worker, {total} runs in all for {n} items");
+        assert!(runs.iter().all(|&r| r >= 1), "an item never ran: {runs:?}");
+        // Whole redelivery would run again everything the killed worker did (about 50 items);
+        // only the items of the pieces running at the kill, and of pieces ended after the last
+        // report, may run twice.
+        assert!(
+            ran_on_a >= 30,
+            "the killed worker ran only {ran_on_a} items"
+        );
+        assert!(
+            u64::from(total) <= n + 30,
+            "{total} runs for {n} items: reported items ran again ({runs:?})"
+        );
+        // The progress the killed worker reported is gone with the answer.
+        let mut conn = server.client().unwrap().get_connection().unwrap();
+        let left: u64 = pool_redis::redis::cmd("HLEN")
+            .arg("pool:{jobs}:progress")
+            .query(&mut conn)
+            .unwrap();
+        assert_eq!(left, 0);
+        assert_eq!(pool.outstanding(), 0);
     });
 }
 
@@ -660,5 +710,122 @@ fn a_poison_call_with_retries_fails_after_its_attempts_and_a_cancelled_map_or_im
         assert!(m < 30, "{m} of 40 cancelled map_async items ran");
         assert!(i < 30, "{i} of 40 items of a dropped imap ran");
         let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+/// Lines of the log `logged_square` writes, as `(item, worker tag)`.
+fn log_lines(log: &str) -> Vec<(u64, String)> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (x, tag) = l.split_once(' ')?;
+            Some((x.parse().ok()?, tag.to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn a_sigtermed_worker_drains_hands_back_its_prefetched_jobs_and_exits_0() {
+    deadline(120, "drain on SIGTERM", || {
+        let server = RedisServer::start(false);
+        // Takeover after 30 s of silence: only a hand-back explains a quick finish.
+        let start = |tag: &str, env: &[(&str, &str)]| {
+            WorkerProcess::start(
+                EXE,
+                &server,
+                "jobs",
+                1,
+                Duration::from_secs(30),
+                3,
+                tag,
+                env,
+            )
+        };
+        let mut a = start("a", &[("POOL_TEST_PREFETCH", "16")]);
+        let pool = RedisPool::connect(&server.url(), "jobs").unwrap();
+        wait_for_workers(&pool, 1);
+        let log = scratch_path("drain-log");
+        // 16 jobs of 300 ms, one item each: `a` takes them all (it holds up to 16).
+        let n = 16u64;
+        let result =
+            pool.map_async_chunked(logged_square, (0..n).map(|i| (log.clone(), i, 300)), 1);
+        let t = Instant::now();
+        while pool.status().unwrap().waiting > 0 {
+            assert!(t.elapsed() < Duration::from_secs(20), "a took nothing");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _b = start("b", &[]);
+        wait_for_workers(&pool, 2);
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            log_lines(&log).iter().all(|(_, tag)| tag == "a"),
+            "b ran a job before the drain"
+        );
+        a.signal(libc::SIGTERM);
+        let signalled = Instant::now();
+        // The jobs `a` held and had not begun go back to the queue at once: `b` begins one
+        // within a second.
+        while !log_lines(&log).iter().any(|(_, tag)| tag == "b") {
+            assert!(
+                signalled.elapsed() < Duration::from_secs(1),
+                "b began none of a's jobs within 1 s of the SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let handed = signalled.elapsed();
+        // `a` finishes the job it runs and exits 0.
+        let status = a
+            .wait_exit(Duration::from_secs(10))
+            .expect("a exits after draining");
+        assert_eq!(status.code(), Some(0), "{status:?}");
+        let exited = signalled.elapsed();
+        let v = result.get().unwrap();
+        let finished = signalled.elapsed();
+        eprintln!(
+            "SIGTERM: b began a handed-back job after {handed:?}, a exited 0 after {exited:?}, \
+             the map ended after {finished:?}"
+        );
+        assert_eq!(v, (0..n).map(|i| i * i).collect::<Vec<_>>());
+        assert!(finished < Duration::from_secs(20), "{finished:?}");
+        // Nothing lost, nothing left: every item ran (those `a` finished, once).
+        let lines = log_lines(&log);
+        for i in 0..n {
+            assert!(lines.iter().any(|(x, _)| *x == i), "item {i} never ran");
+        }
+        let status = pool.status().unwrap();
+        assert_eq!((status.waiting, status.pending), (0, 0), "{status:?}");
+    });
+}
+
+#[test]
+fn a_second_signal_stops_a_worker_at_once_and_its_jobs_are_taken_over() {
+    deadline(120, "second signal", || {
+        let server = RedisServer::start(false);
+        let mut a = worker(&server, "jobs", 1, "a");
+        let pool = RedisPool::connect(&server.url(), "jobs").unwrap();
+        wait_for_workers(&pool, 1);
+        let log = scratch_path("second-signal-log");
+        let result = pool.apply_async(logged_square, (log.clone(), 7, 5_000));
+        let t = Instant::now();
+        while log_lines(&log).is_empty() {
+            assert!(t.elapsed() < Duration::from_secs(20), "the job never began");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Ctrl-C reaches the whole process group; the local processes ignore it.
+        // SAFETY: killpg only signals the group the test started.
+        unsafe { libc::killpg(a.pid(), libc::SIGINT) };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(a.status().is_none(), "one SIGINT drains: the job runs on");
+        // SAFETY: as above.
+        unsafe { libc::killpg(a.pid(), libc::SIGINT) };
+        let status = a
+            .wait_exit(Duration::from_secs(2))
+            .expect("a second SIGINT ends it");
+        assert_eq!(status.code(), Some(128 + libc::SIGINT), "{status:?}");
+        // The job it held is taken over after claim_idle (1.5 s) by another worker.
+        let _b = worker(&server, "jobs", 1, "b");
+        assert_eq!(result.get().unwrap(), 49);
+        assert!(log_lines(&log).iter().any(|(_, tag)| tag == "b"));
     });
 }

@@ -2,7 +2,8 @@
 //! client and, with the `worker` subcommand, the worker.
 //!
 //! ```text
-//! redis_cluster worker URL QUEUE [PROCESSES]   serve QUEUE until stopped (Ctrl-C)
+//! redis_cluster worker URL QUEUE [PROCESSES]   serve QUEUE until SIGTERM or Ctrl-C, which drain it
+//!                                              (a second one stops it at once)
 //! redis_cluster submit URL QUEUE [N [CHUNK]]   map `collatz_steps` over 1..=N, print a summary
 //! redis_cluster status URL QUEUE               jobs waiting and in progress, live workers
 //! redis_cluster demo                           all of it on this machine: its own

@@ -22,7 +22,12 @@ fn main() -> Result<(), pool_redis::Error> {
     if std::env::var_os("POOL_TEST_BAD_INIT").is_some() {
         local = local.initializer(pool_tests::redis::failing_init, ());
     }
-    pool_redis::Worker::with_client(client, queue)?
+    // POOL_TEST_PREFETCH=N: hold up to N jobs.
+    let mut worker = pool_redis::Worker::with_client(client, queue)?;
+    if let Some(n) = std::env::var_os("POOL_TEST_PREFETCH") {
+        worker = worker.prefetch(n.to_str().and_then(|n| n.parse().ok()).expect("a number"));
+    }
+    worker
         .pool(local)
         .processes(processes.parse().expect("processes"))
         .heartbeat(Duration::from_millis(200))
