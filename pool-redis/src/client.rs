@@ -629,6 +629,18 @@ impl RedisPool {
         lock(&self.inner.pending).len()
     }
 
+    /// This client's id: its result stream's name, and the `client` an operator gives
+    /// [`Admin::cancel_client`](crate::Admin::cancel_client).
+    pub fn id(&self) -> &str {
+        &self.inner.client_id
+    }
+
+    /// An operator's handle on this client's queue (dead letters, purge, cancel …), on the
+    /// same server.
+    pub fn admin(&self) -> Result<crate::Admin, Error> {
+        crate::Admin::with_client(self.inner.client.clone(), &self.inner.keys.queue)
+    }
+
     /// The queue as Redis sees it: jobs waiting and being worked on, and the workers with
     /// their last heartbeat. See [`status`](crate::status()).
     pub fn status(&self) -> Result<QueueStatus, Error> {

@@ -1,15 +1,19 @@
 //! Connections that come back: every thread of the client and of the worker owns one connection
 //! and reconnects, with backoff, whenever Redis goes away (a restart, a network cut).
+//!
+//! Nothing here is silent: every lost connection and every try to get it back is a `tracing`
+//! warning, a connection that comes back is an info event, and a refused password is an error
+//! — each naming the server and the user (never the password) and the thread's role.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::{Client, Connection, RedisError};
 
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest pause between two attempts.
-const MAX_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Whether `err` means the connection (or the server's state) is gone for now, so the same
 /// command may be sent again on a new connection.
@@ -40,6 +44,14 @@ pub(crate) fn has_code(err: &RedisError, code: &str) -> bool {
     server_codes(err).iter().any(|c| c == code)
 }
 
+/// Whether `err` is Redis refusing the credentials (a wrong password or user, or none given).
+pub(crate) fn is_auth(err: &RedisError) -> bool {
+    err.kind() == redis::ErrorKind::AuthenticationFailed
+        || server_codes(err)
+            .iter()
+            .any(|c| matches!(c.as_str(), "WRONGPASS" | "NOAUTH" | "NOPERM"))
+}
+
 /// One thread's connection: connects lazily, and again after a transient error.
 pub(crate) struct Link {
     client: Client,
@@ -48,11 +60,23 @@ pub(crate) struct Link {
     /// block a thread for ever.
     read_timeout: Duration,
     backoff: Duration,
+    /// What this connection is for, in logs ("worker reader", "client submitter" …).
+    role: &'static str,
+    /// The server and user, for logs (never the password).
+    server: String,
+    user: String,
+    /// Since when every command failed, and how many tries since.
+    failing_since: Option<Instant>,
+    tries: u32,
+    /// Transient failures are retried for this long at most, then returned.
+    give_up_after: Option<Duration>,
 }
 
 impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Link")
+            .field("role", &self.role)
+            .field("server", &self.server)
             .field("connected", &self.conn.is_some())
             .finish_non_exhaustive()
     }
@@ -91,12 +115,47 @@ pub(crate) fn describe(client: &Client) -> String {
 
 impl Link {
     pub(crate) fn new(client: Client, read_timeout: Duration) -> Self {
+        let server = describe(&client);
+        let user = client
+            .get_connection_info()
+            .redis_settings()
+            .username()
+            .unwrap_or("default")
+            .to_owned();
         Link {
             client,
             conn: None,
             read_timeout,
             backoff: Duration::from_millis(10),
+            role: "connection",
+            server,
+            user,
+            failing_since: None,
+            tries: 0,
+            give_up_after: None,
         }
+    }
+
+    /// Names what this connection is for, in its log events.
+    pub(crate) fn role(mut self, role: &'static str) -> Self {
+        self.role = role;
+        self
+    }
+
+    /// Returns transient failures after retrying them for `limit` (see [`run`](Self::run)).
+    pub(crate) fn give_up_after(mut self, limit: Duration) -> Self {
+        self.give_up_after = Some(limit);
+        self
+    }
+
+    /// How long every command has failed, if the last one did.
+    pub(crate) fn failing_for(&self) -> Option<Duration> {
+        self.failing_since.map(|t| t.elapsed())
+    }
+
+    /// The server, for messages.
+    pub(crate) fn server(&self) -> &str {
+        &self.server
     }
 
     /// Connects now, once: for callers that should fail fast when Redis is unreachable.
@@ -106,6 +165,54 @@ impl Link {
         conn.set_write_timeout(Some(self.read_timeout))?;
         self.conn = Some(conn);
         Ok(())
+    }
+
+    /// A command succeeded: logs a reconnection if there was an outage.
+    fn succeeded(&mut self) {
+        self.backoff = Duration::from_millis(10);
+        if let Some(since) = self.failing_since.take() {
+            tracing::info!(
+                redis = %self.server,
+                user = %self.user,
+                role = self.role,
+                after_ms = since.elapsed().as_millis() as u64,
+                tries = self.tries,
+                "pool-redis: reconnected to Redis"
+            );
+        }
+        self.tries = 0;
+    }
+
+    /// A command failed with `err`: logs it, and counts the outage.
+    fn failed(&mut self, err: &RedisError, retrying: bool) {
+        let first = self.failing_since.is_none();
+        let since = *self.failing_since.get_or_insert_with(Instant::now);
+        self.tries += 1;
+        if is_auth(err) {
+            tracing::error!(
+                redis = %self.server,
+                user = %self.user,
+                role = self.role,
+                error = %err,
+                "pool-redis: Redis refused the credentials"
+            );
+        } else if retrying {
+            tracing::warn!(
+                redis = %self.server,
+                user = %self.user,
+                role = self.role,
+                error = %err,
+                try_ = self.tries,
+                backoff_ms = self.backoff.as_millis() as u64,
+                down_ms = since.elapsed().as_millis() as u64,
+                "{}",
+                if first {
+                    "pool-redis: lost the connection to Redis; retrying"
+                } else {
+                    "pool-redis: cannot reach Redis; retrying"
+                }
+            );
+        }
     }
 
     /// Runs `f` on a live connection. Transient failures reconnect (pausing with backoff) and
@@ -125,18 +232,34 @@ impl Link {
             };
             match result {
                 Ok(v) => {
-                    self.backoff = Duration::from_millis(10);
+                    self.succeeded();
                     return Ok(v);
                 }
                 Err(err) if transient(&err) => {
                     self.conn = None;
-                    if stop.load(Ordering::Relaxed) {
+                    let over = self
+                        .give_up_after
+                        .zip(self.failing_for())
+                        .is_some_and(|(limit, down)| down >= limit);
+                    let stopping = stop.load(Ordering::Relaxed) || over;
+                    self.failed(&err, !stopping);
+                    if stopping {
                         return Err(err);
                     }
                     std::thread::sleep(self.backoff);
                     self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
                 }
-                Err(err) => return Err(err),
+                Err(err) => {
+                    if is_auth(&err) {
+                        // The connection is useless; the next try reconnects (a password
+                        // changed back, say). It counts as an outage.
+                        self.conn = None;
+                        self.failed(&err, false);
+                    }
+                    // Other refusals (a wrong type, no group …) come from a live server: the
+                    // caller decides.
+                    return Err(err);
+                }
             }
         }
     }

@@ -59,6 +59,18 @@ pub enum Error {
     #[error("the result was not ready within {0:?}")]
     WaitTimeout(Duration),
 
+    /// Redis could not be used for `down`: unreachable, the credentials refused, or the queue
+    /// unreadable (a worker gives up after [`Worker::max_outage`](crate::Worker::max_outage)).
+    #[error("Redis at {server} could not be used for {down:?}; the last error: {last}")]
+    Unavailable {
+        /// The server (address and database; never credentials).
+        server: String,
+        /// How long it could not be used.
+        down: Duration,
+        /// The last error.
+        last: String,
+    },
+
     /// A message in Redis did not have the expected form.
     #[error("malformed message in Redis: {0}")]
     Protocol(String),

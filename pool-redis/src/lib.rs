@@ -117,15 +117,19 @@
 
 #![deny(missing_docs)]
 
+mod admin;
 mod client;
 mod conn;
+mod dead;
 mod error;
 mod signals;
 mod status;
 mod wire;
 mod worker;
 
+pub use admin::{Admin, Consumer};
 pub use client::RedisPool;
+pub use dead::{DeadKind, DeadLetter, MAX_DEAD};
 pub use error::Error;
 /// The result and iterator types are pool-core's, for both engines.
 pub use pool_core::{AsyncResult, Imap};

@@ -39,6 +39,18 @@ pub struct WorkerInfo {
     pub last_seen: Duration,
     /// Whether it is alive: its last heartbeat is less than three heartbeat intervals old.
     pub alive: bool,
+    /// Jobs it has answered since it started.
+    pub jobs_done: u64,
+    /// Of those, jobs answered with a failure.
+    pub failures: u64,
+    /// Jobs it answered per minute, over its last heartbeat interval.
+    pub jobs_per_minute: u64,
+    /// Jobs it holds now (running, or taken and waiting for a local process).
+    pub held: u64,
+    /// Whether it is draining (stopping: finishing what it runs, taking nothing new).
+    pub draining: bool,
+    /// How long it has been running.
+    pub uptime: Duration,
 }
 
 /// Reads the status of `queue` on the Redis at `url`.
@@ -136,6 +148,14 @@ pub(crate) fn read(link: &mut Link, keys: &Keys) -> Result<QueueStatus, Error> {
             pid: get("pid").parse().unwrap_or(0),
             processes: get("processes").parse().unwrap_or(0),
             alive: last_seen < Duration::from_millis(3 * heartbeat_ms),
+            jobs_done: get("done").parse().unwrap_or(0),
+            failures: get("failed").parse().unwrap_or(0),
+            jobs_per_minute: get("per_minute").parse().unwrap_or(0),
+            held: get("held").parse().unwrap_or(0),
+            draining: get("draining") == "1",
+            uptime: Duration::from_millis(
+                now.saturating_sub(get("started_ms").parse().unwrap_or(now)),
+            ),
             last_seen,
             name,
         });

@@ -10,7 +10,8 @@
 //! pool:{Q}:worker:{NAME}    hash       host, pid, processes, heartbeat_ms (expires)
 //! pool:{Q}:progress         hash       task entry id -> the outcomes of the items of a long
 //!                                      job that are done (expires after the result TTL)
-//! pool:{Q}:control          stream     cancels for workers: client, ids
+//! pool:{Q}:control          stream     cancels for workers: client, ids (job ids, or `*`)
+//! pool:{Q}:dead             stream     dead letters: the job's fields and dead.* (see `dead`)
 //! ```
 //!
 //! `args` is a MessagePack array of `bin`, one per item, each the item's arguments encoded by
@@ -34,6 +35,8 @@ pub(crate) struct Keys {
     pub(crate) heartbeats: String,
     /// Cancels for workers: entries `client` and `ids` (comma-separated job ids).
     pub(crate) control: String,
+    /// Dead letters: jobs that gave up, failed, or could not be parsed (see `dead`).
+    pub(crate) dead: String,
     /// What the worker running a long job of several items has done so far, by task entry id:
     /// a job redelivered after its worker machine died runs only the rest.
     pub(crate) progress: String,
@@ -53,6 +56,7 @@ impl Keys {
             heartbeats: format!("pool:{{{queue}}}:workers"),
             control: format!("pool:{{{queue}}}:control"),
             progress: format!("pool:{{{queue}}}:progress"),
+            dead: format!("pool:{{{queue}}}:dead"),
         })
     }
 
@@ -180,6 +184,8 @@ pub(crate) enum WireError {
         deliveries: u64,
     },
     Other(String),
+    /// Cancelled by the caller, or by an operator (`Admin::purge`, `cancel_client`).
+    Cancelled,
 }
 
 fn one() -> u32 {
@@ -238,6 +244,7 @@ impl WireError {
                 task: task.clone(),
                 message: message.clone(),
             },
+            E::Cancelled => WireError::Cancelled,
             other => WireError::Other(other.to_string()),
         }
     }
@@ -289,6 +296,7 @@ impl WireError {
             WireError::ResultEncode { task, message } => E::ResultEncode { task, message }.into(),
             WireError::GaveUp { task, deliveries } => Error::GaveUp { task, deliveries },
             WireError::Other(message) => Error::Remote(message),
+            WireError::Cancelled => E::Cancelled.into(),
         }
     }
 }

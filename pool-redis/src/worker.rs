@@ -30,12 +30,15 @@ use redis::Value;
 
 use crate::client::{field_bytes, field_string, field_u64};
 use crate::conn::Link;
+use crate::dead::{Dead, DeadKind};
 use crate::status::{self, now_ms};
 use crate::wire::{self, Keys, WireError, GROUP};
 use crate::Error;
 
 /// How long the reader's `XREADGROUP` blocks, so that it notices a shutdown.
 const READ_BLOCK: Duration = Duration::from_millis(500);
+/// How often a worker repeats the same error in its log, at most.
+const LOG_EVERY: Duration = Duration::from_secs(10);
 /// Answers written in one round trip, at most.
 const WRITE_BATCH: usize = 512;
 
@@ -80,6 +83,7 @@ pub struct Worker {
     result_ttl: Duration,
     shutdown: Arc<AtomicBool>,
     handle_signals: bool,
+    max_outage: Duration,
 }
 
 /// Asks a running [`Worker`] to stop: it takes no new jobs, answers those it holds, and returns
@@ -142,6 +146,7 @@ impl Worker {
             result_ttl: Duration::from_secs(3600),
             shutdown: Arc::new(AtomicBool::new(false)),
             handle_signals: true,
+            max_outage: Duration::from_secs(60),
         })
     }
 
@@ -234,6 +239,17 @@ impl Worker {
         self
     }
 
+    /// How long the worker goes on without being able to serve — Redis unreachable, the
+    /// password refused, the task stream unreadable — before it gives up: it logs why and
+    /// [`run`](Self::run) returns [`Error::Unavailable`], so the process exits non-zero and a
+    /// supervisor restarts it (default 60 s). At start too, Redis is retried (with backoff, a
+    /// warning per try) for this long. Every lost connection, retry, reconnection and refused
+    /// password is a `tracing` event naming the server and the user, never the password.
+    pub fn max_outage(mut self, limit: Duration) -> Self {
+        self.max_outage = limit;
+        self
+    }
+
     /// A handle that stops [`run`](Self::run) from another thread.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle(Arc::clone(&self.shutdown))
@@ -257,8 +273,27 @@ impl Worker {
         // The pool first, while this process has one thread (for the Fork start method).
         let pool = self.pool.clone().processes(self.processes).build()?;
         let signals = self.handle_signals.then(crate::signals::Drain::install);
-        let mut link = Link::new(self.client.clone(), READ_BLOCK + Duration::from_secs(5));
-        link.connect_once()?;
+        let mut link = Link::new(self.client.clone(), READ_BLOCK + Duration::from_secs(5))
+            .role("worker reader")
+            .give_up_after(self.max_outage);
+        tracing::info!(
+            redis = %link.server(),
+            queue = %self.keys.queue,
+            processes = self.processes,
+            "pool-redis worker starting"
+        );
+        if let Err(err) = link.run(&self.shutdown, |conn| redis::cmd("PING").query::<()>(conn)) {
+            tracing::error!(
+                redis = %link.server(),
+                error = %err,
+                "pool-redis worker: cannot use Redis; not starting"
+            );
+            return Err(Error::Unavailable {
+                server: link.server().to_owned(),
+                down: link.failing_for().unwrap_or_default(),
+                last: err.to_string(),
+            });
+        }
         status::ensure_group(&mut link, &self.keys)?;
         let name = format!(
             "{}-{}-{}",
@@ -277,19 +312,23 @@ impl Worker {
             running: Mutex::new(HashMap::new()),
             pieceworks: Mutex::new(HashMap::new()),
             report_after: self.heartbeat,
+            estimates: Estimates::default(),
             progress_ttl_ms: self.result_ttl.as_millis().max(1) as u64,
             released: Condvar::new(),
             done: Mutex::new(Some(done_tx)),
             stop_writing: AtomicBool::new(false),
             broken: Mutex::new(None),
             draining: AtomicBool::new(false),
+            answered: std::sync::atomic::AtomicU64::new(0),
+            failed: std::sync::atomic::AtomicU64::new(0),
         });
         // The keeper and the control reader run until every job held is answered.
         let threads_stop = Arc::new(AtomicBool::new(false));
         let capacity = self.prefetch.unwrap_or(2 * self.processes).max(1);
         let writer = {
             let shared = Arc::clone(&shared);
-            let link = Link::new(self.client.clone(), Duration::from_secs(10));
+            let link =
+                Link::new(self.client.clone(), Duration::from_secs(10)).role("worker writer");
             let ttl = self.result_ttl;
             spawn("pool-redis-answer", move || {
                 shared.write_answers(link, done_rx, ttl)
@@ -297,7 +336,11 @@ impl Worker {
         };
         let keeper = {
             let shared = Arc::clone(&shared);
-            let link = Link::new(self.client.clone(), Duration::from_secs(10));
+            // Each command gives up after a heartbeat of failure, so that the keeper sees a
+            // stop during an outage.
+            let link = Link::new(self.client.clone(), Duration::from_secs(10))
+                .role("worker keeper")
+                .give_up_after(self.heartbeat);
             let settings = KeeperSettings {
                 heartbeat: self.heartbeat,
                 claim_idle: self.claim_idle,
@@ -311,17 +354,36 @@ impl Worker {
         };
         let control = {
             let shared = Arc::clone(&shared);
-            let link = Link::new(self.client.clone(), READ_BLOCK + Duration::from_secs(5));
+            let link = Link::new(self.client.clone(), READ_BLOCK + Duration::from_secs(5))
+                .role("worker control reader");
             let stop = Arc::clone(&threads_stop);
             spawn("pool-redis-control", move || {
                 shared.read_control(link, &stop)
             })?
         };
-        shared.read_jobs(link, capacity, &self.shutdown);
-        // Stopped by a signal, a handle or a broken pool: take nothing more (the keeper stops
-        // reclaiming).
+        let outage = shared.read_jobs(link, capacity, &self.shutdown, self.max_outage);
+        // Stopped by a signal, a handle, a broken pool or an outage: take nothing more (the
+        // keeper stops reclaiming).
         shared.draining.store(true, Ordering::SeqCst);
         self.shutdown.store(true, Ordering::SeqCst);
+        if let Some(err) = outage {
+            // Nothing can be answered: what this worker holds stays pending in Redis, for
+            // other workers to take over once Redis is back. Stop everything now.
+            tracing::error!(
+                worker = %shared.name,
+                error = %err,
+                "pool-redis worker: cannot serve; stopping (a supervisor should restart it)"
+            );
+            shared.stop_writing.store(true, Ordering::SeqCst);
+            threads_stop.store(true, Ordering::SeqCst);
+            lock(&shared.done).take();
+            shared.pool.terminate();
+            let _ = writer.join();
+            let _ = keeper.join();
+            let _ = control.join();
+            drop(signals);
+            return Err(err);
+        }
         if lock(&shared.broken).is_none() {
             // Draining: what the local processes are not running goes back to the queue now,
             // for other workers; the rest is finished and answered.
@@ -445,6 +507,76 @@ struct Answer {
     /// Some of its items were cancelled in the local pool (by the caller, or by a drain that
     /// hands the entry back).
     cancelled: bool,
+    /// A dead letter to write with it (a malformed entry, a job given up); a failed answer
+    /// makes one of its own (see `dead_letter`).
+    dead: Option<Dead>,
+}
+
+impl Answer {
+    /// The dead letter this answer leaves, if any: the one it carries, or, for a job answered
+    /// with a failure (not a cancel), kind `failed` with the first error.
+    fn dead_letter(&self) -> Option<Dead> {
+        if let Some(dead) = &self.dead {
+            return Some(dead.clone());
+        }
+        if self.cancelled {
+            return None;
+        }
+        let (err, failed, of) = match &self.outcome {
+            Err(WireError::Cancelled) | Ok(Outcome::All(_)) => return None,
+            Err(err) => (err, 1, 1),
+            Ok(Outcome::Each(each)) => {
+                let mut errors = each.iter().filter_map(|o| o.as_ref().err());
+                let first = errors.next()?;
+                (first, 1 + errors.count(), each.len())
+            }
+        };
+        let attempts = match err {
+            WireError::WorkerDied { attempts, .. } | WireError::Timeout { attempts, .. } => {
+                u64::from(*attempts)
+            }
+            _ => 1,
+        };
+        let reason = err.clone().into_error().to_string();
+        Some(Dead {
+            kind: DeadKind::Failed,
+            reason: if of > 1 {
+                format!("{reason} ({failed} of {of} items failed)")
+            } else {
+                reason
+            },
+            attempts,
+        })
+    }
+}
+
+/// What is wrong with a job entry that cannot run.
+fn malformed_reason(
+    map: &HashMap<String, Value>,
+    reply: &Option<(String, u64)>,
+    task: &Option<String>,
+    args: Option<&Result<Vec<Vec<u8>>, String>>,
+) -> String {
+    let mut wrong = Vec::new();
+    if field_string(map, "reply").is_none() {
+        wrong.push("no reply client".to_owned());
+    }
+    if reply.is_none() && field_string(map, "id").is_some() {
+        wrong.push("a non-numeric id".to_owned());
+    } else if field_string(map, "id").is_none() {
+        wrong.push("no id".to_owned());
+    }
+    if task.is_none() {
+        wrong.push("no task name".to_owned());
+    }
+    match args {
+        None => wrong.push("no args".to_owned()),
+        Some(Err(e)) => wrong.push(format!("args are not a MessagePack list of bin ({e})")),
+        Some(Ok(_)) => {}
+    }
+    let mut fields: Vec<&str> = map.keys().map(String::as_str).collect();
+    fields.sort_unstable();
+    format!("{} (fields: {})", wrong.join(", "), fields.join(", "))
 }
 
 /// An entry this worker has taken and not answered yet.
@@ -453,8 +585,43 @@ struct Held {
     seq: u64,
     /// The caller's client id and job id.
     reply: Option<(String, u64)>,
-    /// The entry's fields, to put it back in the queue as it came (see `hand_back`).
-    fields: HashMap<String, Value>,
+}
+
+/// How long an item of each task takes on this worker (from submission to the local pool to its
+/// answer, so queueing counts: an overestimate), a moving average.
+#[derive(Default, Clone)]
+struct Estimates(Arc<Mutex<HashMap<String, u64>>>);
+
+impl Estimates {
+    fn per_item_ns(&self, task: &str) -> Option<u64> {
+        lock(&self.0).get(task).copied()
+    }
+
+    /// Times a local job of `items` items of `task`, from now until [`Learner::done`].
+    fn learner(&self, task: &str, items: usize) -> Learner {
+        Learner {
+            estimates: self.clone(),
+            task: task.to_owned(),
+            items: items.max(1) as u64,
+            started: Instant::now(),
+        }
+    }
+}
+
+struct Learner {
+    estimates: Estimates,
+    task: String,
+    items: u64,
+    started: Instant,
+}
+
+impl Learner {
+    fn done(self) {
+        let ns = self.started.elapsed().as_nanos() as u64 / self.items;
+        let mut all = lock(&self.estimates.0);
+        let e = all.entry(self.task).or_insert(ns);
+        *e = (*e * 3 + ns) / 4;
+    }
 }
 
 /// How many local jobs a job of several items is run as, at most.
@@ -529,6 +696,7 @@ impl Piecework {
             abandon: state.abandon.clone(),
             progress: state.progress,
             cancelled: state.cancelled,
+            dead: None,
         });
     }
 }
@@ -554,6 +722,8 @@ struct Shared {
     pieceworks: Mutex<HashMap<String, Arc<Piecework>>>,
     /// How long a job of several items runs before the keeper reports its progress.
     report_after: Duration,
+    /// How long an item of each task takes here.
+    estimates: Estimates,
     /// How long reported progress is kept (the result TTL).
     progress_ttl_ms: u64,
     /// Signalled when an entry leaves `held`.
@@ -564,10 +734,25 @@ struct Shared {
     broken: Mutex<Option<String>>,
     /// The worker stopped taking jobs (a signal, its handle, a broken pool).
     draining: AtomicBool,
+    /// Jobs answered, and of those, answered with a failure (for the heartbeat's report).
+    answered: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
-    fn read_jobs(&self, mut link: Link, capacity: usize, stop: &AtomicBool) {
+    /// Takes jobs until `stop`, a drain signal or a broken pool; returns the error if it could
+    /// not read for `max_outage` (Redis unreachable, credentials refused, the stream unreadable).
+    fn read_jobs(
+        &self,
+        mut link: Link,
+        capacity: usize,
+        stop: &AtomicBool,
+        max_outage: Duration,
+    ) -> Option<Error> {
+        // Since when reads fail on a live server (a wrong type, a refused password), and when
+        // that was last logged.
+        let mut refused: Option<(Instant, Instant)> = None;
+        let mut pause = READ_BLOCK;
         while !stop.load(Ordering::SeqCst)
             && !crate::signals::received()
             && lock(&self.broken).is_none()
@@ -595,6 +780,8 @@ impl Shared {
             });
             match read {
                 Ok(reply) => {
+                    refused = None;
+                    pause = READ_BLOCK;
                     for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
                         self.start(entry, None);
                     }
@@ -603,11 +790,35 @@ impl Shared {
                     // The stream was deleted, or Redis restarted without persistence.
                     let _ = status::ensure_group(&mut link, &self.keys);
                 }
-                Err(_) => {
-                    std::thread::sleep(READ_BLOCK);
+                Err(err) => {
+                    let now = Instant::now();
+                    let transient = crate::conn::transient(&err);
+                    let (since, logged) = refused.get_or_insert((now, now - LOG_EVERY));
+                    if !transient && now - *logged >= LOG_EVERY {
+                        // The connection's own events cover outages and passwords.
+                        *logged = now;
+                        tracing::error!(
+                            worker = %self.name,
+                            queue = %self.keys.queue,
+                            error = %err,
+                            down_ms = since.elapsed().as_millis() as u64,
+                            "pool-redis worker: cannot read the queue"
+                        );
+                    }
+                    let down = link.failing_for().unwrap_or_default().max(since.elapsed());
+                    if down >= max_outage {
+                        return Some(Error::Unavailable {
+                            server: link.server().to_owned(),
+                            down,
+                            last: err.to_string(),
+                        });
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(5));
                 }
             }
         }
+        None
     }
 
     /// Hands one entry to the local pool (or answers it at once if it cannot run). `prior` is
@@ -634,29 +845,47 @@ impl Shared {
                 Held {
                     seq,
                     reply: reply.clone(),
-                    fields: entry.map,
                 },
             );
         }
-        let (Some(_), Some(task), Some(Ok(items))) = (&reply, task, args) else {
-            self.answer(Answer {
-                entry: id,
-                reply,
-                abandon: None,
-                outcome: Err(WireError::Other(
-                    "malformed job entry: it needs task, args (a MessagePack list of bin), \
-                     reply and id"
-                        .into(),
-                )),
-                progress: false,
-                cancelled: false,
-            });
-            return;
+        let (task, items) = match (&reply, task, args) {
+            (Some(_), Some(task), Some(Ok(items))) => (task, items),
+            (_, task, args) => {
+                let reason = malformed_reason(&entry.map, &reply, &task, args.as_ref());
+                tracing::warn!(
+                    worker = %self.name,
+                    entry = %id,
+                    reason = %reason,
+                    "pool-redis: a malformed job entry goes to the dead letters"
+                );
+                self.answer(Answer {
+                    entry: id,
+                    reply,
+                    abandon: None,
+                    outcome: Err(WireError::Other(format!("malformed job entry: {reason}"))),
+                    progress: false,
+                    cancelled: false,
+                    dead: Some(Dead {
+                        kind: DeadKind::Malformed,
+                        reason,
+                        attempts: 1,
+                    }),
+                });
+                return;
+            }
         };
         let Some(sender) = lock(&self.done).clone() else {
             return;
         };
-        if items.len() > 1 {
+        // A job of several items runs in pieces unless it is known to take less than half a
+        // heartbeat (its progress would never be reported: a chunk of tiny tasks).
+        let n = items.len();
+        let short = || {
+            self.estimates.per_item_ns(&task).is_some_and(|ns| {
+                ns.saturating_mul(n as u64) < self.report_after.as_nanos() as u64 / 2
+            })
+        };
+        if n > 1 && (prior.is_some() || !short()) {
             if let Some((client, job)) = reply {
                 self.start_pieces(id, (client, job), &task, &items, prior, sender);
                 return;
@@ -664,10 +893,15 @@ impl Shared {
         }
         let (ok_sender, ok_id, ok_reply) = (sender.clone(), id.clone(), reply.clone());
         let key = reply.clone();
+        // Only jobs of several items need the estimate (and a job of one costs no more).
+        let learn = (n > 1).then(|| self.estimates.learner(&task, n));
         let running = self
             .pool
             .apply_encoded_each(&task, &items)
             .on_success(move |values| {
+                if let Some(learn) = learn {
+                    learn.done();
+                }
                 // Each item's own outcome travels back, so that one failed item (a panic, a
                 // process dying under it) costs that item only.
                 let cancelled = values
@@ -690,6 +924,7 @@ impl Shared {
                     abandon: None,
                     progress: false,
                     cancelled,
+                    dead: None,
                 });
             })
             .on_error(move |err| {
@@ -704,6 +939,7 @@ impl Shared {
                     abandon,
                     progress: false,
                     cancelled: matches!(err, pool_core::Error::Cancelled),
+                    dead: None,
                 });
             });
         if let Some(key) = key {
@@ -765,10 +1001,12 @@ impl Shared {
             let args: Vec<&[u8]> = indices.iter().map(|&i| items[i].as_slice()).collect();
             let (ok_work, ok_indices) = (Arc::clone(&work), indices.clone());
             let err_work = Arc::clone(&work);
+            let learn = self.estimates.learner(task, indices.len());
             let running = self
                 .pool
                 .apply_encoded_each(task, &args)
                 .on_success(move |values| {
+                    learn.done();
                     let mut state = lock(&ok_work.state);
                     state.all_whole = false;
                     state.done += values.len();
@@ -884,6 +1122,15 @@ impl Shared {
                     continue;
                 };
                 let running = lock(&self.running);
+                if ids == "*" {
+                    // Everything this client submitted (an operator's `cancel_client`).
+                    for (_, jobs) in running.iter().filter(|((c, _), _)| *c == client) {
+                        for job in jobs {
+                            job.cancel();
+                        }
+                    }
+                    continue;
+                }
                 for id in ids.split(',').filter_map(|i| i.parse::<u64>().ok()) {
                     for job in running.get(&(client.clone(), id)).into_iter().flatten() {
                         job.cancel();
@@ -912,10 +1159,11 @@ impl Shared {
             let (abandoned, batch): (Vec<Answer>, Vec<Answer>) =
                 all.into_iter().partition(|a| a.abandon.is_some());
             if let Some(reason) = abandoned.iter().find_map(|a| a.abandon.clone()) {
-                eprintln!(
-                    "pool-redis worker {}: the local pool is broken ({reason}); leaving its jobs \
-                     for other workers and stopping",
-                    self.name
+                tracing::error!(
+                    worker = %self.name,
+                    reason = %reason,
+                    "pool-redis worker: the local pool is broken; leaving its jobs for other \
+                     workers and stopping"
                 );
                 lock(&self.broken).get_or_insert(reason);
             }
@@ -924,25 +1172,37 @@ impl Shared {
                 continue;
             }
             // Entries handed back by a drain whose local jobs were cancelled go back in the
-            // queue as they came, as new entries other workers read at once.
-            let requeue: HashMap<&str, Vec<(String, Vec<u8>)>> = {
-                let held = lock(&self.held);
+            // queue as they came, as new entries other workers read at once; failed, given-up
+            // and malformed jobs leave dead letters. Both need the entry's fields, read again
+            // from the stream (rare: the common answer costs nothing here).
+            let requeue: HashSet<&str> = {
                 let handed_back = lock(&self.handed_back);
                 batch
                     .iter()
                     .filter(|a| a.cancelled && handed_back.contains(&a.entry))
-                    .filter_map(|a| {
-                        let fields = held.get(&a.entry)?.fields.iter();
-                        let fields = fields
-                            .filter_map(|(k, v)| match v {
-                                Value::BulkString(b) => Some((k.clone(), b.clone())),
-                                _ => None,
-                            })
-                            .collect();
-                        Some((a.entry.as_str(), fields))
-                    })
+                    .map(|a| a.entry.as_str())
                     .collect()
             };
+            let dead: Vec<(&str, Dead)> = batch
+                .iter()
+                .filter_map(|a| Some((a.entry.as_str(), a.dead_letter()?)))
+                .collect();
+            let fields: HashMap<&str, Vec<(String, Vec<u8>)>> =
+                if requeue.is_empty() && dead.is_empty() {
+                    HashMap::new()
+                } else {
+                    let ids: Vec<&str> = requeue
+                        .iter()
+                        .copied()
+                        .chain(dead.iter().map(|(id, _)| *id))
+                        .collect();
+                    self.entry_fields(&mut link, &ids)
+                };
+            // A handed-back entry that is gone (its caller cancelled it) is answered.
+            let requeue: HashSet<&str> = requeue
+                .into_iter()
+                .filter(|id| fields.contains_key(id))
+                .collect();
             // Retried until it lands: an answer is never dropped while this worker lives.
             loop {
                 let written = link.run(&self.stop_writing, |conn| {
@@ -950,9 +1210,9 @@ impl Shared {
                     pipe.atomic();
                     let mut clients: Vec<&str> = Vec::new();
                     for a in &batch {
-                        if let Some(fields) = requeue.get(a.entry.as_str()) {
+                        if requeue.contains(a.entry.as_str()) {
                             let cmd = pipe.cmd("XADD").arg(&self.keys.tasks).arg("*");
-                            for (k, v) in fields {
+                            for (k, v) in &fields[a.entry.as_str()] {
                                 cmd.arg(k).arg(v.as_slice());
                             }
                             cmd.ignore();
@@ -984,6 +1244,11 @@ impl Shared {
                             .arg(ttl_ms)
                             .ignore();
                     }
+                    for (entry, letter) in &dead {
+                        let none = Vec::new();
+                        let job = fields.get(entry).unwrap_or(&none);
+                        letter.add_to(&mut pipe, &self.keys.dead, entry, job, &self.name);
+                    }
                     let entries: Vec<&str> = batch.iter().map(|a| a.entry.as_str()).collect();
                     let reported: Vec<&str> = batch
                         .iter()
@@ -1009,18 +1274,53 @@ impl Shared {
                 });
                 match written {
                     Ok(()) => break,
+                    // Stopping for an outage: the jobs stay pending, for other workers.
+                    Err(_) if self.stop_writing.load(Ordering::SeqCst) => break,
                     Err(err) => {
-                        eprintln!(
-                            "pool-redis worker {}: could not answer, retrying: {err}",
-                            self.name
+                        tracing::warn!(
+                            worker = %self.name,
+                            error = %err,
+                            "pool-redis worker: could not write answers; retrying"
                         );
                         std::thread::sleep(Duration::from_millis(200));
                     }
                 }
             }
+            let failed = dead
+                .iter()
+                .filter(|(_, d)| d.kind == DeadKind::Failed)
+                .count() as u64;
+            self.answered
+                .fetch_add(batch.len() as u64 - requeue.len() as u64, Ordering::Relaxed);
+            self.failed.fetch_add(failed, Ordering::Relaxed);
             self.release(&batch);
             self.release(&abandoned);
         }
+    }
+
+    /// The fields of the task-stream entries `ids` that are still there (one round trip).
+    fn entry_fields<'a>(
+        &self,
+        link: &mut Link,
+        ids: &[&'a str],
+    ) -> HashMap<&'a str, Vec<(String, Vec<u8>)>> {
+        let never = AtomicBool::new(false);
+        let replies: Vec<redis::streams::StreamRangeReply> = link
+            .run(&never, |conn| {
+                let mut pipe = redis::pipe();
+                for id in ids {
+                    pipe.cmd("XRANGE").arg(&self.keys.tasks).arg(*id).arg(*id);
+                }
+                pipe.query(conn)
+            })
+            .unwrap_or_default();
+        ids.iter()
+            .zip(replies)
+            .filter_map(|(id, r)| {
+                let entry = r.ids.into_iter().next()?;
+                Some((*id, crate::dead::entry_fields(&entry.map)))
+            })
+            .collect()
     }
 
     /// Hands back the entries this worker holds beyond the `keep` it took first (those its
@@ -1060,6 +1360,10 @@ impl Shared {
     fn keep(&self, mut link: Link, s: KeeperSettings, stop: &AtomicBool) {
         let info = self.keys.worker(&self.name);
         let mut next = Instant::now();
+        let mut next_sweep = Instant::now() + s.claim_idle;
+        let started_ms = now_ms();
+        // Jobs answered at the last heartbeat and when, for the rate.
+        let mut last = (0u64, Instant::now());
         while !stop.load(Ordering::SeqCst) {
             let now = Instant::now();
             if now < next {
@@ -1067,6 +1371,13 @@ impl Shared {
                 continue;
             }
             next = now + s.heartbeat;
+            let answered = self.answered.load(Ordering::Relaxed);
+            let per_minute = {
+                let secs = last.1.elapsed().as_secs_f64().max(1e-3);
+                ((answered - last.0) as f64 * 60.0 / secs).round() as u64
+            };
+            last = (answered, Instant::now());
+            let held = lock(&self.held).len();
             let never = AtomicBool::new(false);
             let _ = link.run(&never, |conn| {
                 let ms = now_ms();
@@ -1091,6 +1402,18 @@ impl Shared {
                     .arg(s.processes)
                     .arg("heartbeat_ms")
                     .arg(s.heartbeat.as_millis() as u64)
+                    .arg("started_ms")
+                    .arg(started_ms)
+                    .arg("done")
+                    .arg(answered)
+                    .arg("failed")
+                    .arg(self.failed.load(Ordering::Relaxed))
+                    .arg("per_minute")
+                    .arg(per_minute)
+                    .arg("held")
+                    .arg(held)
+                    .arg("draining")
+                    .arg(u8::from(self.draining.load(Ordering::Relaxed)))
                     .ignore()
                     .cmd("PEXPIRE")
                     .arg(&info)
@@ -1102,6 +1425,22 @@ impl Shared {
             self.report_progress(&mut link);
             if !self.draining.load(Ordering::SeqCst) {
                 self.reclaim(&mut link, &s);
+                if now >= next_sweep {
+                    // Workers that died uncleanly leave their consumer in the group; once it
+                    // holds nothing (its jobs were taken over) and sends no heartbeat, it goes.
+                    next_sweep = now + s.claim_idle.max(Duration::from_secs(1));
+                    if let Ok(gone) =
+                        crate::admin::remove_stale_consumers(&mut link, &self.keys, s.claim_idle)
+                    {
+                        for name in gone {
+                            tracing::info!(
+                                worker = %self.name,
+                                consumer = %name,
+                                "pool-redis: removed a dead worker's consumer from the group"
+                            );
+                        }
+                    }
+                }
             }
         }
         // Goodbye: no heartbeat any more, and no consumer left in the group if it holds nothing.
@@ -1195,19 +1534,30 @@ impl Shared {
                     Held {
                         seq,
                         reply: reply.clone(),
-                        fields: HashMap::new(),
                     },
+                );
+                let gave_up = WireError::GaveUp {
+                    task,
+                    deliveries: deliveries - 1,
+                };
+                let reason = gave_up.clone().into_error().to_string();
+                tracing::warn!(
+                    worker = %self.name,
+                    entry = %entry.id,
+                    "pool-redis: {reason}; the job goes to the dead letters"
                 );
                 self.answer(Answer {
                     entry: entry.id,
                     reply,
                     abandon: None,
-                    outcome: Err(WireError::GaveUp {
-                        task,
-                        deliveries: deliveries - 1,
-                    }),
+                    outcome: Err(gave_up),
                     progress: true,
                     cancelled: false,
+                    dead: Some(Dead {
+                        kind: DeadKind::GaveUp,
+                        reason,
+                        attempts: deliveries - 1,
+                    }),
                 });
             } else {
                 let items = field_bytes(&entry.map, "args")

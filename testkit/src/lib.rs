@@ -241,6 +241,19 @@ impl RedisServer {
         self.launch();
     }
 
+    /// Kills the server with SIGKILL and leaves it down (see [`start_again`](Self::start_again)).
+    pub fn stop(&mut self) {
+        self.kill();
+    }
+
+    /// Starts the server again on the same port and directory, now requiring `password` (if
+    /// any): a server restarted with a new password.
+    pub fn start_again(&mut self, password: Option<&str>) {
+        self.kill();
+        self.password = password.map(str::to_owned);
+        self.launch();
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

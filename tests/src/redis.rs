@@ -39,6 +39,17 @@ pub fn logged_square(log: String, x: u64, ms: u64) -> u64 {
     x * x
 }
 
+/// Panics unless the file `path` exists; then writes `PATH.done` and returns 1: a job that
+/// fails until an operator fixes something.
+#[task]
+pub fn needs_file(path: String) -> u64 {
+    if !std::path::Path::new(&path).exists() {
+        panic!("{path} is missing");
+    }
+    std::fs::write(format!("{path}.done"), "ran").expect("write the mark");
+    1
+}
+
 /// Fails on `bad`: the same failure on every engine.
 #[task]
 pub fn square_unless(x: u64, bad: u64) -> u64 {
@@ -142,8 +153,37 @@ impl WorkerProcess {
         tag: &str,
         env: &[(&str, &str)],
     ) -> WorkerProcess {
+        Self::start_logged(
+            exe,
+            server,
+            queue,
+            processes,
+            claim_idle,
+            max_deliveries,
+            tag,
+            env,
+            None,
+        )
+    }
+
+    /// [`start`](Self::start), with the worker's standard error (its log) in the file `log`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_logged(
+        exe: &str,
+        server: &RedisServer,
+        queue: &str,
+        processes: usize,
+        claim_idle: Duration,
+        max_deliveries: u64,
+        tag: &str,
+        env: &[(&str, &str)],
+        log: Option<&std::path::Path>,
+    ) -> WorkerProcess {
         use std::os::unix::process::CommandExt;
         let mut cmd = Command::new(exe);
+        if let Some(log) = log {
+            cmd.stderr(std::fs::File::create(log).expect("create the log"));
+        }
         if server.is_tls() {
             cmd.env("POOL_TEST_CA", server.ca_path());
         }

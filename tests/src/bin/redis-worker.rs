@@ -5,6 +5,12 @@ use std::time::Duration;
 
 #[pool_core::main]
 fn main() -> Result<(), pool_redis::Error> {
+    // Its `tracing` events on standard error, as an operator's worker would log them.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .init();
     // Makes sure the tasks the tests submit are linked in (and so registered).
     std::hint::black_box(pool_tests::redis::square);
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -22,8 +28,13 @@ fn main() -> Result<(), pool_redis::Error> {
     if std::env::var_os("POOL_TEST_BAD_INIT").is_some() {
         local = local.initializer(pool_tests::redis::failing_init, ());
     }
-    // POOL_TEST_PREFETCH=N: hold up to N jobs.
+    // POOL_TEST_PREFETCH=N: hold up to N jobs. POOL_TEST_MAX_OUTAGE_MS=N: give up after N ms
+    // without Redis.
     let mut worker = pool_redis::Worker::with_client(client, queue)?;
+    if let Some(ms) = std::env::var_os("POOL_TEST_MAX_OUTAGE_MS") {
+        let ms = ms.to_str().and_then(|n| n.parse().ok()).expect("a number");
+        worker = worker.max_outage(Duration::from_millis(ms));
+    }
     if let Some(n) = std::env::var_os("POOL_TEST_PREFETCH") {
         worker = worker.prefetch(n.to_str().and_then(|n| n.parse().ok()).expect("a number"));
     }
