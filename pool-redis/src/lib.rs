@@ -112,8 +112,26 @@
 //! can drain through a [`ShutdownHandle`] instead.
 //!
 //! [`status`] (or [`RedisPool::status`]) reports the jobs waiting and in progress and the live
-//! workers with their last heartbeat. Results expire after [`Worker::result_ttl`], and answered
-//! jobs are deleted from the stream, so Redis does not grow without bound.
+//! workers with their last heartbeat, jobs done, failures and rate. Results expire after
+//! [`Worker::result_ttl`], and answered jobs are deleted from the stream, so Redis does not grow
+//! without bound.
+//!
+//! **Nothing fails silently.** Lost connections, retries (with their backoff), reconnections
+//! and refused passwords are `tracing` events naming the server and the user (never the
+//! password). A worker that cannot serve for [`Worker::max_outage`] gives up with
+//! [`Error::Unavailable`], so its process exits non-zero and a supervisor restarts it.
+//!
+//! **Dead letters.** A job whose entry could not be parsed, that was given up after
+//! `max_deliveries`, or that was answered with a failure is also kept in the queue's
+//! dead-letter stream, `pool:{QUEUE}:dead`, with the reason, the task, the attempts, the time
+//! and the worker ([`DeadLetter`]). [`Admin`] lists, shows, requeues and purges them; it also
+//! purges a queue's waiting jobs, cancels everything a client submitted, and lists and removes
+//! the consumers of dead workers (each worker's keeper removes them by itself). The crate's
+//! binary, `pool-redis`, does all of this from the command line, with tables or `--json`:
+//!
+//! ```text
+//! pool-redis [--json] (status | workers | dead | requeue | purge | cancel) URL QUEUE [ARGS]
+//! ```
 
 #![deny(missing_docs)]
 

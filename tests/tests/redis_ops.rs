@@ -394,6 +394,7 @@ fn the_cli_shows_status_workers_and_dead_letters_and_requeues_purges_and_cancels
 
         let (ok, out, err) = run_cli(&["status", &url, "jobs"]);
         assert!(ok, "{err}");
+        eprintln!("$ pool-redis status URL jobs\n{out}");
         assert!(out.contains("queue jobs: 0 waiting, 0 running, 1 dead letters, 1 workers alive"));
         assert!(
             out.contains("WORKER") && out.contains("DONE") && out.contains("alive"),
@@ -415,6 +416,7 @@ fn the_cli_shows_status_workers_and_dead_letters_and_requeues_purges_and_cancels
 
         let (ok, out, _) = run_cli(&["dead", &url, "jobs"]);
         assert!(ok);
+        eprintln!("$ pool-redis dead URL jobs\n{out}");
         assert!(
             out.contains("failed") && out.contains("square_unless"),
             "{out}"
