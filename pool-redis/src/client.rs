@@ -115,6 +115,8 @@ struct Inner {
     idle: Condvar,
     submit: Mutex<Option<Sender<Submission>>>,
     stop: AtomicBool,
+    /// Jobs not begun this long after their submission are not run (ms; 0: never expire).
+    expiry_ms: AtomicU64,
 }
 
 struct Watch {
@@ -198,6 +200,7 @@ impl RedisPool {
             idle: Condvar::new(),
             submit: Mutex::new(Some(tx)),
             stop: AtomicBool::new(false),
+            expiry_ms: AtomicU64::new(0),
         });
         let listener: Arc<dyn pool_core::__private::CancelListener> = inner.clone();
         pool_core::__private::on_cancel(Arc::downgrade(&listener));
@@ -629,6 +632,26 @@ impl RedisPool {
         lock(&self.inner.pending).len()
     }
 
+    /// Jobs submitted from now on that no worker has begun `after` their submission are not
+    /// run: a worker that takes one later answers it [`Error::Expired`] (the caller gets
+    /// `pool_core::Error::Engine` holding it). For work that is useless late, and so that the
+    /// jobs of a client that died do not run long after it (`None`, the default: jobs wait as
+    /// long as it takes). Worker and client clocks are compared: keep them in sync (NTP).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// let pool = pool_redis::RedisPool::connect("redis://127.0.0.1/", "jobs")?;
+    /// pool.expire_jobs_after(Some(Duration::from_secs(30)));
+    /// # Ok::<(), pool_redis::Error>(())
+    /// ```
+    pub fn expire_jobs_after(&self, after: Option<Duration>) {
+        let ms = after.map_or(0, |d| (d.as_millis() as u64).max(1));
+        self.inner.expiry_ms.store(ms, Ordering::Relaxed);
+    }
+
     /// This client's id: its result stream's name, and the `client` an operator gives
     /// [`Admin::cancel_client`](crate::Admin::cancel_client).
     pub fn id(&self) -> &str {
@@ -694,10 +717,13 @@ impl Inner {
 
     /// Sends jobs as `XADD`s in one round trip, and remembers their entries (for a cancel).
     fn send_jobs(&self, link: &mut Link, batch: Vec<(u64, String, Vec<u8>)>) {
+        let expiry = self.expiry_ms.load(Ordering::Relaxed);
+        let expires = (expiry > 0).then(|| status::now_ms().saturating_add(expiry));
         let sent: Result<Vec<String>, _> = link.run(&self.stop, |conn| {
             let mut pipe = redis::pipe();
             for (id, task, args) in &batch {
-                pipe.cmd("XADD")
+                let cmd = pipe
+                    .cmd("XADD")
                     .arg(&self.keys.tasks)
                     .arg("*")
                     .arg("task")
@@ -708,6 +734,9 @@ impl Inner {
                     .arg(&self.client_id)
                     .arg("id")
                     .arg(*id);
+                if let Some(at) = expires {
+                    cmd.arg("expires_ms").arg(at);
+                }
             }
             pipe.query(conn)
         });

@@ -42,6 +42,16 @@ pub enum Error {
         deliveries: u64,
     },
 
+    /// No worker began the job before its expiry (see
+    /// [`RedisPool::expire_jobs_after`](crate::RedisPool::expire_jobs_after)); it did not run.
+    #[error("task `{task}` expired {late:?} before a worker could begin it; it did not run")]
+    Expired {
+        /// The task's name.
+        task: String,
+        /// How long past its expiry a worker took it.
+        late: Duration,
+    },
+
     /// The worker reported a failure that has no variant of its own here.
     #[error("the worker reported: {0}")]
     Remote(String),

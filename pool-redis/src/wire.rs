@@ -186,6 +186,11 @@ pub(crate) enum WireError {
     Other(String),
     /// Cancelled by the caller, or by an operator (`Admin::purge`, `cancel_client`).
     Cancelled,
+    /// Not begun before its expiry (`RedisPool::expire_jobs_after`).
+    Expired {
+        task: String,
+        late_ms: u64,
+    },
 }
 
 fn one() -> u32 {
@@ -297,6 +302,10 @@ impl WireError {
             WireError::GaveUp { task, deliveries } => Error::GaveUp { task, deliveries },
             WireError::Other(message) => Error::Remote(message),
             WireError::Cancelled => E::Cancelled.into(),
+            WireError::Expired { task, late_ms } => Error::Expired {
+                task,
+                late: std::time::Duration::from_millis(late_ms),
+            },
         }
     }
 }

@@ -874,6 +874,25 @@ impl Shared {
                 return;
             }
         };
+        if let Some(at) = field_u64(&entry.map, "expires_ms") {
+            let now = now_ms();
+            if now > at {
+                self.answer(Answer {
+                    entry: id,
+                    reply,
+                    abandon: None,
+                    outcome: Err(WireError::Expired {
+                        task,
+                        late_ms: now - at,
+                    }),
+                    progress: prior.is_some(),
+                    // Not a failure (no dead letter): the caller chose to expire it.
+                    cancelled: true,
+                    dead: None,
+                });
+                return;
+            }
+        }
         let Some(sender) = lock(&self.done).clone() else {
             return;
         };

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use pool_redis::{DeadKind, RedisPool};
 use pool_tests::deadline;
 use pool_tests::redis::{
-    needs_file, slow_square, square, square_unless, RedisServer, WorkerProcess,
+    mark, needs_file, slow_square, square, square_unless, RedisServer, WorkerProcess,
 };
 
 const EXE: &str = env!("CARGO_BIN_EXE_redis-worker");
@@ -340,6 +340,33 @@ fn purge_removes_waiting_jobs_and_cancel_client_stops_a_clients_work() {
         }
         assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
         assert_eq!(pool.outstanding(), 0);
+    });
+}
+
+#[test]
+fn a_job_not_begun_before_its_expiry_does_not_run() {
+    deadline(120, "job expiry", || {
+        let server = RedisServer::start(false);
+        let pool = RedisPool::connect(&server.url(), "jobs").unwrap();
+        pool.expire_jobs_after(Some(Duration::from_millis(300)));
+        let never = scratch("expired-mark");
+        let late = pool.apply_async(mark, never.display().to_string());
+        std::thread::sleep(Duration::from_millis(800));
+        pool.expire_jobs_after(None);
+        let on_time = pool.apply_async(square, 4);
+        let log = scratch("expiry.log");
+        let _w = logged_worker(&server, "a", &log, &[]);
+        match late.get().map_err(pool_redis::Error::from) {
+            Err(pool_redis::Error::Expired { task, late }) => {
+                assert_eq!(task, "pool_tests::redis::mark");
+                assert!(late >= Duration::from_millis(400), "{late:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!never.exists(), "the expired job ran");
+        assert_eq!(on_time.get().unwrap(), 16);
+        // Not a failure: no dead letter.
+        assert_eq!(pool.admin().unwrap().dead_count().unwrap(), 0);
     });
 }
 
