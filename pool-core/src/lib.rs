@@ -187,6 +187,10 @@ mod executor;
 mod imap;
 mod job;
 mod map;
+/// The metrics both engines report (feature `metrics`; empty without it). Not a stable API:
+/// `pool-redis` reports through it.
+#[doc(hidden)]
+pub mod meter;
 pub mod mp;
 mod owner;
 mod panic_capture;

@@ -31,6 +31,7 @@ use crate::conn::Link;
 use crate::status::{self, QueueStatus};
 use crate::wire::{self, Keys, WireError};
 use crate::Error;
+use pool_core::meter;
 
 /// What a job's items gave: all values, or (when one failed) each item's own outcome.
 enum Answered {
@@ -311,13 +312,28 @@ impl RedisPool {
     /// Sends one job and delivers its outcome to `sink`.
     fn submit_to(&self, task: &str, items: &[Vec<u8>], sink: JobSink) {
         let cancelled = Box::new(sink.cancel_check());
+        let n = items.len() as u64;
+        meter::submitted("redis", n);
         self.submit(task, items, Some(cancelled), move |outcome| match outcome {
-            Ok(Answered::All(values)) => sink.deliver_items(Ok(values)),
-            Ok(Answered::Each(each)) => sink.deliver_each(Ok(each
-                .into_iter()
-                .map(|item| item.map_err(pool_core::Error::from))
-                .collect())),
-            Err(err) => sink.deliver_items(Err(err.into())),
+            Ok(Answered::All(values)) => {
+                meter::settled("redis", values.len() as u64, 0);
+                sink.deliver_items(Ok(values))
+            }
+            Ok(Answered::Each(each)) => {
+                let failed = each.iter().filter(|i| i.is_err()).count() as u64;
+                meter::settled("redis", each.len() as u64 - failed, failed);
+                sink.deliver_each(Ok(each
+                    .into_iter()
+                    .map(|item| item.map_err(pool_core::Error::from))
+                    .collect()))
+            }
+            Err(err) => {
+                match pool_core::Error::from(err.clone()) {
+                    pool_core::Error::Cancelled => meter::cancelled("redis", n),
+                    _ => meter::settled("redis", 0, n),
+                }
+                sink.deliver_items(Err(err.into()))
+            }
         });
     }
 

@@ -1442,6 +1442,14 @@ impl Shared {
             });
             self.refresh_held(&mut link);
             self.report_progress(&mut link);
+            #[cfg(feature = "metrics")]
+            if let Ok(q) = status::read(&mut link, &self.keys) {
+                pool_core::meter::queue_depth("redis", q.waiting);
+                pool_core::meter::workers_alive(
+                    "redis",
+                    q.workers.iter().filter(|w| w.alive).count() as u64,
+                );
+            }
             if !self.draining.load(Ordering::SeqCst) {
                 self.reclaim(&mut link, &s);
                 if now >= next_sweep {

@@ -198,6 +198,12 @@ impl Collector {
                                 trace::pool_healed();
                             }
                             self.estimates.learn(&job, busy_ns);
+                            if !job.internal {
+                                crate::meter::task_seconds(
+                                    "local",
+                                    busy_ns as f64 / 1e9 / f64::from(job.items.max(1)),
+                                );
+                            }
                             let busy = process.region.header().busy_ns.load(Ordering::Relaxed);
                             self.shared.counters.busy_ns[i]
                                 .store(seat.busy_base + busy, Ordering::Relaxed);
@@ -456,6 +462,7 @@ pub(super) fn settle(shared: &Shared, job: Job, outcome: Result<ResultFrame, Err
     }
     let items = u64::from(job.items);
     if crate::cancel::epoch() != 0 && job.is_cancelled() {
+        crate::meter::cancelled("local", items);
         shared
             .counters
             .cancelled
@@ -473,6 +480,7 @@ pub(super) fn settle(shared: &Shared, job: Job, outcome: Result<ResultFrame, Err
             Err(err) => trace::task_failed(&job.task, failed, Some(err)),
         }
     }
+    crate::meter::settled("local", items.saturating_sub(failed), failed);
     let counters = &shared.counters;
     counters.failed.fetch_add(failed, Ordering::Relaxed);
     counters
@@ -492,6 +500,7 @@ pub(super) fn retry_later(
     job.attempts += 1;
     let wait = settings.backoff(job.attempts);
     trace::task_retrying(&job.task, job.attempts, wait);
+    crate::meter::retried("local", u64::from(job.items));
     shared
         .counters
         .retried

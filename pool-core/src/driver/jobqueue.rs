@@ -128,6 +128,11 @@ impl JobReceiver {
         Ok(job)
     }
 
+    /// Jobs sent and not yet taken (those taken in the last swap included).
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len.load(Ordering::Relaxed)
+    }
+
     /// Whether no job is waiting.
     pub(crate) fn is_empty(&self) -> bool {
         self.local.is_empty() && self.queue.lock().jobs.is_empty()

@@ -138,6 +138,7 @@ impl Shared {
                 match sender.send(job) {
                     Ok(()) => {
                         self.counters.submitted.fetch_add(items, Ordering::Relaxed);
+                        crate::meter::submitted("local", items);
                         self.wake_collector();
                     }
                     Err(job) => {

@@ -312,6 +312,11 @@ impl Collector {
     /// Polls the bell and the pidfds; handles every worker that died.
     pub(super) fn check_deaths(&mut self, timeout: PollTimeout) {
         self.last_death_check = Instant::now();
+        crate::meter::queue_depth("local", self.queue.len() as u64);
+        crate::meter::workers_alive(
+            "local",
+            self.seats.iter().filter(|s| s.process.is_some()).count() as u64,
+        );
         let dead: Vec<usize> = {
             let mut fds = vec![PollFd::new(
                 self.shared.bell_fd().as_fd(),
@@ -410,6 +415,7 @@ impl Collector {
                     .counters
                     .replaced
                     .fetch_add(1, Ordering::Relaxed);
+                crate::meter::worker_replaced("local");
             }
             if let Err(err) = self.spawn(i) {
                 trace::spawn_failed(i, &err);
