@@ -185,10 +185,62 @@ impl RedisPool {
     /// ```
     pub fn with_client(client: redis::Client, queue: &str) -> Result<RedisPool, Error> {
         let keys = Keys::new(queue)?;
-        let url = crate::conn::describe(&client);
         let mut first = Link::new(client.clone(), Duration::from_secs(5));
         first.connect_once()?;
         status::ensure_group(&mut first, &keys)?;
+        RedisPool::start(client, keys, first)
+    }
+
+    /// [`connect`](Self::connect) for async code (feature `tokio`): the connection check and
+    /// the queue's setup go through the `redis` crate's async (multiplexed, tokio) connection,
+    /// so no runtime thread waits on the network. The pool it returns never blocks an async
+    /// caller either: a submission is handed to the client's own submitter thread through a
+    /// channel, and every result ([`AsyncResult`], [`Imap`] with pool-core's `stream` feature)
+    /// is a `Future` (a `Stream`).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use pool_core::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # async fn run() -> Result<(), pool_redis::Error> {
+    /// let pool = pool_redis::RedisPool::connect_async("redis://127.0.0.1/", "jobs").await?;
+    /// assert_eq!(pool.apply_async(square, 7).await?, 49);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "tokio")]
+    pub async fn connect_async(url: &str, queue: &str) -> Result<RedisPool, Error> {
+        RedisPool::with_client_async(crate::conn::open(url)?, queue).await
+    }
+
+    /// [`connect_async`](Self::connect_async) through a `redis::Client` built by the caller.
+    #[cfg(feature = "tokio")]
+    pub async fn with_client_async(client: redis::Client, queue: &str) -> Result<RedisPool, Error> {
+        let keys = Keys::new(queue)?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&keys.tasks)
+            .arg(crate::wire::GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        match created {
+            Ok(()) => {}
+            Err(err) if crate::conn::has_code(&err, "BUSYGROUP") => {}
+            Err(err) => return Err(err.into()),
+        }
+        // The submitter's connection is opened by its own thread, on its first job.
+        let first = Link::new(client.clone(), Duration::from_secs(5));
+        RedisPool::start(client, keys, first)
+    }
+
+    /// Starts the client's threads; `first` is the submitter's connection.
+    fn start(client: redis::Client, keys: Keys, first: Link) -> Result<RedisPool, Error> {
+        let url = crate::conn::describe(&client);
+        let first = first.role("client submitter");
         let (tx, rx) = crossbeam_channel::unbounded();
         let inner = Arc::new(Inner {
             url,
@@ -838,7 +890,8 @@ impl Inner {
 
     fn run_collector(&self) {
         let key = self.keys.results(&self.client_id);
-        let mut link = Link::new(self.client.clone(), READ_BLOCK + Duration::from_secs(5));
+        let mut link = Link::new(self.client.clone(), READ_BLOCK + Duration::from_secs(5))
+            .role("client results");
         let mut last = "0-0".to_string();
         let options = StreamReadOptions::default()
             .count(1024)
