@@ -57,6 +57,20 @@ impl Admin {
 
     /// [`connect`](Self::connect) through a `redis::Client` built by the caller.
     pub fn with_client(client: redis::Client, queue: &str) -> Result<Admin, Error> {
+        Admin::with_connector(client.into(), queue)
+    }
+
+    /// [`connect`](Self::connect) to a Redis Cluster through any of `nodes` (feature
+    /// `cluster`).
+    #[cfg(feature = "cluster")]
+    pub fn connect_cluster(nodes: &[&str], queue: &str) -> Result<Admin, Error> {
+        Admin::with_connector(crate::conn::Connector::cluster(nodes)?, queue)
+    }
+
+    pub(crate) fn with_connector(
+        client: crate::conn::Connector,
+        queue: &str,
+    ) -> Result<Admin, Error> {
         let keys = Keys::new(queue)?;
         let mut link = Link::new(client, Duration::from_secs(10));
         link.connect_once()?;
@@ -74,7 +88,7 @@ impl Admin {
 
     fn run<T>(
         &self,
-        f: impl FnMut(&mut redis::Connection) -> Result<T, redis::RedisError>,
+        f: impl FnMut(&mut dyn redis::ConnectionLike) -> Result<T, redis::RedisError>,
     ) -> Result<T, Error> {
         Ok(self.link().run(&never(), f)?)
     }

@@ -27,7 +27,7 @@ use redis::Value;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::conn::Link;
+use crate::conn::{Connector, Link};
 use crate::status::{self, QueueStatus};
 use crate::wire::{self, Keys, WireError};
 use crate::Error;
@@ -104,7 +104,7 @@ pub struct RedisPool {
 
 struct Inner {
     url: String,
-    client: redis::Client,
+    client: Connector,
     keys: Keys,
     client_id: String,
     next_id: AtomicU64,
@@ -184,6 +184,26 @@ impl RedisPool {
     /// # Ok::<(), pool_redis::Error>(())
     /// ```
     pub fn with_client(client: redis::Client, queue: &str) -> Result<RedisPool, Error> {
+        RedisPool::with_connector(client.into(), queue)
+    }
+
+    /// [`connect`](Self::connect) to a Redis Cluster through any of `nodes` (feature
+    /// `cluster`). The client follows the cluster's slots, redirections and failovers; every
+    /// key of a queue shares one hash tag, so a queue lives on one master and its replicas.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let nodes = ["redis://10.0.0.1:7000/", "redis://10.0.0.2:7000/"];
+    /// let pool = pool_redis::RedisPool::connect_cluster(&nodes, "jobs")?;
+    /// # Ok::<(), pool_redis::Error>(())
+    /// ```
+    #[cfg(feature = "cluster")]
+    pub fn connect_cluster(nodes: &[&str], queue: &str) -> Result<RedisPool, Error> {
+        RedisPool::with_connector(Connector::cluster(nodes)?, queue)
+    }
+
+    fn with_connector(client: Connector, queue: &str) -> Result<RedisPool, Error> {
         let keys = Keys::new(queue)?;
         let mut first = Link::new(client.clone(), Duration::from_secs(5));
         first.connect_once()?;
@@ -234,12 +254,12 @@ impl RedisPool {
         }
         // The submitter's connection is opened by its own thread, on its first job.
         let first = Link::new(client.clone(), Duration::from_secs(5));
-        RedisPool::start(client, keys, first)
+        RedisPool::start(client.into(), keys, first)
     }
 
     /// Starts the client's threads; `first` is the submitter's connection.
-    fn start(client: redis::Client, keys: Keys, first: Link) -> Result<RedisPool, Error> {
-        let url = crate::conn::describe(&client);
+    fn start(client: Connector, keys: Keys, first: Link) -> Result<RedisPool, Error> {
+        let url = client.describe();
         let first = first.role("client submitter");
         let (tx, rx) = crossbeam_channel::unbounded();
         let inner = Arc::new(Inner {
@@ -729,7 +749,7 @@ impl RedisPool {
     /// An operator's handle on this client's queue (dead letters, purge, cancel …), on the
     /// same server.
     pub fn admin(&self) -> Result<crate::Admin, Error> {
-        crate::Admin::with_client(self.inner.client.clone(), &self.inner.keys.queue)
+        crate::Admin::with_connector(self.inner.client.clone(), &self.inner.keys.queue)
     }
 
     /// The queue as Redis sees it: jobs waiting and being worked on, and the workers with
@@ -805,6 +825,11 @@ impl Inner {
                 if let Some(at) = expires {
                     cmd.arg("expires_ms").arg(at);
                 }
+            }
+            if self.client.is_cluster() {
+                // On a cluster (asynchronous replication), a job is submitted once a replica
+                // has it too, so that a failover right after does not lose it (up to 100 ms).
+                pipe.cmd("WAIT").arg(1).arg(100).ignore();
             }
             pipe.query(conn)
         });
@@ -898,7 +923,7 @@ impl Inner {
             .block(READ_BLOCK.as_millis() as usize);
         while !self.stop.load(Ordering::Relaxed) {
             let reply: Result<StreamReadReply, _> = link.run(&self.stop, |conn| {
-                redis::Commands::xread_options(conn, &[&key], &[&last], &options)
+                crate::wire::xread(conn, &options, &key, &last)
             });
             let Ok(reply) = reply else {
                 std::thread::sleep(READ_BLOCK);
@@ -1013,14 +1038,10 @@ impl Drop for RedisPool {
         }
         self.inner.idle.notify_all();
         // Best effort: this client's result stream is of no use to anyone now.
-        if let Ok(mut conn) = self
-            .inner
-            .client
-            .get_connection_with_timeout(Duration::from_millis(500))
-        {
+        if let Ok(mut conn) = self.inner.client.connect(Duration::from_millis(500)) {
             let _: Result<(), _> = redis::cmd("DEL")
                 .arg(self.inner.keys.results(&self.inner.client_id))
-                .query(&mut conn);
+                .query(conn.as_mut());
         }
     }
 }

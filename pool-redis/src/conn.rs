@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use redis::{Client, Connection, RedisError};
+use redis::{Client, ConnectionLike, RedisError};
 
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -52,10 +52,156 @@ pub(crate) fn is_auth(err: &RedisError) -> bool {
             .any(|c| matches!(c.as_str(), "WRONGPASS" | "NOAUTH" | "NOPERM"))
 }
 
+/// What a connection is made from: one server, or (feature `cluster`) a Redis Cluster, whose
+/// client follows its slots, redirections and failovers. Every key of a queue shares one hash
+/// tag, so a queue lives in one slot, and every pipeline and transaction goes to its master.
+#[derive(Clone)]
+pub(crate) enum Connector {
+    Single(Client),
+    #[cfg(feature = "cluster")]
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        /// The seed nodes, for logs (never credentials).
+        nodes: String,
+        user: String,
+    },
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl From<Client> for Connector {
+    fn from(client: Client) -> Self {
+        Connector::Single(client)
+    }
+}
+
+/// A live connection of either kind.
+pub(crate) type Conn = Box<dyn ConnectionLike + Send>;
+
+impl Connector {
+    /// A Redis Cluster reached through any of `nodes` (URLs; a password in the first is used
+    /// for all).
+    #[cfg(feature = "cluster")]
+    pub(crate) fn cluster(nodes: &[&str]) -> Result<Connector, RedisError> {
+        #[cfg(feature = "tls")]
+        {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let infos = nodes
+            .iter()
+            .map(|n| info(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let user = infos
+            .first()
+            .and_then(|i| i.redis_settings().username().map(str::to_owned))
+            .unwrap_or_else(|| "default".to_owned());
+        let shown: Vec<String> = infos.iter().map(|i| i.addr().to_string()).collect();
+        let client = redis::cluster::ClusterClientBuilder::new(infos)
+            .connection_timeout(CONNECT_TIMEOUT)
+            .build()?;
+        Ok(Connector::Cluster {
+            client,
+            nodes: format!("redis-cluster://{}", shown.join(",")),
+            user,
+        })
+    }
+
+    /// Whether it is a Redis Cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        !matches!(self, Connector::Single(_))
+    }
+
+    /// Where it connects, for messages: address and database, never credentials.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Connector::Single(client) => describe(client),
+            #[cfg(feature = "cluster")]
+            Connector::Cluster { nodes, .. } => nodes.clone(),
+        }
+    }
+
+    fn user(&self) -> String {
+        match self {
+            Connector::Single(client) => client
+                .get_connection_info()
+                .redis_settings()
+                .username()
+                .unwrap_or("default")
+                .to_owned(),
+            #[cfg(feature = "cluster")]
+            Connector::Cluster { user, .. } => user.clone(),
+        }
+    }
+
+    /// A new connection whose commands time out after `timeout`.
+    pub(crate) fn connect(&self, timeout: Duration) -> Result<Conn, RedisError> {
+        match self {
+            Connector::Single(client) => {
+                let conn = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+                conn.set_read_timeout(Some(timeout))?;
+                conn.set_write_timeout(Some(timeout))?;
+                Ok(Box::new(conn))
+            }
+            #[cfg(feature = "cluster")]
+            Connector::Cluster { client, .. } => {
+                let conn = client.get_connection()?;
+                conn.set_read_timeout(Some(timeout))?;
+                conn.set_write_timeout(Some(timeout))?;
+                Ok(Box::new(ClusterConn(conn)))
+            }
+        }
+    }
+}
+
+/// A cluster connection that takes pipelines and transactions. The `redis` crate's sync
+/// cluster connection routes a packed pipeline by its first command (a `MULTI` skipped), with
+/// its redirections, but says it does not pipeline, because commands of a pipeline could
+/// belong to different slots. Ours never do: every key of a queue has the queue's hash tag,
+/// and every pipeline this crate sends touches one queue's keys (keyless commands do not come
+/// first). That is the invariant this type relies on.
+#[cfg(feature = "cluster")]
+struct ClusterConn(redis::cluster::ClusterConnection);
+
+#[cfg(feature = "cluster")]
+impl ConnectionLike for ClusterConn {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<redis::Value> {
+        self.0.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisResult<Vec<redis::Value>> {
+        self.0.req_packed_commands(cmd, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+
+    fn supports_pipelining(&self) -> bool {
+        true
+    }
+
+    fn check_connection(&mut self) -> bool {
+        self.0.check_connection()
+    }
+
+    fn is_open(&self) -> bool {
+        self.0.is_open()
+    }
+}
+
 /// One thread's connection: connects lazily, and again after a transient error.
 pub(crate) struct Link {
-    client: Client,
-    conn: Option<Connection>,
+    client: Connector,
+    conn: Option<Conn>,
     /// A read timeout for commands: a server that vanished without closing the socket must not
     /// block a thread for ever.
     read_timeout: Duration,
@@ -114,14 +260,10 @@ pub(crate) fn describe(client: &Client) -> String {
 }
 
 impl Link {
-    pub(crate) fn new(client: Client, read_timeout: Duration) -> Self {
-        let server = describe(&client);
-        let user = client
-            .get_connection_info()
-            .redis_settings()
-            .username()
-            .unwrap_or("default")
-            .to_owned();
+    pub(crate) fn new(client: impl Into<Connector>, read_timeout: Duration) -> Self {
+        let client = client.into();
+        let server = client.describe();
+        let user = client.user();
         Link {
             client,
             conn: None,
@@ -160,10 +302,7 @@ impl Link {
 
     /// Connects now, once: for callers that should fail fast when Redis is unreachable.
     pub(crate) fn connect_once(&mut self) -> Result<(), RedisError> {
-        let conn = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
-        conn.set_read_timeout(Some(self.read_timeout))?;
-        conn.set_write_timeout(Some(self.read_timeout))?;
-        self.conn = Some(conn);
+        self.conn = Some(self.client.connect(self.read_timeout)?);
         Ok(())
     }
 
@@ -221,14 +360,14 @@ impl Link {
     pub(crate) fn run<T>(
         &mut self,
         stop: &AtomicBool,
-        mut f: impl FnMut(&mut Connection) -> Result<T, RedisError>,
+        mut f: impl FnMut(&mut dyn ConnectionLike) -> Result<T, RedisError>,
     ) -> Result<T, RedisError> {
         loop {
             let result = match self.conn.as_mut() {
-                Some(conn) => f(conn),
+                Some(conn) => f(conn.as_mut()),
                 None => self
                     .connect_once()
-                    .and_then(|()| f(self.conn.as_mut().expect("just connected"))),
+                    .and_then(|()| f(self.conn.as_mut().expect("just connected").as_mut())),
             };
             match result {
                 Ok(v) => {

@@ -82,6 +82,16 @@
 //!   64 ms. A client that dies leaves its jobs to run (their answers expire with its result
 //!   stream).
 //!
+//! # Redis Cluster
+//!
+//! With the `cluster` feature, [`RedisPool::connect_cluster`], [`Worker::cluster`] and
+//! [`Admin::connect_cluster`] work on a Redis Cluster through the `redis` crate's cluster
+//! client (slots, redirections, failovers). A queue's keys share one hash tag, so a queue lives
+//! on one master and its replicas; the client waits until a replica holds each submission
+//! (`WAIT 1 100`). A failover loses what asynchronous replication loses — the master's last
+//! writes: a lost answer or acknowledgement makes the job run again (at-least-once), and a
+//! submission is safe once `WAIT` returned.
+//!
 //! # Big datasets
 //!
 //! `pool_core::SharedSlice` and `Shared` share memory between processes of one machine: their

@@ -69,6 +69,27 @@ impl Keys {
     }
 }
 
+/// `XREAD` (or `XREADGROUP`, when `options` name a group) of one stream from `id`, on any kind
+/// of connection.
+pub(crate) fn xread(
+    conn: &mut dyn redis::ConnectionLike,
+    options: &redis::streams::StreamReadOptions,
+    key: &str,
+    id: &str,
+) -> redis::RedisResult<redis::streams::StreamReadReply> {
+    let command = if options.read_only() {
+        "XREAD"
+    } else {
+        "XREADGROUP"
+    };
+    redis::cmd(command)
+        .arg(options)
+        .arg("STREAMS")
+        .arg(key)
+        .arg(id)
+        .query(conn)
+}
+
 /// Encodes a list of encoded items (arguments or results) as a MessagePack array of `bin`.
 pub(crate) fn encode_items(items: &[Vec<u8>]) -> Vec<u8> {
     let list: Vec<&serde_bytes::Bytes> = items.iter().map(|i| serde_bytes::Bytes::new(i)).collect();

@@ -29,7 +29,7 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadOptions, StreamRe
 use redis::Value;
 
 use crate::client::{field_bytes, field_string, field_u64};
-use crate::conn::Link;
+use crate::conn::{Connector, Link};
 use crate::dead::{Dead, DeadKind};
 use crate::status::{self, now_ms};
 use crate::wire::{self, Keys, WireError, GROUP};
@@ -72,7 +72,7 @@ const WRITE_BATCH: usize = 512;
 /// ```
 pub struct Worker {
     url: String,
-    client: redis::Client,
+    client: Connector,
     keys: Keys,
     pool: PoolBuilder,
     processes: usize,
@@ -133,8 +133,29 @@ impl Worker {
     /// [`new`](Self::new) through a `redis::Client` built by the caller (TLS with a private
     /// certificate authority, for instance: see [`tls_client`](crate::tls_client)).
     pub fn with_client(client: redis::Client, queue: &str) -> Result<Worker, Error> {
+        Worker::with_connector(client.into(), queue)
+    }
+
+    /// A worker for `queue` on a Redis Cluster reached through any of `nodes` (feature
+    /// `cluster`): the client follows the cluster's slots, redirections and failovers. Every key
+    /// of a queue shares one hash tag, so a queue lives on one master (and its replicas);
+    /// spread load over masters with several queues.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let nodes = ["redis://10.0.0.1:7000/", "redis://10.0.0.2:7000/"];
+    /// pool_redis::Worker::cluster(&nodes, "jobs")?.processes(4).run()?;
+    /// # Ok::<(), pool_redis::Error>(())
+    /// ```
+    #[cfg(feature = "cluster")]
+    pub fn cluster(nodes: &[&str], queue: &str) -> Result<Worker, Error> {
+        Worker::with_connector(Connector::cluster(nodes)?, queue)
+    }
+
+    fn with_connector(client: Connector, queue: &str) -> Result<Worker, Error> {
         Ok(Worker {
-            url: crate::conn::describe(&client),
+            url: client.describe(),
             client,
             keys: Keys::new(queue)?,
             pool: Pool::builder(),
@@ -776,7 +797,7 @@ impl Shared {
                 .count(free)
                 .block(READ_BLOCK.as_millis() as usize);
             let read: Result<StreamReadReply, _> = link.run(stop, |conn| {
-                redis::Commands::xread_options(conn, &[&self.keys.tasks], &[">"], &options)
+                wire::xread(conn, &options, &self.keys.tasks, ">")
             });
             match read {
                 Ok(reply) => {
@@ -1125,7 +1146,7 @@ impl Shared {
             .block(READ_BLOCK.as_millis() as usize);
         while !stop.load(Ordering::SeqCst) {
             let read: Result<StreamReadReply, _> = link.run(stop, |conn| {
-                redis::Commands::xread_options(conn, &[&self.keys.control], &[&last], &options)
+                wire::xread(conn, &options, &self.keys.control, &last)
             });
             lock(&self.running).retain(|_, r| r.iter().any(|j| !j.ready()));
             let Ok(reply) = read else {

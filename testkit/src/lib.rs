@@ -334,3 +334,187 @@ fn make_certificates(dir: &std::path::Path) {
         assert!(status.success(), "openssl {args:?} failed");
     }
 }
+
+/// A Redis Cluster on loopback ports: `masters` masters with one replica each, made with
+/// `redis-server --cluster-enabled yes` and `redis-cli --cluster create`, in a temporary
+/// directory; every node is stopped (by pid) and the directory removed on drop.
+#[derive(Debug)]
+pub struct RedisCluster {
+    dir: PathBuf,
+    /// The nodes' ports, and their processes (`None` once killed).
+    nodes: Vec<(u16, Option<Child>)>,
+}
+
+impl RedisCluster {
+    /// Starts `2 × masters` nodes and joins them into a cluster whose node timeout is 1 s (so
+    /// a replica takes over a dead master within a few seconds). Panics with a message if
+    /// `redis-server` or `redis-cli` cannot be run.
+    pub fn start(masters: usize) -> RedisCluster {
+        let ports: Vec<u16> = (0..2 * masters)
+            .map(|_| {
+                TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .expect("a free port")
+                    .port()
+            })
+            .collect();
+        let dir = std::env::temp_dir().join(format!(
+            "pool-redis-cluster-{}-{}",
+            std::process::id(),
+            ports[0]
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let nodes = ports
+            .iter()
+            .map(|&port| {
+                let child = Command::new("redis-server")
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+                    // A replica may take over however long its master has been gone (the
+                    // default refuses when the link was down for long, as at a start).
+                    .args(["--cluster-replica-validity-factor", "0"])
+                    .arg("--cluster-config-file")
+                    .arg(format!("nodes-{port}.conf"))
+                    .arg("--dir")
+                    .arg(&dir)
+                    .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap_or_else(|e| {
+                        panic!("cannot start redis-server ({e}); install it (redis-server)")
+                    });
+                (port, Some(child))
+            })
+            .collect();
+        let cluster = RedisCluster { dir, nodes };
+        for &port in &ports {
+            cluster.wait_for(port, "PING", "PONG");
+        }
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run redis-cli ({e}); install it (redis-tools)"));
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for &port in &ports {
+            cluster.wait_for(port, "CLUSTER INFO", "cluster_state:ok");
+        }
+        // Every replica holds its master's data before anyone relies on a failover (the first
+        // sync can take seconds; a replica promoted before it would start empty).
+        for &port in &ports {
+            if cluster.role(port) == "slave" {
+                cluster.wait_for(port, "INFO replication", "master_link_status:up");
+            }
+        }
+        cluster
+    }
+
+    /// Waits up to 30 s for `command` on the node at `port` to answer with text containing
+    /// `want`.
+    fn wait_for(&self, port: u16, command: &str, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let answer = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+                .and_then(|mut conn| {
+                    let mut words = command.split(' ');
+                    let mut cmd = redis::cmd(words.next().expect("a command"));
+                    for w in words {
+                        cmd.arg(w);
+                    }
+                    cmd.query::<redis::Value>(&mut conn)
+                })
+                .map(|v| match v {
+                    redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+                    redis::Value::VerbatimString { text, .. } => text,
+                    other => format!("{other:?}"),
+                })
+                .unwrap_or_else(|e| e.to_string());
+            if answer.contains(want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {port}: `{command}` did not give {want:?} within 30 s: {answer}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `master` or `slave` (Redis's words), or an error message.
+    fn role(&self, port: u16) -> String {
+        redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+            .and_then(|mut conn| redis::cmd("ROLE").query::<Vec<redis::Value>>(&mut conn))
+            .map(|v| match v.first() {
+                Some(redis::Value::BulkString(r)) => String::from_utf8_lossy(r).into_owned(),
+                other => format!("{other:?}"),
+            })
+            .unwrap_or_else(|e| e.to_string())
+    }
+
+    /// The nodes' URLs (`redis://127.0.0.1:PORT/`), masters and replicas.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|(port, _)| format!("redis://127.0.0.1:{port}/"))
+            .collect()
+    }
+
+    /// The port of the master that serves `key` now.
+    pub fn master_of(&self, key: &str) -> u16 {
+        for (port, child) in &self.nodes {
+            if child.is_none() {
+                continue;
+            }
+            let Ok(mut conn) = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+            else {
+                continue;
+            };
+            // A node's answer to a key it does not serve is MOVED; its master answers.
+            let is_master = self.role(*port) == "master";
+            if is_master
+                && redis::cmd("TYPE")
+                    .arg(key)
+                    .query::<String>(&mut conn)
+                    .is_ok()
+            {
+                return *port;
+            }
+        }
+        panic!("no live master serves {key}");
+    }
+
+    /// Kills (SIGKILL) the node at `port`.
+    pub fn kill(&mut self, port: u16) {
+        for (p, child) in &mut self.nodes {
+            if *p == port {
+                if let Some(mut c) = child.take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.nodes {
+            if let Some(mut c) = child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -6,7 +6,7 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use pool_core::task;
-pub use pool_testkit::RedisServer;
+pub use pool_testkit::{RedisCluster, RedisServer};
 
 /// `x * x`.
 #[task]
@@ -197,6 +197,35 @@ impl WorkerProcess {
                 &max_deliveries.to_string(),
             ])
             .env("POOL_TEST_TAG", tag)
+            .process_group(0)
+            .spawn()
+            .expect("redis-worker starts");
+        WorkerProcess { child }
+    }
+
+    /// Starts `redis-worker` for `queue` on the Redis Cluster `cluster` (its log in `log`).
+    pub fn start_cluster(
+        exe: &str,
+        cluster: &RedisCluster,
+        queue: &str,
+        processes: usize,
+        claim_idle: Duration,
+        tag: &str,
+        log: &std::path::Path,
+    ) -> WorkerProcess {
+        use std::os::unix::process::CommandExt;
+        let urls = cluster.urls();
+        let child = Command::new(exe)
+            .args([
+                &urls[0],
+                queue,
+                &processes.to_string(),
+                &claim_idle.as_millis().to_string(),
+                "3",
+            ])
+            .env("POOL_TEST_CLUSTER", urls.join(","))
+            .env("POOL_TEST_TAG", tag)
+            .stderr(std::fs::File::create(log).expect("create the log"))
             .process_group(0)
             .spawn()
             .expect("redis-worker starts");

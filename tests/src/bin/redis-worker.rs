@@ -30,7 +30,11 @@ fn main() -> Result<(), pool_redis::Error> {
     }
     // POOL_TEST_PREFETCH=N: hold up to N jobs. POOL_TEST_MAX_OUTAGE_MS=N: give up after N ms
     // without Redis.
-    let mut worker = pool_redis::Worker::with_client(client, queue)?;
+    // POOL_TEST_CLUSTER=URL,URL…: serve QUEUE on that Redis Cluster instead.
+    let mut worker = match std::env::var("POOL_TEST_CLUSTER") {
+        Ok(nodes) => pool_redis::Worker::cluster(&nodes.split(',').collect::<Vec<_>>(), queue)?,
+        Err(_) => pool_redis::Worker::with_client(client, queue)?,
+    };
     if let Some(ms) = std::env::var_os("POOL_TEST_MAX_OUTAGE_MS") {
         let ms = ms.to_str().and_then(|n| n.parse().ok()).expect("a number");
         worker = worker.max_outage(Duration::from_millis(ms));
