@@ -948,7 +948,10 @@ impl Shared {
                     .iter()
                     .any(|v| matches!(v, Err(pool_core::Error::Cancelled)));
                 let outcome = if values.iter().all(Result::is_ok) {
-                    Outcome::All(values.into_iter().flatten().collect())
+                    // Collected in place (`map`, not `flatten`): the 80-byte results' buffer is
+                    // reused for the values, not freed (freeing a block of 64 KiB or more makes
+                    // glibc consolidate its free lists: a chunk of 1,000 items paid for it).
+                    Outcome::All(values.into_iter().map(Result::unwrap_or_default).collect())
                 } else {
                     Outcome::Each(
                         values
