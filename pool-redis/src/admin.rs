@@ -218,19 +218,7 @@ impl Admin {
     /// [`RedisPool::id`]: crate::RedisPool::id
     pub fn cancel_client(&self, client: &str) -> Result<u64, Error> {
         let removed = self.take_waiting(|reply| reply.is_some_and(|(c, _)| c == client))?;
-        self.run(|conn| {
-            redis::cmd("XADD")
-                .arg(&self.keys.control)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(10_000)
-                .arg("*")
-                .arg("client")
-                .arg(client)
-                .arg("ids")
-                .arg("*")
-                .query::<()>(conn)
-        })?;
+        self.tell_cancel(client, "*")?;
         Ok(removed)
     }
 
@@ -239,24 +227,21 @@ impl Admin {
     pub fn cancel_job(&self, client: &str, job: u64) -> Result<bool, Error> {
         let removed =
             self.take_waiting(|reply| reply.is_some_and(|(c, j)| c == client && j == job))?;
-        self.run(|conn| {
-            redis::cmd("XADD")
-                .arg(&self.keys.control)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(10_000)
-                .arg("*")
-                .arg("client")
-                .arg(client)
-                .arg("ids")
-                .arg(job)
-                .query::<()>(conn)
-        })?;
+        self.tell_cancel(client, &job.to_string())?;
         Ok(removed > 0)
     }
 
-    /// Removes the waiting jobs (after the group's last delivered entry) whose reply `keep`
-    /// selects (given its client and job id), answering each `Cancelled`.
+    /// Tells the workers to stop the jobs `ids` of `client` where they run.
+    fn tell_cancel(&self, client: &str, ids: &str) -> Result<(), Error> {
+        self.run(|conn| {
+            let mut pipe = redis::pipe();
+            self.keys.tell_cancel(&mut pipe, client, ids);
+            pipe.query::<()>(conn)
+        })
+    }
+
+    /// Removes the waiting jobs (after the group's last delivered entry) that `select` picks
+    /// (given its client and job id), answering each `Cancelled`.
     fn take_waiting(&self, select: impl Fn(Option<(&str, u64)>) -> bool) -> Result<u64, Error> {
         let last = self.last_delivered()?;
         let mut start = match &last {

@@ -898,17 +898,7 @@ impl Inner {
                     .arg(&entries)
                     .ignore();
             }
-            pipe.cmd("XADD")
-                .arg(&self.keys.control)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(10_000)
-                .arg("*")
-                .arg("client")
-                .arg(&self.client_id)
-                .arg("ids")
-                .arg(&ids)
-                .ignore();
+            self.keys.tell_cancel(&mut pipe, &self.client_id, &ids);
             pipe.query::<()>(conn)
         });
     }

@@ -22,9 +22,19 @@ pub(crate) fn transient(err: &RedisError) -> bool {
         || err.is_connection_dropped()
         || err.is_connection_refusal()
         || err.is_timeout()
-        || server_codes(err)
-            .iter()
-            .any(|c| matches!(c.as_str(), "LOADING" | "TRYAGAIN" | "MASTERDOWN"))
+        || server_codes(err).iter().any(|c| {
+            // A cluster during a failover: down for a moment, or this node a replica now.
+            matches!(
+                c.as_str(),
+                "LOADING"
+                    | "TRYAGAIN"
+                    | "MASTERDOWN"
+                    | "CLUSTERDOWN"
+                    | "READONLY"
+                    | "MOVED"
+                    | "ASK"
+            )
+        })
 }
 
 /// The server's error codes in `err` (`NOGROUP`, `LOADING`, …), including those of the

@@ -60,6 +60,22 @@ impl Keys {
         })
     }
 
+    /// Adds to `pipe` the control entry that tells workers to cancel the jobs `ids` of `client`
+    /// (comma-separated job ids, or `*` for all of them). The stream keeps about 10,000.
+    pub(crate) fn tell_cancel(&self, pipe: &mut redis::Pipeline, client: &str, ids: &str) {
+        pipe.cmd("XADD")
+            .arg(&self.control)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(10_000)
+            .arg("*")
+            .arg("client")
+            .arg(client)
+            .arg("ids")
+            .arg(ids)
+            .ignore();
+    }
+
     pub(crate) fn results(&self, client: &str) -> String {
         format!("pool:{{{}}}:results:{client}", self.queue)
     }

@@ -494,6 +494,42 @@ impl RedisCluster {
         panic!("no live master serves {key}");
     }
 
+    /// Waits (up to 30 s) until a replica of the master at `port` has acknowledged everything
+    /// the master has written (the master's `ROLE`: its offset, and each replica's).
+    pub fn wait_replicated(&self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let role = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+                .and_then(|mut conn| redis::cmd("ROLE").query::<redis::Value>(&mut conn));
+            let synced = match &role {
+                Ok(redis::Value::Array(parts)) => match (parts.get(1), parts.get(2)) {
+                    (Some(redis::Value::Int(offset)), Some(redis::Value::Array(replicas))) => {
+                        replicas.iter().any(|r| match r {
+                            redis::Value::Array(f) => match f.get(2) {
+                                Some(redis::Value::BulkString(b)) => {
+                                    String::from_utf8_lossy(b).parse::<i64>().ok() == Some(*offset)
+                                }
+                                _ => false,
+                            },
+                            _ => false,
+                        })
+                    }
+                    _ => false,
+                },
+                _ => false,
+            };
+            if synced {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no replica of node {port} caught up within 30 s: {role:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Kills (SIGKILL) the node at `port`.
     pub fn kill(&mut self, port: u16) {
         for (p, child) in &mut self.nodes {

@@ -52,6 +52,10 @@ fn a_cluster_serves_the_queue_and_survives_its_master_failing_over() {
         let result = pool.map_async_chunked(slow_square, (0..n).map(|i| (i, 10)), 10);
         std::thread::sleep(Duration::from_millis(700));
         assert!(!result.ready(), "the map should still be running");
+        // The failover this test is about: a replica that holds its master's writes. (A
+        // replica that was not in sync would start empty: what a cluster loses then is not
+        // this crate's to recover.)
+        cluster.wait_replicated(master);
         cluster.kill(master);
         let killed = Instant::now();
         let outcome = result.get_timeout(Duration::from_secs(120));

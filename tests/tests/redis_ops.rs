@@ -302,7 +302,10 @@ fn dead_workers_consumers_disappear_from_the_group() {
                 .iter()
                 .all(|c| c.name != dead_name)
         });
-        assert!(read(&log).contains("removed a dead worker's consumer"));
+        // The worker logs it just after the removal.
+        wait_for(10, "the removal is logged", || {
+            read(&log).contains("removed a dead worker's consumer")
+        });
     });
 }
 
