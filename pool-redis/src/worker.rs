@@ -1397,6 +1397,15 @@ impl Shared {
             handed_back.remove(&a.entry);
         }
         drop((held, handed_back));
+        // Answered jobs need no cancel any more: their local results go now, not at the control
+        // reader's next sweep (up to half a second of results held for nothing).
+        let mut running = lock(&self.running);
+        for a in answers {
+            if let Some(reply) = &a.reply {
+                running.remove(reply);
+            }
+        }
+        drop(running);
         self.released.notify_all();
     }
 
