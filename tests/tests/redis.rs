@@ -751,8 +751,17 @@ fn a_sigtermed_worker_drains_hands_back_its_prefetched_jobs_and_exits_0() {
         let result =
             pool.map_async_chunked(logged_square, (0..n).map(|i| (log.clone(), i, 300)), 1);
         let t = Instant::now();
-        while pool.status().unwrap().waiting > 0 {
-            assert!(t.elapsed() < Duration::from_secs(20), "a took nothing");
+        // Until `a` holds all 16 (the client submits them from its own thread: "none waiting"
+        // alone could be read before the last ones are in the queue).
+        loop {
+            let s = pool.status().unwrap();
+            if s.pending == n && s.waiting == 0 {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "a did not take all: {s:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         let _b = start("b", &[]);

@@ -332,8 +332,10 @@ fn purge_removes_waiting_jobs_and_cancel_client_stops_a_clients_work() {
         let jobs: Vec<_> = (0..4)
             .map(|i| pool.apply_async(slow_square, (i, 20_000)))
             .collect();
-        wait_for(10, "one job running", || {
-            pool.status().unwrap().pending >= 1
+        // All four in Redis (the client submits from its own thread), one taken.
+        wait_for(10, "one job running, three waiting", || {
+            let s = pool.status().unwrap();
+            s.pending >= 1 && s.pending + s.waiting == 4
         });
         let t = Instant::now();
         let removed = admin.cancel_client(pool.id()).unwrap();
@@ -485,7 +487,10 @@ fn the_cli_shows_status_workers_and_dead_letters_and_requeues_purges_and_cancels
         // Purge and cancel: a client with waiting work behind a long job.
         let running = pool.apply_async(slow_square, (1, 20_000));
         let waiting = pool.apply_async(square, 5);
-        wait_for(10, "one running", || pool.status().unwrap().pending == 1);
+        wait_for(10, "one running, one waiting", || {
+            let s = pool.status().unwrap();
+            (s.pending, s.waiting) == (1, 1)
+        });
         let (ok, out, _) = run_cli(&["--json", "purge", &url, "jobs"]);
         assert!(ok);
         assert_eq!(out.trim(), r#"{"purged":1}"#);
