@@ -138,6 +138,17 @@ pub struct WorkerProcess {
     child: Child,
 }
 
+/// The command line of `redis-worker`: `URL QUEUE PROCESSES CLAIM_IDLE_MS MAX_DELIVERIES`, and
+/// its `POOL_TEST_TAG`.
+struct WorkerArgs<'a> {
+    url: String,
+    queue: &'a str,
+    processes: usize,
+    claim_idle: Duration,
+    max_deliveries: u64,
+    tag: &'a str,
+}
+
 impl WorkerProcess {
     /// Starts `redis-worker URL QUEUE PROCESSES CLAIM_IDLE_MS MAX_DELIVERIES` for `server`
     /// with `POOL_TEST_TAG=tag`, the variables in `env`, and `POOL_TEST_CA` (the server's
@@ -179,7 +190,6 @@ impl WorkerProcess {
         env: &[(&str, &str)],
         log: Option<&std::path::Path>,
     ) -> WorkerProcess {
-        use std::os::unix::process::CommandExt;
         let mut cmd = Command::new(exe);
         if let Some(log) = log {
             cmd.stderr(std::fs::File::create(log).expect("create the log"));
@@ -188,19 +198,15 @@ impl WorkerProcess {
             cmd.env("POOL_TEST_CA", server.ca_path());
         }
         cmd.envs(env.iter().copied());
-        let child = cmd
-            .args([
-                &server.url(),
-                queue,
-                &processes.to_string(),
-                &claim_idle.as_millis().to_string(),
-                &max_deliveries.to_string(),
-            ])
-            .env("POOL_TEST_TAG", tag)
-            .process_group(0)
-            .spawn()
-            .expect("redis-worker starts");
-        WorkerProcess { child }
+        let args = WorkerArgs {
+            url: server.url(),
+            queue,
+            processes,
+            claim_idle,
+            max_deliveries,
+            tag,
+        };
+        Self::spawn(cmd, args)
     }
 
     /// Starts `redis-worker` for `queue` on the Redis Cluster `cluster` (its log in `log`).
@@ -213,19 +219,34 @@ impl WorkerProcess {
         tag: &str,
         log: &std::path::Path,
     ) -> WorkerProcess {
-        use std::os::unix::process::CommandExt;
         let urls = cluster.urls();
-        let child = Command::new(exe)
+        let mut cmd = Command::new(exe);
+        cmd.env("POOL_TEST_CLUSTER", urls.join(","))
+            .stderr(std::fs::File::create(log).expect("create the log"));
+        let args = WorkerArgs {
+            url: urls[0].clone(),
+            queue,
+            processes,
+            claim_idle,
+            max_deliveries: 3,
+            tag,
+        };
+        Self::spawn(cmd, args)
+    }
+
+    /// Runs `cmd` (the `redis-worker` binary, its environment set) with the worker's arguments,
+    /// in a process group of its own.
+    fn spawn(mut cmd: Command, a: WorkerArgs<'_>) -> WorkerProcess {
+        use std::os::unix::process::CommandExt;
+        let child = cmd
             .args([
-                &urls[0],
-                queue,
-                &processes.to_string(),
-                &claim_idle.as_millis().to_string(),
-                "3",
+                &a.url,
+                a.queue,
+                &a.processes.to_string(),
+                &a.claim_idle.as_millis().to_string(),
+                &a.max_deliveries.to_string(),
             ])
-            .env("POOL_TEST_CLUSTER", urls.join(","))
-            .env("POOL_TEST_TAG", tag)
-            .stderr(std::fs::File::create(log).expect("create the log"))
+            .env("POOL_TEST_TAG", a.tag)
             .process_group(0)
             .spawn()
             .expect("redis-worker starts");
