@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::job::{Job, TaskName};
-use crate::result::{decode_one, encoded_all, encoded_each, Counts, ResultCell};
+use crate::result::{decode_one, encoded_all, encoded_each, Counts, EncodedOutcomes, ResultCell};
 use crate::wire::frame::JobBuilder;
 use crate::{AsyncResult, Error, Pool, Task};
 
@@ -234,12 +234,12 @@ impl Pool {
     /// panics, or whose worker dies under it, is an `Err` in its place and the other items keep
     /// their values. The result fails as a whole only for failures of the whole job (an
     /// unknown task, a broken frame, the pool terminated). For transports that answer item by
-    /// item (`pool-redis`).
+    /// item (`pool-redis`). The values share one buffer ([`EncodedOutcomes`]).
     pub fn apply_encoded_each<B: AsRef<[u8]>>(
         &self,
         name: &str,
         items: &[B],
-    ) -> AsyncResult<Vec<Result<Vec<u8>, Error>>> {
+    ) -> AsyncResult<EncodedOutcomes> {
         self.submit_encoded(name, items, |name, counts| {
             ResultCell::per_item(name, counts, encoded_each)
         })

@@ -217,7 +217,7 @@ pub use mp::{
     Queue, RLock, RLockGuard, Runnable, Semaphore, SharedMemory, Value, ValueGuard,
 };
 pub use pool::Pool;
-pub use result::AsyncResult;
+pub use result::{AsyncResult, EncodedOutcomes, EncodedOutcomesIter};
 /// The archive format of [`Shared`] (feature `rkyv`), re-exported so that
 /// `#[derive(rkyv::Archive, rkyv::Serialize)]` with `#[rkyv(crate = pool_core::rkyv)]` needs no
 /// dependency of your own.

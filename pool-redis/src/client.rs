@@ -440,7 +440,7 @@ impl RedisPool {
         let submission = Submission::Job {
             id,
             task: task.to_owned(),
-            args: wire::encode_items(items),
+            args: wire::encode_items(items.iter().map(Vec::as_slice)),
         };
         if sender.send(submission).is_err() {
             if let Some(resolve) = lock(&self.inner.pending).remove(&id) {

@@ -106,10 +106,24 @@ pub(crate) fn xread(
         .query(conn)
 }
 
-/// Encodes a list of encoded items (arguments or results) as a MessagePack array of `bin`.
-pub(crate) fn encode_items(items: &[Vec<u8>]) -> Vec<u8> {
-    let list: Vec<&serde_bytes::Bytes> = items.iter().map(|i| serde_bytes::Bytes::new(i)).collect();
-    rmp_serde::to_vec(&list).expect("a list of byte strings always encodes")
+/// Encodes a list of encoded items (arguments or results) as a MessagePack array of `bin`,
+/// written straight from the slices into one buffer.
+pub(crate) fn encode_items<'a, I>(items: I) -> Vec<u8>
+where
+    I: IntoIterator<Item = &'a [u8]>,
+    I::IntoIter: ExactSizeIterator,
+{
+    let items = items.into_iter();
+    let mut out = Vec::with_capacity(8 + items.len() * 8);
+    // Writing to a vector cannot fail; a length past u32::MAX is refused by Redis long before.
+    let len = u32::try_from(items.len()).expect("fewer than 2^32 items");
+    rmp::encode::write_array_len(&mut out, len).expect("writes to a vector");
+    for item in items {
+        let len = u32::try_from(item.len()).expect("an item under 4 GiB");
+        rmp::encode::write_bin_len(&mut out, len).expect("writes to a vector");
+        out.extend_from_slice(item);
+    }
+    out
 }
 
 /// Decodes what [`encode_items`] wrote.
@@ -396,7 +410,10 @@ mod test {
     #[test]
     fn items_and_errors_round_trip() {
         let items = vec![vec![1u8, 2], vec![], vec![0xc4; 300]];
-        assert_eq!(decode_items(&encode_items(&items)).unwrap(), items);
+        assert_eq!(
+            decode_items(&encode_items(items.iter().map(Vec::as_slice))).unwrap(),
+            items
+        );
         assert!(decode_items(b"\x93garbage").is_err());
         let err = pool_core::Error::WorkerDied {
             task: "t".into(),

@@ -511,6 +511,8 @@ struct KeeperSettings {
 /// What a job's items gave: all values, or (when one failed) each item's own outcome.
 enum Outcome {
     All(Vec<Vec<u8>>),
+    /// All values, as the local pool gave them (one buffer; no allocation per item).
+    Values(pool_core::EncodedOutcomes),
     Each(Vec<Result<Vec<u8>, WireError>>),
 }
 
@@ -544,7 +546,7 @@ impl Answer {
             return None;
         }
         let (err, failed, of) = match &self.outcome {
-            Err(WireError::Cancelled) | Ok(Outcome::All(_)) => return None,
+            Err(WireError::Cancelled) | Ok(Outcome::All(_) | Outcome::Values(_)) => return None,
             Err(err) => (err, 1, 1),
             Ok(Outcome::Each(each)) => {
                 let mut errors = each.iter().filter_map(|o| o.as_ref().err());
@@ -722,7 +724,7 @@ impl Piecework {
     }
 }
 
-type RunningJob = pool_core::AsyncResult<Vec<Result<Vec<u8>, pool_core::Error>>>;
+type RunningJob = pool_core::AsyncResult<pool_core::EncodedOutcomes>;
 
 struct Shared {
     pool: Pool,
@@ -945,18 +947,15 @@ impl Shared {
                 // Each item's own outcome travels back, so that one failed item (a panic, a
                 // process dying under it) costs that item only.
                 let cancelled = values
-                    .iter()
-                    .any(|v| matches!(v, Err(pool_core::Error::Cancelled)));
-                let outcome = if values.iter().all(Result::is_ok) {
-                    // Collected in place (`map`, not `flatten`): the 80-byte results' buffer is
-                    // reused for the values, not freed (freeing a block of 64 KiB or more makes
-                    // glibc consolidate its free lists: a chunk of 1,000 items paid for it).
-                    Outcome::All(values.into_iter().map(Result::unwrap_or_default).collect())
+                    .errors()
+                    .any(|(_, e)| matches!(e, pool_core::Error::Cancelled));
+                let outcome = if values.all_ok() {
+                    Outcome::Values(values)
                 } else {
                     Outcome::Each(
                         values
-                            .into_iter()
-                            .map(|v| v.map_err(|e| WireError::from_pool(&e)))
+                            .iter()
+                            .map(|v| v.map(<[u8]>::to_vec).map_err(WireError::from_pool))
                             .collect(),
                     )
                 };
@@ -1054,10 +1053,11 @@ impl Shared {
                     state.all_whole = false;
                     state.done += values.len();
                     state.cancelled |= values
-                        .iter()
-                        .any(|v| matches!(v, Err(pool_core::Error::Cancelled)));
-                    for (i, v) in ok_indices.into_iter().zip(values) {
-                        state.outcomes[i] = Some(v.map_err(|e| WireError::from_pool(&e)));
+                        .errors()
+                        .any(|(_, e)| matches!(e, pool_core::Error::Cancelled));
+                    for (i, v) in ok_indices.into_iter().zip(&values) {
+                        state.outcomes[i] =
+                            Some(v.map(<[u8]>::to_vec).map_err(WireError::from_pool));
                     }
                     ok_work.piece_ended(&mut state);
                 })
@@ -1265,9 +1265,15 @@ impl Shared {
                             let key = self.keys.results(client);
                             let cmd = pipe.cmd("XADD").arg(&key).arg("*").arg("id").arg(*job);
                             match &a.outcome {
-                                Ok(Outcome::All(values)) => {
-                                    cmd.arg("ok").arg(wire::encode_items(values))
-                                }
+                                Ok(Outcome::All(values)) => cmd
+                                    .arg("ok")
+                                    .arg(wire::encode_items(values.iter().map(Vec::as_slice))),
+                                Ok(Outcome::Values(values)) => cmd.arg("ok").arg(
+                                    // Every item succeeded (see where `Values` is made).
+                                    wire::encode_items(
+                                        values.iter().map(Result::unwrap_or_default),
+                                    ),
+                                ),
                                 Ok(Outcome::Each(each)) => {
                                     cmd.arg("each").arg(wire::encode_each(each))
                                 }

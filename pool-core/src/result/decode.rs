@@ -3,6 +3,7 @@
 
 use serde::de::DeserializeOwned;
 
+use super::EncodedOutcomes;
 use crate::wire::frame::{self, Outcome, ResultFrame};
 use crate::Error;
 
@@ -197,20 +198,19 @@ pub(crate) fn encoded_all(parts: &[ResultFrame], task: &str) -> Result<Vec<Vec<u
     collect_items(parts, task, |bytes| Ok(bytes.to_vec()))
 }
 
-/// Every item's own outcome, as MessagePack bytes or its error (for a per-item result).
-pub(crate) fn encoded_each(
-    parts: &[ResultFrame],
-    task: &str,
-) -> Result<Vec<Result<Vec<u8>, Error>>, Error> {
-    let mut out = Vec::new();
+/// Every item's own outcome, as MessagePack bytes or its error (for a per-item result), in
+/// one buffer.
+pub(crate) fn encoded_each(parts: &[ResultFrame], task: &str) -> Result<EncodedOutcomes, Error> {
+    let mut out = EncodedOutcomes::default();
     for part in parts {
         let results = part.results().map_err(|e| frame_error(e, task))?;
-        out.reserve(results.remaining() as usize);
+        // The frame's size bounds its values' size.
+        out.reserve(results.remaining() as usize, part.len_hint());
         for outcome in results {
-            out.push(match outcome? {
-                Outcome::Ok(bytes) => Ok(bytes.to_vec()),
-                other => Err(other.to_error(task).expect("not Ok")),
-            });
+            match outcome? {
+                Outcome::Ok(bytes) => out.push_ok(bytes)?,
+                other => out.push_err(other.to_error(task).expect("not Ok")),
+            }
         }
     }
     Ok(out)

@@ -5,6 +5,7 @@
 
 pub(crate) mod cell;
 pub(crate) mod decode;
+mod outcomes;
 
 use std::fmt;
 use std::future::Future;
@@ -19,6 +20,8 @@ pub(crate) use decode::{
     check_frame, decode_all, decode_into, decode_one, decode_value, encoded_all, encoded_each,
     frame_error,
 };
+
+pub use outcomes::{EncodedOutcomes, Iter as EncodedOutcomesIter};
 
 use crate::owner::Owner;
 use crate::Error;
