@@ -108,10 +108,9 @@ struct Inner {
     keys: Keys,
     client_id: String,
     next_id: AtomicU64,
-    pending: Mutex<HashMap<u64, Resolve>>,
-    /// For each pending job whose caller may cancel it: how to tell, and its entry in the task
-    /// stream once sent.
-    watch: Mutex<HashMap<u64, Watch>>,
+    /// The jobs waiting for their result, by job id (one table, one lock and one lookup per
+    /// job on the way in and on the way out).
+    pending: Mutex<HashMap<u64, Pending, JobIdHash>>,
     /// Signalled when `pending` becomes empty.
     idle: Condvar,
     submit: Mutex<Option<Sender<Submission>>>,
@@ -120,9 +119,47 @@ struct Inner {
     expiry_ms: AtomicU64,
 }
 
-struct Watch {
-    cancelled: Box<dyn Fn() -> bool + Send + Sync>,
+/// A job waiting for its result.
+struct Pending {
+    resolve: Resolve,
+    /// How to tell that its caller cancelled it (absent when the caller cannot).
+    cancelled: Option<Box<dyn Fn() -> bool + Send + Sync>>,
+    /// Its entry in the task stream, once sent (for a cancel to delete it).
     entry: Option<String>,
+}
+
+/// Hashes job ids, which this client counts up from 0 itself (nobody else chooses them), with
+/// one multiplication instead of SipHash: the table sees every job twice.
+#[derive(Default, Clone, Copy)]
+struct JobIdHash;
+
+impl std::hash::BuildHasher for JobIdHash {
+    type Hasher = JobIdHasher;
+
+    fn build_hasher(&self) -> JobIdHasher {
+        JobIdHasher(0)
+    }
+}
+
+#[derive(Default)]
+struct JobIdHasher(u64);
+
+impl std::hash::Hasher for JobIdHasher {
+    fn finish(&self) -> u64 {
+        // Fibonacci hashing: the high bits, which the table's control bytes use, mix every
+        // bit of the id.
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id;
+    }
 }
 
 enum Submission {
@@ -268,8 +305,7 @@ impl RedisPool {
             keys,
             client_id: random_id(),
             next_id: AtomicU64::new(1),
-            pending: Mutex::new(HashMap::new()),
-            watch: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::default()),
             idle: Condvar::new(),
             submit: Mutex::new(Some(tx)),
             stop: AtomicBool::new(false),
@@ -427,24 +463,22 @@ impl RedisPool {
             resolve(Err(Error::Closed));
             return;
         };
-        lock(&self.inner.pending).insert(id, Box::new(resolve));
-        if let Some(cancelled) = cancelled {
-            lock(&self.inner.watch).insert(
-                id,
-                Watch {
-                    cancelled,
-                    entry: None,
-                },
-            );
-        }
+        lock(&self.inner.pending).insert(
+            id,
+            Pending {
+                resolve: Box::new(resolve),
+                cancelled,
+                entry: None,
+            },
+        );
         let submission = Submission::Job {
             id,
             task: task.to_owned(),
             args: wire::encode_items(items.iter().map(Vec::as_slice)),
         };
         if sender.send(submission).is_err() {
-            if let Some(resolve) = lock(&self.inner.pending).remove(&id) {
-                resolve(Err(Error::Closed));
+            if let Some(job) = lock(&self.inner.pending).remove(&id) {
+                (job.resolve)(Err(Error::Closed));
             }
         }
     }
@@ -835,10 +869,12 @@ impl Inner {
         });
         match sent {
             Ok(entries) => {
-                let mut watch = lock(&self.watch);
+                let mut pending = lock(&self.pending);
                 for ((id, _, _), entry) in batch.iter().zip(entries) {
-                    if let Some(w) = watch.get_mut(id) {
-                        w.entry = Some(entry);
+                    if let Some(job) = pending.get_mut(id) {
+                        if job.cancelled.is_some() {
+                            job.entry = Some(entry);
+                        }
                     }
                 }
             }
@@ -859,28 +895,23 @@ impl Inner {
     /// from the task stream (`XDEL`), and tells the workers to stop the ones they hold (an
     /// entry in the control stream, which every worker reads).
     fn take_back_cancelled(&self, link: &mut Link) {
-        let cancelled: Vec<(u64, Option<String>)> = {
-            let mut watch = lock(&self.watch);
-            let ids: Vec<u64> = watch
+        let (cancelled, now_idle) = {
+            let mut pending = lock(&self.pending);
+            let ids: Vec<u64> = pending
                 .iter()
-                .filter(|(_, w)| (w.cancelled)())
+                .filter(|(_, job)| job.cancelled.as_ref().is_some_and(|c| c()))
                 .map(|(id, _)| *id)
                 .collect();
-            ids.into_iter()
-                .filter_map(|id| watch.remove(&id).map(|w| (id, w.entry)))
-                .collect()
+            // The caller has its answer (`Cancelled`); nothing more is delivered.
+            let cancelled: Vec<(u64, Option<String>)> = ids
+                .into_iter()
+                .filter_map(|id| pending.remove(&id).map(|job| (id, job.entry)))
+                .collect();
+            (cancelled, pending.is_empty())
         };
         if cancelled.is_empty() {
             return;
         }
-        let now_idle = {
-            let mut pending = lock(&self.pending);
-            for (id, _) in &cancelled {
-                // The caller has its answer (`Cancelled`); nothing more is delivered.
-                pending.remove(id);
-            }
-            pending.is_empty()
-        };
         if now_idle {
             self.idle.notify_all();
         }
@@ -939,12 +970,12 @@ impl Inner {
         let Some(id) = field_u64(map, "id") else {
             return;
         };
-        let outcome = if let Some(ok) = field_bytes(map, "ok") {
-            wire::decode_items(&ok)
+        let outcome = if let Some(ok) = field_slice(map, "ok") {
+            wire::decode_items(ok)
                 .map(Answered::All)
                 .map_err(|e| Error::Protocol(format!("result list: {e}")))
-        } else if let Some(each) = field_bytes(map, "each") {
-            wire::decode_each(&each)
+        } else if let Some(each) = field_slice(map, "each") {
+            wire::decode_each(each)
                 .map(|items| {
                     Answered::Each(
                         items
@@ -954,8 +985,8 @@ impl Inner {
                     )
                 })
                 .map_err(|e| Error::Protocol(format!("outcome list: {e}")))
-        } else if let Some(err) = field_bytes(map, "err") {
-            match rmp_serde::from_slice::<WireError>(&err) {
+        } else if let Some(err) = field_slice(map, "err") {
+            match rmp_serde::from_slice::<WireError>(err) {
                 Ok(w) => Err(w.into_error()),
                 Err(e) => Err(Error::Protocol(format!("error entry: {e}"))),
             }
@@ -966,14 +997,13 @@ impl Inner {
     }
 
     fn resolve(&self, id: u64, outcome: Result<Answered, Error>) {
-        lock(&self.watch).remove(&id);
-        let (resolve, now_idle) = {
+        let (job, now_idle) = {
             let mut pending = lock(&self.pending);
-            let r = pending.remove(&id);
-            (r, pending.is_empty())
+            let job = pending.remove(&id);
+            (job, pending.is_empty())
         };
-        if let Some(resolve) = resolve {
-            resolve(outcome);
+        if let Some(job) = job {
+            (job.resolve)(outcome);
         }
         if now_idle {
             self.idle.notify_all();
@@ -981,20 +1011,30 @@ impl Inner {
     }
 }
 
-pub(crate) fn field_bytes(map: &HashMap<String, Value>, name: &str) -> Option<Vec<u8>> {
+/// A field's bytes, borrowed from the entry.
+pub(crate) fn field_slice<'a>(map: &'a HashMap<String, Value>, name: &str) -> Option<&'a [u8]> {
     match map.get(name)? {
-        Value::BulkString(b) => Some(b.clone()),
-        Value::SimpleString(s) => Some(s.clone().into_bytes()),
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
         _ => None,
     }
 }
 
+/// A field as text, borrowed from the entry.
+pub(crate) fn field_str<'a>(map: &'a HashMap<String, Value>, name: &str) -> Option<&'a str> {
+    std::str::from_utf8(field_slice(map, name)?).ok()
+}
+
+pub(crate) fn field_bytes(map: &HashMap<String, Value>, name: &str) -> Option<Vec<u8>> {
+    field_slice(map, name).map(<[u8]>::to_vec)
+}
+
 pub(crate) fn field_string(map: &HashMap<String, Value>, name: &str) -> Option<String> {
-    String::from_utf8(field_bytes(map, name)?).ok()
+    field_str(map, name).map(str::to_owned)
 }
 
 pub(crate) fn field_u64(map: &HashMap<String, Value>, name: &str) -> Option<u64> {
-    field_string(map, name)?.parse().ok()
+    field_str(map, name)?.parse().ok()
 }
 
 impl pool_core::__private::CancelListener for Inner {
@@ -1022,9 +1062,9 @@ impl Drop for RedisPool {
             let _ = t.join();
         }
         // Whatever is still waiting will never be answered to this client.
-        let pending: Vec<Resolve> = lock(&self.inner.pending).drain().map(|(_, r)| r).collect();
-        for resolve in pending {
-            resolve(Err(Error::Closed));
+        let pending: Vec<Pending> = lock(&self.inner.pending).drain().map(|(_, j)| j).collect();
+        for job in pending {
+            (job.resolve)(Err(Error::Closed));
         }
         self.inner.idle.notify_all();
         // Best effort: this client's result stream is of no use to anyone now.

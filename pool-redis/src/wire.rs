@@ -128,8 +128,32 @@ where
 
 /// Decodes what [`encode_items`] wrote.
 pub(crate) fn decode_items(bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
-    let list: Vec<ByteBuf> = rmp_serde::from_slice(bytes).map_err(|e| e.to_string())?;
-    Ok(list.into_iter().map(ByteBuf::into_vec).collect())
+    Ok(decode_slices(bytes)?
+        .into_iter()
+        .map(<[u8]>::to_vec)
+        .collect())
+}
+
+/// Decodes what [`encode_items`] wrote, each item borrowed from `bytes` (no copy).
+pub(crate) fn decode_slices(bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
+    let mut rest = bytes;
+    let n = rmp::decode::read_array_len(&mut rest).map_err(|e| e.to_string())? as usize;
+    // Each item takes at least one byte: a length past what is left is a lie.
+    let mut out = Vec::with_capacity(n.min(rest.len()));
+    for i in 0..n {
+        let len =
+            rmp::decode::read_bin_len(&mut rest).map_err(|e| format!("item {i}: {e}"))? as usize;
+        if len > rest.len() {
+            return Err(format!(
+                "item {i}: {len} bytes announced, {} left",
+                rest.len()
+            ));
+        }
+        let (item, after) = rest.split_at(len);
+        out.push(item);
+        rest = after;
+    }
+    Ok(out)
 }
 
 /// One item's outcome, for a job whose items did not all succeed (the `each` field).
@@ -415,6 +439,19 @@ mod test {
             items
         );
         assert!(decode_items(b"\x93garbage").is_err());
+        // The encoding is the one serde writes for a list of byte strings (what older clients
+        // and workers read and wrote).
+        let list: Vec<serde_bytes::ByteBuf> = items.iter().cloned().map(Into::into).collect();
+        let by_serde = rmp_serde::to_vec(&list).unwrap();
+        assert_eq!(encode_items(items.iter().map(Vec::as_slice)), by_serde);
+        // Items are borrowed in place; a length past the end is refused, not read past.
+        let slices = decode_slices(&by_serde).unwrap();
+        assert_eq!(
+            slices[2].as_ptr(),
+            by_serde[by_serde.len() - 300..].as_ptr()
+        );
+        assert!(decode_slices(&by_serde[..by_serde.len() - 1]).is_err());
+        assert!(decode_slices(b"\x91\xc4\xff").is_err());
         let err = pool_core::Error::WorkerDied {
             task: "t".into(),
             pid: 7,

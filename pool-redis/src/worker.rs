@@ -28,7 +28,7 @@ use pool_core::{Pool, PoolBuilder};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
 use redis::Value;
 
-use crate::client::{field_bytes, field_string, field_u64};
+use crate::client::{field_slice, field_str, field_string, field_u64};
 use crate::conn::{Connector, Link};
 use crate::dead::{Dead, DeadKind};
 use crate::status::{self, now_ms};
@@ -577,8 +577,8 @@ impl Answer {
 fn malformed_reason(
     map: &HashMap<String, Value>,
     reply: &Option<(String, u64)>,
-    task: &Option<String>,
-    args: Option<&Result<Vec<Vec<u8>>, String>>,
+    task: &Option<&str>,
+    args: Option<&Result<Vec<&[u8]>, String>>,
 ) -> String {
     let mut wrong = Vec::new();
     if field_string(map, "reply").is_none() {
@@ -855,8 +855,9 @@ impl Shared {
             (Some(client), Some(job)) => Some((client, job)),
             _ => None,
         };
-        let task = field_string(&entry.map, "task");
-        let args = field_bytes(&entry.map, "args").map(|a| wire::decode_items(&a));
+        // Borrowed from the entry, which lives until the job is handed to the local pool.
+        let task = field_str(&entry.map, "task");
+        let args = field_slice(&entry.map, "args").map(wire::decode_slices);
         {
             let mut held = lock(&self.held);
             if held.contains_key(&id) {
@@ -905,7 +906,7 @@ impl Shared {
                     reply,
                     abandon: None,
                     outcome: Err(WireError::Expired {
-                        task,
+                        task: task.to_owned(),
                         late_ms: now - at,
                     }),
                     progress: prior.is_some(),
@@ -923,23 +924,23 @@ impl Shared {
         // heartbeat (its progress would never be reported: a chunk of tiny tasks).
         let n = items.len();
         let short = || {
-            self.estimates.per_item_ns(&task).is_some_and(|ns| {
+            self.estimates.per_item_ns(task).is_some_and(|ns| {
                 ns.saturating_mul(n as u64) < self.report_after.as_nanos() as u64 / 2
             })
         };
         if n > 1 && (prior.is_some() || !short()) {
             if let Some((client, job)) = reply {
-                self.start_pieces(id, (client, job), &task, &items, prior, sender);
+                self.start_pieces(id, (client, job), task, &items, prior, sender);
                 return;
             }
         }
         let (ok_sender, ok_id, ok_reply) = (sender.clone(), id.clone(), reply.clone());
         let key = reply.clone();
         // Only jobs of several items need the estimate (and a job of one costs no more).
-        let learn = (n > 1).then(|| self.estimates.learner(&task, n));
+        let learn = (n > 1).then(|| self.estimates.learner(task, n));
         let running = self
             .pool
-            .apply_encoded_each(&task, &items)
+            .apply_encoded_each(task, &items)
             .on_success(move |values| {
                 if let Some(learn) = learn {
                     learn.done();
@@ -1000,7 +1001,7 @@ impl Shared {
         entry: String,
         reply: (String, u64),
         task: &str,
-        items: &[Vec<u8>],
+        items: &[&[u8]],
         prior: Option<wire::Progress>,
         sender: Sender<Answer>,
     ) {
@@ -1040,7 +1041,7 @@ impl Shared {
         lock(&self.pieceworks).insert(entry, Arc::clone(&work));
         let mut parts = Vec::with_capacity(pieces.len());
         for indices in pieces {
-            let args: Vec<&[u8]> = indices.iter().map(|&i| items[i].as_slice()).collect();
+            let args: Vec<&[u8]> = indices.iter().map(|&i| items[i]).collect();
             let (ok_work, ok_indices) = (Arc::clone(&work), indices.clone());
             let err_work = Arc::clone(&work);
             let learn = self.estimates.learner(task, indices.len());
@@ -1626,8 +1627,8 @@ impl Shared {
                     }),
                 });
             } else {
-                let items = field_bytes(&entry.map, "args")
-                    .and_then(|a| wire::decode_items(&a).ok())
+                let items = field_slice(&entry.map, "args")
+                    .and_then(|a| wire::decode_slices(a).ok())
                     .map_or(0, |i| i.len());
                 let prior = (items > 1)
                     .then(|| self.prior_progress(link, &entry.id, items))
