@@ -128,8 +128,9 @@ struct Pending {
     entry: Option<String>,
 }
 
-/// Hashes job ids, which this client counts up from 0 itself (nobody else chooses them), with
-/// one multiplication instead of SipHash: the table sees every job twice.
+/// Hashes job ids with one multiplication instead of SipHash (the table sees every job twice).
+/// Safe from collisions chosen by others: only ids this client counted up itself are ever
+/// inserted; an answer's id (which a hostile writer could choose) is only looked up.
 #[derive(Default, Clone, Copy)]
 struct JobIdHash;
 
