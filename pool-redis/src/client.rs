@@ -8,6 +8,9 @@
 //! - the *collector* reads this client's result stream with `XREAD` (from the last id it has
 //!   seen, so a reply lost in a reconnection is read again) and resolves the waiting jobs.
 //!
+//! A pool from `connect_async` also keeps the `redis` crate's async connection, on which
+//! `apply_await` sends its job from the caller's own task (feature `tokio`).
+//!
 //! Every job is in the `pending` table from its submission until its first result; a result for
 //! a job no longer there (a duplicate, after a redelivery) is dropped. That table is what makes
 //! delivery at-least-once on the wire but exactly-once for the caller.
@@ -117,7 +120,14 @@ struct Inner {
     stop: AtomicBool,
     /// Jobs not begun this long after their submission are not run (ms; 0: never expire).
     expiry_ms: AtomicU64,
+    /// For `RedisPool::apply_await`: the async connection a pool from `connect_async` made.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    aio: Aio,
 }
+
+/// The async connection of a pool from `connect_async` (nothing without the `tokio` feature).
+#[derive(Default)]
+struct Aio(#[cfg(feature = "tokio")] Option<(redis::Client, redis::aio::MultiplexedConnection)>);
 
 /// A job waiting for its result.
 struct Pending {
@@ -163,12 +173,32 @@ impl std::hash::Hasher for JobIdHasher {
     }
 }
 
+/// A job of `apply_await` registered and not yet in Redis: answered `Closed` (and so taken out
+/// of the table) if the future sending it is dropped first.
+#[cfg(feature = "tokio")]
+struct Unsent<'a> {
+    inner: &'a Inner,
+    id: Option<u64>,
+}
+
+#[cfg(feature = "tokio")]
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.inner.resolve(id, Err(Error::Closed));
+        }
+    }
+}
+
+/// A registered job, encoded, on its way to the task stream.
+struct Outgoing {
+    id: u64,
+    task: String,
+    args: Vec<u8>,
+}
+
 enum Submission {
-    Job {
-        id: u64,
-        task: String,
-        args: Vec<u8>,
-    },
+    Job(Outgoing),
     /// Something was cancelled: take cancelled jobs back (see [`Inner::take_back_cancelled`]).
     Cancels,
 }
@@ -246,15 +276,18 @@ impl RedisPool {
         let mut first = Link::new(client.clone(), Duration::from_secs(5));
         first.connect_once()?;
         status::ensure_group(&mut first, &keys)?;
-        RedisPool::start(client, keys, first)
+        RedisPool::start(client, keys, first, Aio::default())
     }
 
     /// [`connect`](Self::connect) for async code (feature `tokio`): the connection check and
     /// the queue's setup go through the `redis` crate's async (multiplexed, tokio) connection,
-    /// so no runtime thread waits on the network. The pool it returns never blocks an async
-    /// caller either: a submission is handed to the client's own submitter thread through a
-    /// channel, and every result ([`AsyncResult`], [`Imap`] with pool-core's `stream` feature)
-    /// is a `Future` (a `Stream`).
+    /// so no runtime thread waits on the network, and the pool keeps that connection for
+    /// [`apply_await`](Self::apply_await), which submits on it from the caller's task. The
+    /// pool's other calls never block an async caller either: a submission is handed to the
+    /// client's own submitter thread through a channel, and every result ([`AsyncResult`],
+    /// [`Imap`] with pool-core's `stream` feature) is a `Future` (a `Stream`). So the
+    /// blocking calls still work from any thread, and nothing of the pool stops with the
+    /// runtime.
     ///
     /// # Examples
     ///
@@ -292,11 +325,16 @@ impl RedisPool {
         }
         // The submitter's connection is opened by its own thread, on its first job.
         let first = Link::new(client.clone(), Duration::from_secs(5));
-        RedisPool::start(client.into(), keys, first)
+        RedisPool::start(
+            client.clone().into(),
+            keys,
+            first,
+            Aio(Some((client, conn))),
+        )
     }
 
     /// Starts the client's threads; `first` is the submitter's connection.
-    fn start(client: Connector, keys: Keys, first: Link) -> Result<RedisPool, Error> {
+    fn start(client: Connector, keys: Keys, first: Link, aio: Aio) -> Result<RedisPool, Error> {
         let url = client.describe();
         let first = first.role("client submitter");
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -311,6 +349,7 @@ impl RedisPool {
             submit: Mutex::new(Some(tx)),
             stop: AtomicBool::new(false),
             expiry_ms: AtomicU64::new(0),
+            aio,
         });
         let listener: Arc<dyn pool_core::__private::CancelListener> = inner.clone();
         pool_core::__private::on_cancel(Arc::downgrade(&listener));
@@ -378,6 +417,60 @@ impl RedisPool {
         self.submit_one(T::NAME.into(), encoded)
     }
 
+    /// Runs `task(args)` on a worker from async code, submitting through the `redis` crate's
+    /// async connection (feature `tokio`): on a pool from
+    /// [`connect_async`](Self::connect_async), the job's `XADD` is awaited on the calling task,
+    /// with the reconnection and backoff of the client's other connections, and no thread of
+    /// this client takes part in the submission. The result then arrives as for
+    /// [`apply_async`](Self::apply_async). On a pool from [`connect`](Self::connect) it is
+    /// `apply_async(task, args).await`.
+    ///
+    /// Dropping the future before Redis has the job takes it back: it is not sent later.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use pool_core::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # async fn run() -> Result<(), pool_redis::Error> {
+    /// let pool = pool_redis::RedisPool::connect_async("redis://127.0.0.1/", "jobs").await?;
+    /// assert_eq!(pool.apply_await(square, 7).await?, 49);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "tokio")]
+    pub async fn apply_await<T: Task>(&self, task: T, args: T::Args) -> Result<T::Output, Error> {
+        let Some((client, conn)) = self.inner.aio.0.clone() else {
+            return self.apply_async(task, args).await.map_err(Error::from);
+        };
+        let (result, sink) = AsyncResult::pending_one(T::NAME);
+        let job = match pool_core::wire::encode(&args) {
+            Ok(encoded) => self.register_to(T::NAME, &[encoded], sink),
+            Err(message) => {
+                sink.deliver_items(Err(pool_core::Error::ArgsEncode {
+                    task: T::NAME.to_owned(),
+                    message,
+                }));
+                None
+            }
+        };
+        if let Some(job) = job {
+            // Until Redis has it, the job is this future's to send: if the future is dropped
+            // first, nothing else will, so it leaves the table (and `join` does not wait).
+            let mut unsent = Unsent {
+                inner: &self.inner,
+                id: Some(job.id),
+            };
+            let batch = [job];
+            let pipe = self.inner.jobs_pipeline(&batch);
+            let mut link = crate::conn::AsyncLink::new(client, Some(conn), "client async submit");
+            let sent = link.query(&self.inner.stop, &pipe).await;
+            unsent.id = None;
+            self.inner.jobs_sent(&batch, sent);
+        }
+        result.await.map_err(Error::from)
+    }
+
     /// Runs the task registered as `name`, with arguments of any serializable type, and decodes
     /// its result as `R`. Arguments that do not match the task's parameters fail with
     /// `Error::Task(pool_core::Error::ArgsDecode)`, an unknown name with
@@ -418,12 +511,20 @@ impl RedisPool {
         result
     }
 
-    /// Sends one job and delivers its outcome to `sink`.
+    /// Sends one job (through the submitter thread) and delivers its outcome to `sink`.
     fn submit_to(&self, task: &str, items: &[Vec<u8>], sink: JobSink) {
+        if let Some(job) = self.register_to(task, items, sink) {
+            self.hand_to_submitter(job);
+        }
+    }
+
+    /// Registers one job whose outcome goes to `sink`, and returns it ready to send (`None`:
+    /// it has its answer already, an error).
+    fn register_to(&self, task: &str, items: &[Vec<u8>], sink: JobSink) -> Option<Outgoing> {
         let cancelled = Box::new(sink.cancel_check());
         let n = items.len() as u64;
         meter::submitted("redis", n);
-        self.submit(task, items, Some(cancelled), move |outcome| match outcome {
+        self.register(task, items, Some(cancelled), move |outcome| match outcome {
             Ok(Answered::All(values)) => {
                 meter::settled("redis", values.len() as u64, 0);
                 sink.deliver_items(Ok(values))
@@ -443,27 +544,28 @@ impl RedisPool {
                 }
                 sink.deliver_items(Err(err.into()))
             }
-        });
+        })
     }
 
-    /// Sends one job (a chunk of encoded items) and arranges for `resolve` to get its outcome.
-    fn submit(
+    /// Registers one job (a chunk of encoded items) as waiting, so that `resolve` gets its
+    /// outcome, and returns it ready to send. `None` if it was answered at once (the pool is
+    /// closed, or this is a forked copy).
+    fn register(
         &self,
         task: &str,
         items: &[Vec<u8>],
         cancelled: Option<Box<dyn Fn() -> bool + Send + Sync>>,
         resolve: impl FnOnce(Result<Answered, Error>) + Send + 'static,
-    ) {
+    ) -> Option<Outgoing> {
         if let Err(err) = self.owner.check() {
             resolve(Err(err.into()));
-            return;
+            return None;
+        }
+        if lock(&self.inner.submit).is_none() {
+            resolve(Err(Error::Closed));
+            return None;
         }
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let sender = lock(&self.inner.submit).clone();
-        let Some(sender) = sender else {
-            resolve(Err(Error::Closed));
-            return;
-        };
         lock(&self.inner.pending).insert(
             id,
             Pending {
@@ -472,15 +574,20 @@ impl RedisPool {
                 entry: None,
             },
         );
-        let submission = Submission::Job {
+        Some(Outgoing {
             id,
             task: task.to_owned(),
             args: wire::encode_items(items.iter().map(Vec::as_slice)),
-        };
-        if sender.send(submission).is_err() {
-            if let Some(job) = lock(&self.inner.pending).remove(&id) {
-                (job.resolve)(Err(Error::Closed));
-            }
+        })
+    }
+
+    /// Hands a registered job to the submitter thread.
+    fn hand_to_submitter(&self, job: Outgoing) {
+        let id = job.id;
+        let sender = lock(&self.inner.submit).clone();
+        if sender.is_none_or(|s| s.send(Submission::Job(job)).is_err()) {
+            // Closed since it was registered.
+            self.inner.resolve(id, Err(Error::Closed));
         }
     }
 
@@ -820,7 +927,7 @@ impl Inner {
             let mut next = Some(first);
             while let Some(s) = next {
                 match s {
-                    Submission::Job { id, task, args } => batch.push((id, task, args)),
+                    Submission::Job(job) => batch.push(job),
                     Submission::Cancels => cancels = true,
                 }
                 next = if batch.len() < SUBMIT_BATCH {
@@ -830,7 +937,9 @@ impl Inner {
                 };
             }
             if !batch.is_empty() {
-                self.send_jobs(&mut link, batch);
+                let pipe = self.jobs_pipeline(&batch);
+                let sent = link.run(&self.stop, |conn| pipe.query(conn));
+                self.jobs_sent(&batch, sent);
             }
             if cancels {
                 self.take_back_cancelled(&mut link);
@@ -838,43 +947,47 @@ impl Inner {
         }
     }
 
-    /// Sends jobs as `XADD`s in one round trip, and remembers their entries (for a cancel).
-    fn send_jobs(&self, link: &mut Link, batch: Vec<(u64, String, Vec<u8>)>) {
+    /// The `XADD`s that send `batch` in one round trip (with, on a cluster, a wait for a
+    /// replica).
+    fn jobs_pipeline(&self, batch: &[Outgoing]) -> redis::Pipeline {
         let expiry = self.expiry_ms.load(Ordering::Relaxed);
         let expires = (expiry > 0).then(|| status::now_ms().saturating_add(expiry));
-        let sent: Result<Vec<String>, _> = link.run(&self.stop, |conn| {
-            let mut pipe = redis::pipe();
-            for (id, task, args) in &batch {
-                let cmd = pipe
-                    .cmd("XADD")
-                    .arg(&self.keys.tasks)
-                    .arg("*")
-                    .arg("task")
-                    .arg(task)
-                    .arg("args")
-                    .arg(args)
-                    .arg("reply")
-                    .arg(&self.client_id)
-                    .arg("id")
-                    .arg(*id);
-                if let Some(at) = expires {
-                    cmd.arg("expires_ms").arg(at);
-                }
+        let mut pipe = redis::pipe();
+        for job in batch {
+            let cmd = pipe
+                .cmd("XADD")
+                .arg(&self.keys.tasks)
+                .arg("*")
+                .arg("task")
+                .arg(&job.task)
+                .arg("args")
+                .arg(&job.args)
+                .arg("reply")
+                .arg(&self.client_id)
+                .arg("id")
+                .arg(job.id);
+            if let Some(at) = expires {
+                cmd.arg("expires_ms").arg(at);
             }
-            if self.client.is_cluster() {
-                // On a cluster (asynchronous replication), a job is submitted once a replica
-                // has it too, so that a failover right after does not lose it (up to 100 ms).
-                pipe.cmd("WAIT").arg(1).arg(100).ignore();
-            }
-            pipe.query(conn)
-        });
+        }
+        if self.client.is_cluster() {
+            // On a cluster (asynchronous replication), a job is submitted once a replica has
+            // it too, so that a failover right after does not lose it (up to 100 ms).
+            pipe.cmd("WAIT").arg(1).arg(100).ignore();
+        }
+        pipe
+    }
+
+    /// After [`jobs_pipeline`](Self::jobs_pipeline) ran: remembers each job's entry (for a
+    /// cancel), or answers every job of the batch with the error.
+    fn jobs_sent(&self, batch: &[Outgoing], sent: Result<Vec<String>, redis::RedisError>) {
         match sent {
             Ok(entries) => {
                 let mut pending = lock(&self.pending);
-                for ((id, _, _), entry) in batch.iter().zip(entries) {
-                    if let Some(job) = pending.get_mut(id) {
-                        if job.cancelled.is_some() {
-                            job.entry = Some(entry);
+                for (job, entry) in batch.iter().zip(entries) {
+                    if let Some(waiting) = pending.get_mut(&job.id) {
+                        if waiting.cancelled.is_some() {
+                            waiting.entry = Some(entry);
                         }
                     }
                 }
@@ -885,8 +998,8 @@ impl Inner {
                 } else {
                     Error::from(err)
                 };
-                for (id, _, _) in batch {
-                    self.resolve(id, Err(err.clone()));
+                for job in batch {
+                    self.resolve(job.id, Err(err.clone()));
                 }
             }
         }

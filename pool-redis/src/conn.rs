@@ -384,30 +384,104 @@ impl Link {
                     self.succeeded();
                     return Ok(v);
                 }
-                Err(err) if transient(&err) => {
-                    self.conn = None;
-                    let over = self
-                        .give_up_after
-                        .zip(self.failing_for())
-                        .is_some_and(|(limit, down)| down >= limit);
-                    let stopping = stop.load(Ordering::Relaxed) || over;
-                    self.failed(&err, !stopping);
-                    if stopping {
-                        return Err(err);
+                Err(err) => {
+                    let (drop_conn, pause) = self.after_error(&err, stop);
+                    if drop_conn {
+                        self.conn = None;
                     }
-                    std::thread::sleep(self.backoff);
-                    self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                    match pause {
+                        Some(pause) => std::thread::sleep(pause),
+                        None => return Err(err),
+                    }
+                }
+            }
+        }
+    }
+
+    /// What to do after a command failed with `err` (logged and counted here): whether the
+    /// connection is to be dropped, and how long to pause before a retry (`None`: return the
+    /// error). Transient failures retry until `stop` is raised or the outage passes
+    /// `give_up_after`; other errors return at once (a refused password also drops the
+    /// connection, and counts as an outage: the next try reconnects). The one retry policy of
+    /// [`run`](Self::run) and of the async client's [`AsyncLink`].
+    fn after_error(&mut self, err: &RedisError, stop: &AtomicBool) -> (bool, Option<Duration>) {
+        if transient(err) {
+            let over = self
+                .give_up_after
+                .zip(self.failing_for())
+                .is_some_and(|(limit, down)| down >= limit);
+            let stopping = stop.load(Ordering::Relaxed) || over;
+            self.failed(err, !stopping);
+            if stopping {
+                return (true, None);
+            }
+            let pause = self.backoff;
+            self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+            (true, Some(pause))
+        } else if is_auth(err) {
+            self.failed(err, false);
+            (true, None)
+        } else {
+            // Other refusals (a wrong type, no group …) come from a live server: the caller
+            // decides.
+            (false, None)
+        }
+    }
+}
+
+/// [`Link`] over the `redis` crate's async (multiplexed, tokio) connection, for the client
+/// [`RedisPool::connect_async`](crate::RedisPool::connect_async) makes: the same logging and
+/// retry policy, with pauses that yield to the runtime instead of blocking a thread.
+#[cfg(feature = "tokio")]
+pub(crate) struct AsyncLink {
+    /// The bookkeeping (role, server, outage, backoff); its own connection stays unused.
+    link: Link,
+    client: Client,
+    conn: Option<redis::aio::MultiplexedConnection>,
+}
+
+#[cfg(feature = "tokio")]
+impl AsyncLink {
+    pub(crate) fn new(
+        client: Client,
+        conn: Option<redis::aio::MultiplexedConnection>,
+        role: &'static str,
+    ) -> Self {
+        AsyncLink {
+            link: Link::new(client.clone(), Duration::from_secs(5)).role(role),
+            client,
+            conn,
+        }
+    }
+
+    /// Runs `pipe` on a live connection, as [`Link::run`] runs a command.
+    pub(crate) async fn query<T: redis::FromRedisValue>(
+        &mut self,
+        stop: &AtomicBool,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, RedisError> {
+        loop {
+            let result = match self.conn.as_mut() {
+                Some(conn) => pipe.query_async(conn).await,
+                None => match self.client.get_multiplexed_async_connection().await {
+                    Ok(conn) => pipe.query_async(self.conn.insert(conn)).await,
+                    Err(err) => Err(err),
+                },
+            };
+            match result {
+                Ok(v) => {
+                    self.link.succeeded();
+                    return Ok(v);
                 }
                 Err(err) => {
-                    if is_auth(&err) {
-                        // The connection is useless; the next try reconnects (a password
-                        // changed back, say). It counts as an outage.
+                    let (drop_conn, pause) = self.link.after_error(&err, stop);
+                    if drop_conn {
                         self.conn = None;
-                        self.failed(&err, false);
                     }
-                    // Other refusals (a wrong type, no group …) come from a live server: the
-                    // caller decides.
-                    return Err(err);
+                    match pause {
+                        Some(pause) => tokio::time::sleep(pause).await,
+                        None => return Err(err),
+                    }
                 }
             }
         }
