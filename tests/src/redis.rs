@@ -177,6 +177,28 @@ impl WorkerProcess {
         )
     }
 
+    /// [`start`](Self::start) with the settings most tests use: a held job is taken over after
+    /// 1.5 s of silence, and given up after 3 deliveries.
+    pub fn serving(
+        exe: &str,
+        server: &RedisServer,
+        queue: &str,
+        processes: usize,
+        tag: &str,
+        env: &[(&str, &str)],
+    ) -> WorkerProcess {
+        Self::start(
+            exe,
+            server,
+            queue,
+            processes,
+            Duration::from_millis(1500),
+            3,
+            tag,
+            env,
+        )
+    }
+
     /// [`start`](Self::start), with the worker's standard error (its log) in the file `log`.
     #[allow(clippy::too_many_arguments)]
     pub fn start_logged(

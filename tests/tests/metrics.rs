@@ -43,16 +43,7 @@ fn both_engines_report_tasks_workers_and_durations_for_a_scrape() {
         std::thread::sleep(Duration::from_millis(100));
 
         let server = RedisServer::start(false);
-        let _w = WorkerProcess::start(
-            EXE,
-            &server,
-            "jobs",
-            1,
-            Duration::from_millis(1500),
-            3,
-            "a",
-            &[],
-        );
+        let _w = WorkerProcess::serving(EXE, &server, "jobs", 1, "a", &[]);
         let remote = RedisPool::connect(&server.url(), "jobs").unwrap();
         assert_eq!(remote.map_chunked(square, 0..500, 50).unwrap().len(), 500);
         assert!(remote

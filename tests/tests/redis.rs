@@ -15,16 +15,7 @@ use pool_tests::redis::{
 const EXE: &str = env!("CARGO_BIN_EXE_redis-worker");
 
 fn worker(server: &RedisServer, queue: &str, processes: usize, tag: &str) -> WorkerProcess {
-    WorkerProcess::start(
-        EXE,
-        server,
-        queue,
-        processes,
-        Duration::from_millis(1500),
-        3,
-        tag,
-        &[],
-    )
+    WorkerProcess::serving(EXE, server, queue, processes, tag, &[])
 }
 
 /// Waits until `n` workers of the queue report alive.
@@ -334,13 +325,11 @@ fn password_and_tls_work_and_the_password_never_shows() {
 fn a_worker_whose_local_pool_breaks_leaves_its_jobs_to_others_and_exits() {
     deadline(120, "broken local pool", || {
         let server = RedisServer::start(false);
-        let mut broken = WorkerProcess::start(
+        let mut broken = WorkerProcess::serving(
             EXE,
             &server,
             "jobs",
             1,
-            Duration::from_millis(1500),
-            3,
             "broken",
             &[("POOL_TEST_BAD_INIT", "1")],
         );

@@ -74,13 +74,11 @@ async fn a_thousand_at_once(pool: &Arc<RedisPool>, on_async_connection: bool) ->
 fn a_thousand_concurrent_submissions_under_tokio_never_block_the_runtime() {
     deadline(120, "async client", || {
         let server = RedisServer::start(false);
-        let _w = WorkerProcess::start(
+        let _w = WorkerProcess::serving(
             EXE,
             &server,
             "jobs",
             2,
-            Duration::from_millis(1500),
-            3,
             "a",
             &[("POOL_TEST_PREFETCH", "64")],
         );
@@ -106,16 +104,7 @@ fn a_thousand_concurrent_submissions_under_tokio_never_block_the_runtime() {
 fn apply_await_gives_back_what_redis_could_not_take_and_sends_again_after_a_restart() {
     deadline(120, "apply_await through an outage", || {
         let mut server = RedisServer::start(false);
-        let _w = WorkerProcess::start(
-            EXE,
-            &server,
-            "jobs",
-            2,
-            Duration::from_millis(1500),
-            3,
-            "a",
-            &[],
-        );
+        let _w = WorkerProcess::serving(EXE, &server, "jobs", 2, "a", &[]);
         let runtime = runtime();
         let pool = runtime.block_on(async {
             let pool = RedisPool::connect_async(&server.url(), "jobs")
