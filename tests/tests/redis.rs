@@ -740,16 +740,27 @@ fn a_sigtermed_worker_drains_hands_back_its_prefetched_jobs_and_exits_0() {
         let result =
             pool.map_async_chunked(logged_square, (0..n).map(|i| (log.clone(), i, 300)), 1);
         let t = Instant::now();
-        // Until `a` holds all 16 (the client submits them from its own thread: "none waiting"
-        // alone could be read before the last ones are in the queue).
+        // Until `a` has taken all 16: all are in the stream (the client submits them from its
+        // own thread, so "none waiting" alone could be read before the last ones are in), and
+        // none is waiting. (Not "16 pending": `a` answers one every 300 ms meanwhile.)
+        let mut conn = server.client().unwrap().get_connection().unwrap();
         loop {
+            let info: std::collections::HashMap<String, redis::Value> = redis::cmd("XINFO")
+                .arg("STREAM")
+                .arg("pool:{jobs}:tasks")
+                .query(&mut conn)
+                .unwrap();
+            let added = match info.get("entries-added") {
+                Some(redis::Value::Int(added)) => *added as u64,
+                other => panic!("XINFO STREAM without entries-added: {other:?}"),
+            };
             let s = pool.status().unwrap();
-            if s.pending == n && s.waiting == 0 {
+            if added == n && s.waiting == 0 {
                 break;
             }
             assert!(
                 t.elapsed() < Duration::from_secs(20),
-                "a did not take all: {s:?}"
+                "a did not take all: {added} added, {s:?}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
