@@ -454,7 +454,7 @@ impl RedisPool {
                 None
             }
         };
-        if let Some(job) = job {
+        if let Some((job, _)) = job {
             // Until Redis has it, the job is this future's to send: if the future is dropped
             // first, nothing else will, so it leaves the table (and `join` does not wait).
             let mut unsent = Unsent {
@@ -513,14 +513,19 @@ impl RedisPool {
 
     /// Sends one job (through the submitter thread) and delivers its outcome to `sink`.
     fn submit_to(&self, task: &str, items: &[Vec<u8>], sink: JobSink) {
-        if let Some(job) = self.register_to(task, items, sink) {
-            self.hand_to_submitter(job);
+        if let Some((job, sender)) = self.register_to(task, items, sink) {
+            self.hand_to_submitter(job, &sender);
         }
     }
 
     /// Registers one job whose outcome goes to `sink`, and returns it ready to send (`None`:
     /// it has its answer already, an error).
-    fn register_to(&self, task: &str, items: &[Vec<u8>], sink: JobSink) -> Option<Outgoing> {
+    fn register_to(
+        &self,
+        task: &str,
+        items: &[Vec<u8>],
+        sink: JobSink,
+    ) -> Option<(Outgoing, Sender<Submission>)> {
         let cancelled = Box::new(sink.cancel_check());
         let n = items.len() as u64;
         meter::submitted("redis", n);
@@ -548,7 +553,8 @@ impl RedisPool {
     }
 
     /// Registers one job (a chunk of encoded items) as waiting, so that `resolve` gets its
-    /// outcome, and returns it ready to send. `None` if it was answered at once (the pool is
+    /// outcome, and returns it ready to send, with the submitter's channel (taken under the one
+    /// lock that also says the pool is open). `None` if it was answered at once (the pool is
     /// closed, or this is a forked copy).
     fn register(
         &self,
@@ -556,15 +562,15 @@ impl RedisPool {
         items: &[Vec<u8>],
         cancelled: Option<Box<dyn Fn() -> bool + Send + Sync>>,
         resolve: impl FnOnce(Result<Answered, Error>) + Send + 'static,
-    ) -> Option<Outgoing> {
+    ) -> Option<(Outgoing, Sender<Submission>)> {
         if let Err(err) = self.owner.check() {
             resolve(Err(err.into()));
             return None;
         }
-        if lock(&self.inner.submit).is_none() {
+        let Some(sender) = lock(&self.inner.submit).clone() else {
             resolve(Err(Error::Closed));
             return None;
-        }
+        };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         lock(&self.inner.pending).insert(
             id,
@@ -574,19 +580,19 @@ impl RedisPool {
                 entry: None,
             },
         );
-        Some(Outgoing {
+        let job = Outgoing {
             id,
             task: task.to_owned(),
             args: wire::encode_items(items.iter().map(Vec::as_slice)),
-        })
+        };
+        Some((job, sender))
     }
 
     /// Hands a registered job to the submitter thread.
-    fn hand_to_submitter(&self, job: Outgoing) {
+    fn hand_to_submitter(&self, job: Outgoing, sender: &Sender<Submission>) {
         let id = job.id;
-        let sender = lock(&self.inner.submit).clone();
-        if sender.is_none_or(|s| s.send(Submission::Job(job)).is_err()) {
-            // Closed since it was registered.
+        if sender.send(Submission::Job(job)).is_err() {
+            // The submitter has stopped (the pool is being dropped).
             self.inner.resolve(id, Err(Error::Closed));
         }
     }
